@@ -1,0 +1,603 @@
+"""EDT: the encoder-decoder window-attention transformer of Li et al. (arXiv 2112.10175).
+
+A re-implementation that is state-dict compatible with the official checkpoints and numerically
+identical to the official forward pass (checked against reference outputs of the official code).
+
+Layout (module names equal the official ones, so layer lists mean the same thing for both)::
+
+    head_<task>   ModuleList  conv3x3 -> DEPTH x ResBlockDown -> conv3x3 (-> embed_dim)
+    body          SwinBody    tokens -> LayerNorm -> RSTB x len(depths) -> LayerNorm -> conv3x3 (+ input)
+      body.layers.i.residual_group.blocks.j   CSwinTransformerBlock (odd j: shifted windows)
+        .attns.0 / .attns.1                    WindowAttention, horizontal (6x24) / vertical (24x6) strips
+        .attns.k.softmax                       nn.Softmax: hook it to read attention weights
+    tail_<task>   ModuleList  DEPTH x (ResBlockSkip | UpResBlock) -> upsampler / conv3x3
+
+Tensor shapes below use B batch, C channels, H x W spatial size, L = H*W tokens, nW windows,
+N tokens per window, h heads, d head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cka_lab.errors import CkaLabError
+from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
+
+__all__ = [
+    "EDT",
+    "create_edt",
+    "WindowAttention",
+    "CSwinTransformerBlock",
+    "BasicLayer",
+    "RSTB",
+    "SwinBody",
+    "window_mask",
+    "mirror_pad",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolutional head and tail blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class ResBlockDown(nn.Module):
+    """Residual conv block ``shortcut(x) + lrelu(conv_2(lrelu(conv_1(x))))``, optionally downsampling.
+
+    ``(B, Cin, H, W) -> (B, Cout, H, W)``; with ``down=True`` it returns
+    ``(conv_down(y): (B, Cout, H/2, W/2), y: (B, Cout, H, W))``, the second being the skip.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, down: bool = False):
+        super().__init__()
+        self.conv_1 = nn.Conv2d(in_ch, in_ch, 3, 1, 1)
+        self.relu_1 = nn.LeakyReLU(0.2)
+        self.conv_2 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.relu_2 = nn.LeakyReLU(0.2)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
+        self.down = down
+        if down:
+            self.conv_down = nn.Conv2d(out_ch, out_ch, 4, 2, 1, bias=False)
+
+    def forward(self, x: Tensor):
+        y = self.shortcut(x) + self.relu_2(self.conv_2(self.relu_1(self.conv_1(x))))
+        if self.down:
+            return self.conv_down(y), y
+        return y
+
+
+class ResBlockUp(nn.Module):
+    """Residual conv block ``shortcut(x) + lrelu(conv_2(lrelu(conv_1(x))))``: (B, Cin, H, W) -> (B, Cout, H, W)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv_1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.relu_1 = nn.LeakyReLU(0.2)
+        self.conv_2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        self.relu_2 = nn.LeakyReLU(0.2)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shortcut(x) + self.relu_2(self.conv_2(self.relu_1(self.conv_1(x))))
+
+
+class ResBlockSkip(nn.Module):
+    """Decoder block at constant resolution: conv3x3, concat the encoder skip, ResBlockUp.
+
+    ``x: (B, Cin, H, W), skip: (B, Cout, H, W) -> (B, Cout, H, W)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.block = ResBlockUp(out_ch * 2, out_ch)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.block(torch.cat([self.conv(x), skip], dim=1))
+
+
+class UpResBlock(nn.Module):
+    """Decoder block that doubles the resolution: ConvTranspose2d(k2, s2), concat the skip, ResBlockUp.
+
+    ``x: (B, Cin, H, W), skip: (B, Cout, 2H, 2W) -> (B, Cout, 2H, 2W)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, 2, 2)
+        self.block = ResBlockUp(out_ch * 2, out_ch)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class Upsample(nn.Sequential):
+    """Pixel-shuffle upsampler: (conv3x3 -> 4C, PixelShuffle(2)) x log2(s), or conv -> 9C, PixelShuffle(3)."""
+
+    def __init__(self, scale: int, num_feat: int):
+        layers: list[nn.Module] = []
+        if scale & (scale - 1) == 0:
+            for _ in range(int(math.log2(scale))):
+                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+        else:
+            raise CkaLabError(f"unsupported SR scale {scale}: use 2, 3 or 4")
+        super().__init__(*layers)
+
+
+class UpsampleOneStep(nn.Sequential):
+    """Lightweight upsampler: one conv3x3 to ``out_ch * s**2`` channels then PixelShuffle(s)."""
+
+    def __init__(self, scale: int, num_feat: int, out_ch: int):
+        super().__init__(nn.Conv2d(num_feat, out_ch * scale**2, 3, 1, 1), nn.PixelShuffle(scale))
+
+
+# --------------------------------------------------------------------------------------------------
+# Window attention
+# --------------------------------------------------------------------------------------------------
+
+
+def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
+    """``(B, H, W, C) -> (B*nW, wh*ww, C)``, windows row-major, tokens row-major inside a window."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, C)
+
+
+def window_reverse(windows: Tensor, wh: int, ww: int, H: int, W: int) -> Tensor:
+    """``(B*nW, wh*ww, C) -> (B, H, W, C)``, the inverse of :func:`window_partition`."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+@lru_cache(maxsize=64)
+def _window_mask_cpu(H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> Tensor:
+    img = torch.zeros(1, H, W, 1)
+    cnt = 0
+    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+        for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    win = window_partition(img, wh, ww).squeeze(-1)  # (nW, N)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)  # (nW, N, N)
+    return diff.ne(0).float() * -100.0
+
+
+def window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """Additive mask ``(nW, N, N)`` of a shifted window partition: -100 between regions, else 0.
+
+    Built like Swin's: after rolling by ``-shift``, windows at the bottom/right borders hold tokens
+    from different image regions, which must not attend to each other.
+    """
+    return _window_mask_cpu(H, W, window[0], window[1], shift[0], shift[1]).clone()
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention in non-overlapping ``(wh, ww)`` windows of one channel half, with LePE.
+
+    LePE (locally-enhanced positional encoding) is a depthwise 3x3 conv of V applied per window
+    (zero padding at window borders) and added to ``attn @ v``. The attention probabilities are the
+    output of the ``softmax`` submodule, shape ``(B*nW, h, N, N)``: hook it to analyse attention.
+    """
+
+    def __init__(self, dim: int, window: tuple[int, int], num_heads: int, attn_drop: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.window = tuple(window)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.lepe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C) -> (B*nW, h, N, d)``."""
+        x = window_partition(x, *self.window)
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, qkv: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``qkv: (3, B, H, W, C)``, ``mask: (nW, N, N) | None`` -> ``(B, H, W, C)``."""
+        _, B, H, W, C = qkv.shape
+        wh, ww = self.window
+        q = self._heads(qkv[0]) * self.scale  # (B*nW, h, N, d)
+        k = self._heads(qkv[1])
+        v_win = window_partition(qkv[2], wh, ww)  # (B*nW, N, C)
+        v = v_win.view(v_win.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
+        lepe = self.lepe(v_win.transpose(1, 2).reshape(-1, C, wh, ww))  # (B*nW, C, wh, ww)
+        lepe = lepe.reshape(-1, self.num_heads, self.head_dim, wh * ww).transpose(2, 3)
+
+        attn = q @ k.transpose(-2, -1)  # (B*nW, h, N, N)
+        if mask is not None:
+            nW, N = mask.shape[0], mask.shape[1]
+            attn = attn.view(B, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = self.attn_drop(self.softmax(attn))
+        x = (attn @ v + lepe).transpose(1, 2).reshape(-1, wh * ww, C)  # (B*nW, N, C)
+        return window_reverse(x, wh, ww, H, W)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (active in training mode only)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Mlp(nn.Module):
+    """``fc1 -> GELU -> depthwise 5x5 conv -> GELU -> fc2`` on ``(B, H, W, C)`` maps."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(hidden, hidden, 5, 1, 2, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``."""
+        x = self.act(self.fc1(x))
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(self.act(x))
+
+
+class CSwinTransformerBlock(nn.Module):
+    """Cross-shaped window block: half the channels attend in horizontal strips, half in vertical ones.
+
+    ``x: (B, L, C)`` tokens of an ``H x W`` map -> ``(B, L, C)``. Odd blocks shift their windows by half
+    a window (``shift=True``) and mask attention across the wrapped-around borders; the masks for the
+    training patch size are stored as the buffers ``attn_mask_h`` / ``attn_mask_v`` (as in the official
+    state dict), masks for other sizes are computed on demand.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, int],
+        shift: bool,
+        mlp_ratio: float,
+        drop_path: float,
+        image_size: int,
+    ):
+        super().__init__()
+        wh, ww = window_size
+        self.dim = dim
+        self.windows = ((wh, ww), (ww, wh))  # horizontal strip, vertical strip
+        self.shifts = ((wh // 2, ww // 2), (ww // 2, wh // 2)) if shift else None
+        self.image_size = image_size
+        if shift:
+            self.register_buffer("attn_mask_h", window_mask(image_size, image_size, self.windows[0], self.shifts[0]))
+            self.register_buffer("attn_mask_v", window_mask(image_size, image_size, self.windows[1], self.shifts[1]))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attns = nn.ModuleList([WindowAttention(dim // 2, w, num_heads) for w in self.windows])
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(0.0)
+
+    def _masks(self, H: int, W: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        if H == W == self.image_size:
+            return self.attn_mask_h, self.attn_mask_v
+        return tuple(window_mask(H, W, w, s).to(device) for w, s in zip(self.windows, self.shifts))
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        H, W = x_size
+        B, L, C = x.shape
+        shortcut = x
+        qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
+        halves = (qkv[..., : C // 2], qkv[..., C // 2 :])
+        if self.shifts is None:
+            out = [attn(h) for attn, h in zip(self.attns, halves)]
+        else:
+            masks = self._masks(H, W, x.device)
+            out = []
+            for attn, h, (sh, sw), mask in zip(self.attns, halves, self.shifts, masks):
+                y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
+                out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
+        x = self.proj_drop(self.proj(torch.cat(out, dim=-1).view(B, L, C)))
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
+
+
+class BasicLayer(nn.Module):
+    """A stage of ``depth`` blocks alternating plain and shifted windows: (B, L, C) -> (B, L, C)."""
+
+    def __init__(self, dim, depth, num_heads, window_size, mlp_ratio, drop_path: list[float], image_size):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [
+                CSwinTransformerBlock(dim, num_heads, window_size, i % 2 == 1, mlp_ratio, drop_path[i], image_size)
+                for i in range(depth)
+            ]
+        )
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        for blk in self.blocks:
+            x = blk(x, x_size)
+        return x
+
+
+class RSTB(nn.Module):
+    """Residual transformer stage: ``residual_group(x) + x`` on (B, L, C) tokens."""
+
+    def __init__(self, dim, depth, num_heads, window_size, mlp_ratio, drop_path, image_size):
+        super().__init__()
+        self.residual_group = BasicLayer(dim, depth, num_heads, window_size, mlp_ratio, drop_path, image_size)
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        return self.residual_group(x, x_size) + x
+
+
+class PatchEmbed(nn.Module):
+    """``(B, C, H, W) -> (B, H*W, C)`` tokens (row-major), then LayerNorm."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class PatchUnEmbed(nn.Module):
+    """``(B, H*W, C) -> (B, C, H, W)``."""
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        B, L, C = x.shape
+        return x.transpose(1, 2).reshape(B, C, x_size[0], x_size[1])
+
+
+class SwinBody(nn.Module):
+    """The shared transformer body: ``(B, C, H, W) -> (B, C, H, W)``, with a global residual.
+
+    H and W must be multiples of both window sides (24 for the official 6x24 windows).
+    """
+
+    def __init__(self, cfg: EDTConfig):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.window_size = cfg.window_size
+        self.patch_embed = PatchEmbed(dim)
+        self.patch_unembed = PatchUnEmbed()
+        self.pos_drop = nn.Dropout(0.0)
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
+            start = sum(cfg.depths[:i])
+            self.layers.append(
+                RSTB(dim, depth, heads, cfg.window_size, cfg.mlp_ratio, dpr[start : start + depth], cfg.image_size)
+            )
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        m = math.lcm(*self.window_size)
+        if H % m or W % m:
+            raise CkaLabError(
+                f"EDT body input {H}x{W} is not a multiple of {m}: pad the image first (EDT.restore does this)"
+            )
+        t = self.pos_drop(self.patch_embed(x))
+        for layer in self.layers:
+            t = layer(t, (H, W))
+        t = self.patch_unembed(self.norm(t), (H, W))
+        return self.conv_after_body(t) + x
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------
+
+
+def _make_head(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
+    nf = cfg.num_feat
+    down = head.kind != "sr" and not cfg.sf
+    mods: list[nn.Module] = [nn.Conv2d(cfg.in_channels, nf, 3, 1, 1)]
+    for i in range(cfg.depth):
+        mods.append(ResBlockDown(nf * 2**i, nf * 2 ** (i + 1), down=down))
+    mods.append(nn.Conv2d(nf * 2**cfg.depth, cfg.embed_dim, 3, 1, 1))
+    return nn.ModuleList(mods)
+
+
+def _make_tail(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
+    nf = cfg.num_feat
+    chans = [cfg.embed_dim] + [nf * 2**i for i in range(cfg.depth, 0, -1)]  # e.g. 60, 32, 16
+    up = head.kind != "sr" and not cfg.sf
+    block = UpResBlock if up else ResBlockSkip
+    mods: list[nn.Module] = [block(chans[i], chans[i + 1]) for i in range(cfg.depth)]
+    if head.kind == "sr":
+        if cfg.upsampler == "pixelshuffledirect":
+            mods += [UpsampleOneStep(head.out_scale, chans[-1], cfg.in_channels), nn.Identity()]
+        elif cfg.upsampler == "pixelshuffle":
+            mods += [Upsample(head.out_scale, chans[-1]), nn.Conv2d(chans[-1], cfg.in_channels, 3, 1, 1)]
+        else:
+            raise CkaLabError(f"unknown upsampler {cfg.upsampler!r}: use pixelshuffle or pixelshuffledirect")
+    else:
+        mods.append(nn.Conv2d(chans[-1], cfg.in_channels, 3, 1, 1))
+    return nn.ModuleList(mods)
+
+
+class EDT(nn.Module):
+    """EDT with one head/tail pair per task around a shared transformer body.
+
+    ``forward(inputs)`` takes one ``(B, 3, H, W)`` tensor per head, in the official head order
+    (``self.tasks``: SR scales, then noise levels, then rain levels) and returns one output per head.
+    Inputs are in [0, 1]; each head's input must be padded to a multiple of
+    ``config.pad_multiple(task)`` (use :meth:`restore` for images of any size).
+    """
+
+    def __init__(self, cfg: EDTConfig):
+        super().__init__()
+        if not cfg.heads:
+            raise CkaLabError("an EDT needs at least one task head (SR scale, noise level or rain level)")
+        self.config = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        for h in cfg.heads:
+            self.add_module(f"head_{h.suffix}", _make_head(cfg, h))
+        self.body = SwinBody(cfg)
+        for h in cfg.heads:
+            self.add_module(f"tail_{h.suffix}", _make_tail(cfg, h))
+        self.criterion = nn.L1Loss()
+
+    # -- properties --------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.config.tasks
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def encode(self, x: Tensor, task: str) -> tuple[Tensor, list[Tensor]]:
+        """Head of ``task``: normalised ``(B, 3, H, W)`` -> body input ``(B, C, H', W')`` and skips."""
+        head = getattr(self, f"head_{self.config.head(task).suffix}")
+        x = head[0](x)
+        skips = []
+        for blk in head[1:-1]:
+            if blk.down:
+                x, skip = blk(x)
+            else:
+                x = skip = blk(x)
+            skips.append(skip)
+        return head[-1](x), skips
+
+    def decode(self, feats: Tensor, skips: list[Tensor], x_norm: Tensor, task: str) -> Tensor:
+        """Tail of ``task``: body output -> normalised restored image (before the mean is added back)."""
+        h = self.config.head(task)
+        tail = getattr(self, f"tail_{h.suffix}")
+        x = feats
+        for blk, skip in zip(tail[: self.config.depth], reversed(skips)):
+            x = blk(x, skip)
+        if h.kind == "sr":
+            x = tail[-1](tail[-2](x))
+            return x + F.interpolate(x_norm, scale_factor=h.out_scale, mode="bilinear", align_corners=False)
+        return tail[-1](x) + x_norm
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        return (x - self.mean) * self.config.image_range
+
+    def _denormalise(self, x: Tensor) -> Tensor:
+        return x / self.config.image_range + self.mean
+
+    def forward_task(self, x: Tensor, task: str) -> Tensor:
+        """One head: padded ``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, sH, sW)``."""
+        self._check_input(x, task)
+        x_norm = self._normalise(x)
+        feats, skips = self.encode(x_norm, task)
+        return self._denormalise(self.decode(self.body(feats), skips, x_norm, task))
+
+    def forward(self, inputs: list[Tensor]) -> list[Tensor]:
+        """One input per head in ``self.tasks`` order -> one output per head.
+
+        In eval mode every head runs the body on its own (as the official forward does). In training
+        mode heads whose body inputs share a shape go through the body as one batch, as the official
+        multi-task training forward does.
+        """
+        if isinstance(inputs, Tensor):
+            inputs = [inputs]
+        if len(inputs) != len(self.tasks):
+            raise CkaLabError(
+                f"{self.name} takes {len(self.tasks)} inputs, one per head ({', '.join(self.tasks)}), "
+                f"got {len(inputs)}; use restore(x, task) or forward_task(x, task) for a single head"
+            )
+        if not self.training:
+            return [self.forward_task(x, t) for x, t in zip(inputs, self.tasks)]
+        for x, t in zip(inputs, self.tasks):
+            self._check_input(x, t)
+        norms = [self._normalise(x) for x in inputs]
+        encoded = [self.encode(xn, t) for xn, t in zip(norms, self.tasks)]
+        feats = [f for f, _ in encoded]
+        if len({f.shape[1:] for f in feats}) == 1:
+            bodies = self.body(torch.cat(feats, 0)).split([f.shape[0] for f in feats], 0)
+        else:
+            bodies = [self.body(f) for f in feats]
+        return [
+            self._denormalise(self.decode(b, skips, xn, t))
+            for b, (_, skips), xn, t in zip(bodies, encoded, norms, self.tasks)
+        ]
+
+    def _check_input(self, x: Tensor, task: str) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise CkaLabError(
+                f"EDT input must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}: "
+                f"convert the image to {self.config.in_channels} channels"
+            )
+        m = self.config.pad_multiple(task)
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise CkaLabError(
+                f"input {x.shape[-2]}x{x.shape[-1]} for task {task} is not a multiple of {m}: "
+                "use EDT.restore(x, task), which pads and crops back"
+            )
+
+    @torch.no_grad()
+    def restore(self, x: Tensor, task: str) -> Tensor:
+        """Restore images of any size >= 1x1 with the official mirror padding and crop-back.
+
+        ``x: (3, H, W) | (B, 3, H, W)`` in [0, 1] -> ``(B, 3, sH, sW)`` (``s`` the SR scale, else 1).
+        """
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        head = self.config.head(task)
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise CkaLabError(
+                f"restore expects a (3, H, W) or (B, 3, H, W) image, got {tuple(x.shape)}: "
+                "convert gray or RGBA images to RGB first"
+            )
+        h, w = x.shape[-2:]
+        if h < 1 or w < 1:
+            raise CkaLabError(f"image of size {h}x{w} is empty: nothing to restore")
+        padded = mirror_pad(x, self.config.pad_multiple(task))
+        out = self.forward_task(padded, task)
+        s = head.out_scale
+        return out[..., : h * s, : w * s]
+
+
+def mirror_pad(x: Tensor, multiple: int) -> Tensor:
+    """Pad bottom/right to the next multiple, strictly larger: ``(h // m + 1) * m`` (official rule).
+
+    Mirrors with the edge pixel repeated (numpy ``symmetric``), as the official test script does by
+    concatenating the flipped image; images smaller than the pad are mirrored repeatedly.
+    ``(B, C, h, w) -> (B, C, H, W)``.
+    """
+    h, w = x.shape[-2:]
+    H = (h // multiple + 1) * multiple
+    W = (w // multiple + 1) * multiple
+    while x.shape[-2] < H:
+        x = torch.cat([x, torch.flip(x, dims=[-2])], dim=-2)
+    x = x[..., :H, :]
+    while x.shape[-1] < W:
+        x = torch.cat([x, torch.flip(x, dims=[-1])], dim=-1)
+    return x[..., :W]
+
+
+def create_edt(name: str, **overrides) -> EDT:
+    """Build the EDT of an official architecture name, e.g. ``create_edt("SRx2x3x4_EDTT")``.
+
+    Keyword overrides replace fields of the :class:`EDTConfig` (e.g. ``drop_path_rate=0.0``).
+    """
+    return EDT(config_from_name(name, **overrides))
