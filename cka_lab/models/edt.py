@@ -410,6 +410,17 @@ class SwinBody(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+def _init_weights(m: nn.Module) -> None:
+    """Swin-style initialisation: truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorm."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def _make_head(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
     nf = cfg.num_feat
     down = head.kind != "sr" and not cfg.sf
@@ -459,6 +470,7 @@ class EDT(nn.Module):
         for h in cfg.heads:
             self.add_module(f"tail_{h.suffix}", _make_tail(cfg, h))
         self.criterion = nn.L1Loss()
+        self.apply(_init_weights)
 
     # -- properties --------------------------------------------------------------------------------
     @property

@@ -1,0 +1,331 @@
+"""Reading and writing EDT weights: official ``.pth`` files and cka_lab's own checkpoints.
+
+Every file is read with ``torch.load(..., weights_only=True)``: a file that would run code when
+unpickled is refused, never executed.
+
+* Official layout (``utils/model_opr.py``): the file *is* the state dict, a flat name -> tensor
+  mapping, including the shifted-window mask buffers ``...blocks.{odd}.attn_mask_h/v`` sized for the
+  training patch. Common wrappers (``params``, ``params_ema``, ``state_dict``, ``model``) and a
+  ``module.`` prefix are accepted too.
+* cka_lab layout: ``{"format": "cka_lab/1", "arch": <official name>, "model": state_dict,
+  "config": {EDTConfig fields}, "meta": {...}, "train": {...}}``. Mask buffers are left out
+  (they are recomputed), which keeps EDT-T files near 4 MB.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from cka_lab.errors import CkaLabError
+from cka_lab.models.edt import EDT
+from cka_lab.models.registry import SIZES, EDTConfig, config_from_name
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "read_checkpoint",
+    "load_weights",
+    "load_model",
+    "infer_edt",
+    "save_checkpoint",
+    "atomic_torch_save",
+    "is_mask_key",
+]
+
+FORMAT = "cka_lab/1"
+_WRAPPERS = ("params_ema", "params", "state_dict", "model", "net", "network")
+
+
+def is_mask_key(key: str) -> bool:
+    """Shifted-window mask buffers: derived from the input size, never learned."""
+    return key.endswith(".attn_mask_h") or key.endswith(".attn_mask_v")
+
+
+@dataclass
+class Checkpoint:
+    """What a weights file holds: the state dict and, for cka_lab files, its config and metadata."""
+
+    path: Path
+    state_dict: "OrderedDict[str, Tensor]"
+    format: str  # "cka_lab/1" or "official"
+    config: EDTConfig | None = None
+    meta: dict = field(default_factory=dict)
+    train: dict | None = None
+
+    @property
+    def arch(self) -> str:
+        return (self.config or infer_edt(self.state_dict)).name
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise CkaLabError(f"checkpoint {str(path)!r} does not exist: check the path")
+    if path.is_dir():
+        raise CkaLabError(f"{str(path)!r} is a folder, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
+            raise CkaLabError(
+                f"refusing to load {str(path)!r}: it holds pickled Python objects that could run code "
+                "(only tensors and plain types are accepted); re-save it as a state dict from a trusted source"
+            ) from None
+        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({first[:120]})") from None
+
+
+def _as_state_dict(obj: Any, path: Path) -> "OrderedDict[str, Tensor]":
+    if isinstance(obj, Mapping):
+        for key in _WRAPPERS:
+            if key in obj and isinstance(obj[key], Mapping) and obj[key] and not isinstance(obj[key], Tensor):
+                inner = obj[key]
+                if all(isinstance(v, Tensor) for v in inner.values()):
+                    obj = inner
+                    break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CkaLabError(
+            f"{str(path)!r} holds no state dict (expected a mapping of parameter names to tensors)"
+        )
+    sd = OrderedDict((str(k), v) for k, v in obj.items())
+    if all(k.startswith("module.") for k in sd):
+        sd = OrderedDict((k[len("module.") :], v) for k, v in sd.items())
+    return sd
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a cka_lab or official weights file (``weights_only=True``) without building a model."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        try:
+            cfg = EDTConfig.from_dict(obj["config"])
+            sd = _as_state_dict(obj["model"], path)
+        except (KeyError, TypeError) as exc:
+            raise CkaLabError(f"{str(path)!r} is a damaged cka_lab checkpoint (missing {exc})") from None
+        return Checkpoint(path, sd, FORMAT, cfg, dict(obj.get("meta") or {}), obj.get("train"))
+    return Checkpoint(path, _as_state_dict(obj, path), "official")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inferring the architecture from a state dict
+# --------------------------------------------------------------------------------------------------
+
+
+def _heads_in(sd: Mapping[str, Tensor]) -> tuple[list[int], list[int], list[str]]:
+    scales, noise, rain = [], [], []
+    for key in sd:
+        if not key.endswith(".0.weight") or not key.startswith("head_"):
+            continue
+        kind, level = key[len("head_") : -len(".0.weight")].split("_", 1)
+        if kind == "sr" and level.startswith("x"):
+            scales.append(int(level[1:]))
+        elif kind == "dn" and level.startswith("g"):
+            noise.append(int(level[1:]))
+        elif kind == "dr":
+            rain.append(level)
+    return sorted(scales), sorted(noise), [r for r in ("L", "H") if r in rain]
+
+
+def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
+    """Recover the :class:`EDTConfig` (tasks, size, SF, upsampler, widths) from a state dict's keys and shapes."""
+    sd = state_dict
+    scales, noise, rain = _heads_in(sd)
+    if not (scales or noise or rain) or "body.patch_embed.norm.weight" not in sd:
+        raise CkaLabError("not an EDT state dict: no head_<task>.0.weight or body.patch_embed keys found")
+    embed = sd["body.patch_embed.norm.weight"].shape[0]
+    n_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("body.layers."))
+    depths = tuple(
+        1 + max(int(k.split(".")[5]) for k in sd if k.startswith(f"body.layers.{i}.residual_group.blocks."))
+        for i in range(n_layers)
+    )
+    first = f"head_sr_x{scales[0]}" if scales else (f"head_dn_g{noise[0]}" if noise else f"head_dr_{rain[0]}")
+    num_feat, in_ch = sd[f"{first}.0.weight"].shape[:2]
+    depth = sum(1 for k in sd if k.startswith(f"{first}.") and k.endswith(".conv_1.weight"))
+    other = f"head_dn_g{noise[0]}" if noise else (f"head_dr_{rain[0]}" if rain else None)
+    sf = other is not None and f"{other}.1.conv_down.weight" not in sd
+    upsampler = "pixelshuffle"
+    if scales and f"tail_sr_x{scales[0]}.{depth + 1}.weight" not in sd:
+        upsampler = "pixelshuffledirect"
+    size = next((s for s, spec in SIZES.items() if spec.embed_dim == embed and spec.depths == depths), None)
+    if size is None:
+        raise CkaLabError(
+            f"EDT state dict with embed_dim {embed} and depths {depths} matches no EDT size (T/S/B/L)"
+        )
+    hidden = sd["body.layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+    mask = next((v for k, v in sd.items() if is_mask_key(k)), None)
+    cfg = config_from_name(
+        "_".join([_tasks_name(scales, noise, rain), f"EDT{size}{'SF' if sf else ''}"]),
+        num_feat=int(num_feat),
+        in_channels=int(in_ch),
+        depth=int(depth),
+        upsampler=upsampler,
+        mlp_ratio=hidden / embed,
+    )
+    if mask is not None:
+        n_win, n_tok = mask.shape[0], mask.shape[1]
+        side = round((n_win * n_tok) ** 0.5)
+        if side * side == n_win * n_tok:
+            cfg = _replace(cfg, image_size=side)
+    return cfg
+
+
+def _replace(cfg: EDTConfig, **kw) -> EDTConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def _tasks_name(scales, noise, rain) -> str:
+    out = ""
+    if scales:
+        out += "SR" + "".join(f"x{s}" for s in scales)
+    if noise:
+        out += "DN" + "".join(f"g{n}" for n in noise)
+    if rain:
+        out += "DR" + "".join(f"{r.lower()}s" for r in rain)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading into a model
+# --------------------------------------------------------------------------------------------------
+
+
+def _filter(sd: Mapping[str, Tensor], drop: Iterable[str]) -> "OrderedDict[str, Tensor]":
+    """Drop every key containing any of ``drop`` as a substring (the official filter-list rule)."""
+    drop = [d for d in drop if d]
+    return OrderedDict((k, v) for k, v in sd.items() if not any(d in k for d in drop))
+
+
+def load_weights(model: EDT, path: str | os.PathLike | Checkpoint, *, drop: Iterable[str] = ()) -> EDT:
+    """Load an official ``.pth`` or cka_lab checkpoint into ``model`` (strictly), returning the model.
+
+    ``drop`` removes every checkpoint key that contains one of its strings, like the official
+    ``FILTER_LIST`` (``drop=("x3", "x4")`` loads the x2 branch of an SRx2x3x4 model into an SRx2 one).
+    Mask buffers may be present (official files, sized for the training patch) or absent (fixtures,
+    cka_lab files); masks for other sizes are computed on the fly.
+    """
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    sd = _filter(ckpt.state_dict, drop)
+    own = model.state_dict()
+    name = getattr(model, "name", type(model).__name__)
+    src = str(ckpt.path)
+    for key, value in sd.items():
+        if key in own and own[key].shape != value.shape and not is_mask_key(key):
+            raise CkaLabError(
+                f"{src!r} does not fit {name}: {key} has shape {tuple(value.shape)} in the checkpoint but "
+                f"{tuple(own[key].shape)} in the model (checkpoint architecture: {_arch_or_unknown(sd)})"
+            )
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CkaLabError(
+            f"{src!r} does not fit {name}: the checkpoint has {unexpected[0]}"
+            f"{f' and {len(unexpected) - 1} more keys' if len(unexpected) > 1 else ''} that the model lacks "
+            f"(checkpoint architecture: {_arch_or_unknown(sd)}; pass drop=[...] to leave heads out)"
+        )
+    missing = [k for k in own if k not in sd and not is_mask_key(k)]
+    if missing:
+        raise CkaLabError(
+            f"{src!r} does not fit {name}: the checkpoint lacks {missing[0]}"
+            f"{f' and {len(missing) - 1} more keys' if len(missing) > 1 else ''} "
+            f"(checkpoint architecture: {_arch_or_unknown(sd)})"
+        )
+    usable = OrderedDict(
+        (k, v) for k, v in sd.items() if not is_mask_key(k) or own[k].shape == v.shape
+    )
+    bad = [k for k, v in usable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CkaLabError(f"{src!r} has NaN or infinite values in {bad[0]}: the weights are damaged")
+    model.load_state_dict(usable, strict=False)
+    return model
+
+
+def _arch_or_unknown(sd: Mapping[str, Tensor]) -> str:
+    try:
+        return infer_edt(sd).name
+    except CkaLabError:
+        return "not EDT"
+
+
+def load_model(
+    path: str | os.PathLike, *, arch: str | None = None, drop: Iterable[str] = (), device: str | torch.device = "cpu"
+) -> EDT:
+    """Build the right EDT for a weights file and load it: ``arch`` overrides the inferred architecture.
+
+    Returns the model in eval mode, with ``model.checkpoint_info`` describing where it came from.
+    """
+    ckpt = read_checkpoint(path)
+    sd = _filter(ckpt.state_dict, drop)
+    if arch is not None:
+        cfg = config_from_name(arch)
+    elif ckpt.config is not None and not drop:
+        cfg = ckpt.config
+    else:
+        cfg = infer_edt(sd)
+    model = EDT(cfg)
+    load_weights(model, Checkpoint(ckpt.path, sd, ckpt.format, ckpt.config, ckpt.meta, ckpt.train))
+    model.checkpoint_info = {"path": str(ckpt.path), "format": ckpt.format, **ckpt.meta}
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash while writing leaves the previous file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: EDT,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a cka_lab checkpoint atomically (mask buffers left out; they are recomputed on load)."""
+    model = getattr(model, "module", model)
+    sd = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items() if not is_mask_key(k))
+    obj = {
+        "format": FORMAT,
+        "arch": model.config.name,
+        "model": sd,
+        "config": model.config.to_dict(),
+        "meta": dict(meta or {}),
+    }
+    if train is not None:
+        obj["train"] = dict(train)
+    return atomic_torch_save(obj, path)
