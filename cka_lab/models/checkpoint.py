@@ -72,11 +72,15 @@ def _torch_load(path: Path) -> Any:
         raise CkaLabError(f"checkpoint {str(path)!r} does not exist: check the path")
     if path.is_dir():
         raise CkaLabError(f"{str(path)!r} is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or a raw pickle
+        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint (it is neither a torch.save zip nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
+        if "global" in msg.lower():
             raise CkaLabError(
                 f"refusing to load {str(path)!r}: it holds pickled Python objects that could run code "
                 "(only tensors and plain types are accepted); re-save it as a state dict from a trusted source"
@@ -301,6 +305,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

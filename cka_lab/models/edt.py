@@ -157,8 +157,14 @@ def window_reverse(windows: Tensor, wh: int, ww: int, H: int, W: int) -> Tensor:
     return x.reshape(-1, H, W, C)
 
 
-@lru_cache(maxsize=64)
-def _window_mask_cpu(H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> Tensor:
+def window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """Additive mask ``(nW, N, N)`` of a shifted window partition: -100 between regions, else 0.
+
+    Built like Swin's: after rolling by ``-shift``, windows at the bottom/right borders hold tokens
+    from different image regions, which must not attend to each other.
+    """
+    wh, ww = window
+    sh, sw = shift
     img = torch.zeros(1, H, W, 1)
     cnt = 0
     for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
@@ -170,13 +176,10 @@ def _window_mask_cpu(H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> Tens
     return diff.ne(0).float() * -100.0
 
 
-def window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
-    """Additive mask ``(nW, N, N)`` of a shifted window partition: -100 between regions, else 0.
-
-    Built like Swin's: after rolling by ``-shift``, windows at the bottom/right borders hold tokens
-    from different image regions, which must not attend to each other.
-    """
-    return _window_mask_cpu(H, W, window[0], window[1], shift[0], shift[1]).clone()
+@lru_cache(maxsize=8)
+def _cached_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device: str) -> Tensor:
+    """Read-only masks shared by all shifted blocks for one input size (the official code recomputes them)."""
+    return window_mask(H, W, window, shift).to(device)
 
 
 class WindowAttention(nn.Module):
@@ -299,7 +302,7 @@ class CSwinTransformerBlock(nn.Module):
     def _masks(self, H: int, W: int, device: torch.device) -> tuple[Tensor, Tensor]:
         if H == W == self.image_size:
             return self.attn_mask_h, self.attn_mask_v
-        return tuple(window_mask(H, W, w, s).to(device) for w, s in zip(self.windows, self.shifts))
+        return tuple(_cached_mask(H, W, w, s, str(device)) for w, s in zip(self.windows, self.shifts))
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         H, W = x_size

@@ -13,8 +13,9 @@ import torch
 
 from cka_lab.models import EDT, create_edt
 
-REPO = Path(__file__).resolve().parents[2]
-EDT_FIXTURES = REPO.parent / "shared" / "fixtures" / "edt"
+from ..conftest import _shared_path
+
+EDT_FIXTURES = _shared_path() / "fixtures" / "edt"
 requires_fixtures = pytest.mark.skipif(
     not EDT_FIXTURES.is_dir(), reason=f"EDT reference fixtures not found at {EDT_FIXTURES}"
 )
