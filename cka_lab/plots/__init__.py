@@ -1,0 +1,19 @@
+"""Plots and tables of analysis results (figures are returned, never shown)."""
+
+from cka_lab.plots.heatmap import (
+    HeatmapPanel,
+    cka_table,
+    plot_cka_heatmap,
+    plot_cka_heatmaps,
+    save_figure,
+    shorten_names,
+)
+
+__all__ = [
+    "HeatmapPanel",
+    "cka_table",
+    "plot_cka_heatmap",
+    "plot_cka_heatmaps",
+    "save_figure",
+    "shorten_names",
+]
