@@ -1,0 +1,500 @@
+"""Training configuration: a TOML file read into nested frozen dataclasses.
+
+A config file has these sections (every key is optional except ``model.arch``; the defaults are the
+official EDT training settings)::
+
+    [run]       name, out, seed, device, amp, threads
+    [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
+    [data]      root, patch_size, augment, num_workers, sr, dn, dr
+    [val]       every, sr, dn, dr, max_images, crop
+    [optim]     lr, betas, weight_decay, milestones, gamma
+    [schedule]  iterations, batch_size, ckpt_every, log_every
+    [finetune]  init, drop, strict
+
+Paths
+    Relative paths in the file resolve against the folder that holds the file. ``[data] root`` is
+    the folder the data set names (``sr = ["train/Sun_Hays80"]``, ``val.sr = "sr/Set5"``) are
+    relative to. Strings may use ``${VAR}`` or ``${VAR:-default}`` (environment variables), so the
+    configs in ``checkpoints/configs/`` say ``root = "${CKA_LAB_DATA:-../../../shared/data}"``:
+    ``$CKA_LAB_DATA`` when set, else ``shared/data`` next to the repository. ``--data-root`` on the
+    command line overrides ``[data] root``.
+
+Unknown sections or keys raise :class:`~cka_lab.errors.CkaLabError` naming the section, the key and
+the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cka_lab.data.datasets import ImageSource
+from cka_lab.errors import CkaLabError
+
+__all__ = [
+    "ImageSource",
+    "RunConfig",
+    "ModelConfig",
+    "DataConfig",
+    "ValConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "FinetuneConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_config",
+    "config_to_dict",
+    "config_differences",
+    "RESUMABLE_KEYS",
+]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how the run happens.
+
+    ``out`` is the run folder (checkpoints and CSV logs); default ``runs/<name>`` in the working
+    directory. ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``. ``amp`` turns
+    on mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); it is ignored
+    on CPU. ``threads`` sets ``torch.set_num_threads`` (0: torch's default, or cores / processes
+    under DDP on CPU).
+    """
+
+    name: str = ""
+    out: Path | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: an official architecture name plus EDTConfig field overrides.
+
+    ``overrides`` holds every other key of the ``[model]`` table (e.g. ``drop_path_rate = 0.1``,
+    ``upsampler = "pixelshuffle"``, ``depths = [2, 2]``); the task heads and the size come from
+    ``arch`` only. ``image_size`` (the size of the stored shifted-window masks) defaults to the
+    body-resolution patch size ``data.patch_size``.
+    """
+
+    arch: str = ""
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def override_dict(self) -> dict[str, Any]:
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.overrides}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data.
+
+    ``patch_size`` is the patch at body resolution, i.e. the LR patch of SR heads (official: 48).
+    Denoising / deraining heads that downsample get ``patch_size * 2**depth`` (192) patches; SF
+    heads get ``patch_size``. ``sr`` / ``dn`` are folders of clean images (strings, or tables
+    ``{path = "...", reduce = 2}``), ``dr`` folders holding ``rain/`` and ``norain/`` pairs. Each is
+    needed only when the model has a head of that kind.
+    """
+
+    root: Path = Path(".")
+    patch_size: int = 48
+    augment: bool = True
+    num_workers: int = 0
+    sr: tuple[ImageSource, ...] = ()
+    dn: tuple[ImageSource, ...] = ()
+    dr: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Validation every ``every`` iterations (0: never; always at the end when a set is given).
+
+    ``sr`` is a Set5-style folder (``HR/x{s}`` + ``LR_bicubic/x{s}``, or a folder of HR images),
+    ``dn`` a folder of clean images (noise by the official protocol: ``np.random.seed(0)`` once per
+    noise level, images in sorted order), ``dr`` a folder with ``rain/`` and ``norain/``.
+    ``max_images`` keeps the first N images of each set (0: all); ``crop`` centre-crops every input
+    to at most ``crop x crop`` pixels (0: full images) -- full-image validation of EDT-B on a CPU is
+    slow.
+    """
+
+    every: int = 0
+    sr: Path | None = None
+    dn: Path | None = None
+    dr: Path | None = None
+    max_images: int = 0
+    crop: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with multi-step decay (official: lr 2e-4, betas 0.9/0.99, halve the lr at milestones).
+
+    ``milestones`` are iteration numbers; floats below 1 are fractions of ``schedule.iterations``
+    (the official ``[250000, 400000, 450000, 475000]`` of 500k is ``[0.5, 0.8, 0.9, 0.95]``).
+    """
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Length and bookkeeping. ``batch_size`` is per head and per process."""
+
+    iterations: int = 1000
+    batch_size: int = 4
+    ckpt_every: int = 100
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Initialise from a pre-trained checkpoint (cka_lab or official ``.pth``).
+
+    ``drop`` removes every checkpoint key containing one of its strings (the official
+    ``FILTER_LIST`` rule, e.g. ``["x3", "x4"]``). ``strict = true`` requires the rest to match the
+    model key for key; ``strict = false`` leaves model weights the checkpoint lacks at their fresh
+    initialisation (shape mismatches are always errors).
+    """
+
+    init: Path | None = None
+    drop: tuple[str, ...] = ()
+    strict: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run. ``source`` is the config file and ``text`` its TOML text."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    source: Path | None = None
+    text: str = ""
+
+    def resolved_milestones(self) -> list[int]:
+        """Milestones as iteration numbers, sorted."""
+        out = []
+        for m in self.optim.milestones:
+            out.append(int(round(m * self.schedule.iterations)) if isinstance(m, float) and m < 1 else int(m))
+        return sorted(out)
+
+
+_SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "val": ValConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "finetune": FinetuneConfig,
+}
+
+#: Keys that may differ between a run and its ``--resume`` (``section.key``).
+RESUMABLE_KEYS = frozenset(
+    {
+        "run.name",
+        "run.out",
+        "run.device",
+        "run.threads",
+        "data.num_workers",
+        "data.root",
+        "schedule.iterations",
+        "schedule.ckpt_every",
+        "schedule.log_every",
+        "val.every",
+        "val.max_images",
+        "val.crop",
+        "val.sr",
+        "val.dn",
+        "val.dr",
+        "finetune.init",
+    }
+)
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _close(key: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _expand(value: str, where: str) -> str:
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise CkaLabError(f"{where}: environment variable ${{{name}}} is not set (set it, or write ${{{name}:-default}})")
+
+    return _ENV.sub(sub, value)
+
+
+def _path(value: Any, where: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise CkaLabError(f"{where} must be a path string, got {value!r}")
+    p = Path(os.path.expanduser(_expand(value, where)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _scalar(value: Any, tp: type, where: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise CkaLabError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CkaLabError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CkaLabError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise CkaLabError(f"{where} must be a string, got {value!r}")
+        return value
+    raise AssertionError(tp)  # pragma: no cover
+
+
+def _source(value: Any, where: str, base: Path) -> ImageSource:
+    if isinstance(value, str):
+        return ImageSource(_path(value, where, base))
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in ("path", "reduce")]
+        if unknown:
+            raise CkaLabError(f"{where}: unknown key {unknown[0]!r}{_close(unknown[0], ('path', 'reduce'))}; "
+                              "an image source is a path string or {path = \"...\", reduce = 2}")
+        if "path" not in value:
+            raise CkaLabError(f"{where}: an image source table needs a 'path'")
+        reduce = _scalar(value.get("reduce", 1), int, f"{where}.reduce")
+        if reduce < 1:
+            raise CkaLabError(f"{where}.reduce must be >= 1, got {reduce}")
+        return ImageSource(_path(value["path"], f"{where}.path", base), reduce)
+    raise CkaLabError(f"{where} must be a path string or a table {{path = ..., reduce = ...}}, got {value!r}")
+
+
+def _convert(value: Any, tp: Any, where: str, base: Path) -> Any:
+    """Check and convert one TOML value to the annotated field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, args[0], where, base)
+    if tp is Path:
+        return _path(value, where, base)
+    if tp is ImageSource:
+        return _source(value, where, base)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            if args and args[-1] is Ellipsis and not isinstance(value, (dict, bool)):
+                value = [value]  # a single value where a list is expected
+            else:
+                raise CkaLabError(f"{where} must be a list, got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]", base) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise CkaLabError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]", base) for i, (v, a) in enumerate(zip(value, args)))
+    return _scalar(value, tp, where)
+
+
+def _section(name: str, cls: type, table: Any, base: Path) -> Any:
+    if not isinstance(table, dict):
+        raise CkaLabError(f"[{name}] must be a table (a [{name}] section), got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if cls is ModelConfig:
+        return _model_section(table)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise CkaLabError(f"[{name}] has no key {key!r}{_close(key, fields)}; valid keys: {', '.join(fields)}")
+        kwargs[key] = _convert(value, hints[key], f"{name}.{key}", base)
+    return cls(**kwargs)
+
+
+def _model_section(table: dict) -> ModelConfig:
+    from cka_lab.models.registry import EDTConfig
+
+    fixed = {"scales", "noise_levels", "rain_levels", "size", "sf"}
+    allowed = [f.name for f in dataclasses.fields(EDTConfig) if f.name not in fixed]
+    if "arch" not in table:
+        raise CkaLabError("[model] needs arch = \"<official name>\", e.g. arch = \"SRx2_EDTT\"")
+    arch = _scalar(table["arch"], str, "model.arch")
+    overrides = []
+    for key, value in table.items():
+        if key == "arch":
+            continue
+        if key in fixed:
+            raise CkaLabError(f"[model] {key!r} comes from the architecture name; change model.arch instead")
+        if key not in allowed:
+            raise CkaLabError(
+                f"[model] has no key {key!r}{_close(key, ['arch'] + allowed)}; valid keys: arch, {', '.join(allowed)}"
+            )
+        overrides.append((key, tuple(value) if isinstance(value, list) else value))
+    cfg = ModelConfig(arch=arch, overrides=tuple(sorted(overrides)))
+    # Fail now, not after the data is loaded, on a bad name or override.
+    from cka_lab.models.registry import config_from_name
+
+    try:
+        config_from_name(arch, **cfg.override_dict())
+    except TypeError as exc:
+        raise CkaLabError(f"[model] bad override: {exc}") from None
+    return cfg
+
+
+def parse_config(text: str, *, source: Path | None = None, data_root: str | Path | None = None) -> TrainConfig:
+    """Parse TOML text into a :class:`TrainConfig` (relative paths resolve against ``source``'s folder)."""
+    where = str(source) if source else "config"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CkaLabError(f"{where} is not valid TOML: {exc}") from None
+    base = source.resolve().parent if source else Path.cwd()
+    unknown = [k for k in raw if k not in _SECTIONS]
+    if unknown:
+        key = unknown[0]
+        kind = "section" if isinstance(raw[key], dict) else "top-level key"
+        raise CkaLabError(
+            f"{where}: unknown {kind} {key!r}{_close(key, _SECTIONS)}; sections are {', '.join(f'[{s}]' for s in _SECTIONS)}"
+        )
+    if "model" not in raw:
+        raise CkaLabError(f"{where}: missing [model] section with arch = \"<official name>\", e.g. \"SRx2_EDTT\"")
+    data_table = raw.get("data", {})
+    if data_root is not None:
+        root = Path(os.path.expanduser(str(data_root))).resolve()
+    elif isinstance(data_table, dict) and "root" in data_table:
+        root = _path(data_table["root"], "data.root", base).resolve()
+    else:
+        root = base
+    parts: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        # data set names ([data] sr/dn/dr, [val] sr/dn/dr) are relative to [data] root
+        parts[name] = _section(name, cls, raw.get(name, {}), root if name in ("data", "val") else base)
+    parts["data"] = dataclasses.replace(parts["data"], root=root)
+    name = parts["run"].name or (source.stem if source else "run")
+    parts["run"] = dataclasses.replace(parts["run"], name=name)
+    cfg = TrainConfig(**parts, source=source.resolve() if source else None, text=text)
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: TrainConfig, where: str) -> None:
+    s, o, d, v = cfg.schedule, cfg.optim, cfg.data, cfg.val
+    for key, value, low in (
+        ("schedule.iterations", s.iterations, 1),
+        ("schedule.batch_size", s.batch_size, 1),
+        ("schedule.ckpt_every", s.ckpt_every, 1),
+        ("schedule.log_every", s.log_every, 1),
+        ("data.patch_size", d.patch_size, 1),
+        ("data.num_workers", d.num_workers, 0),
+        ("val.every", v.every, 0),
+        ("val.max_images", v.max_images, 0),
+        ("val.crop", v.crop, 0),
+        ("run.threads", cfg.run.threads, 0),
+    ):
+        if value < low:
+            raise CkaLabError(f"{where}: {key} must be >= {low}, got {value}")
+    if o.lr <= 0:
+        raise CkaLabError(f"{where}: optim.lr must be > 0, got {o.lr}")
+    if not all(0 <= b < 1 for b in o.betas):
+        raise CkaLabError(f"{where}: optim.betas must be in [0, 1), got {list(o.betas)}")
+    if any(m <= 0 for m in o.milestones):
+        raise CkaLabError(f"{where}: optim.milestones must be positive, got {list(o.milestones)}")
+    if cfg.run.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.run.device):
+        raise CkaLabError(f"{where}: run.device must be auto, cpu, cuda or cuda:N, got {cfg.run.device!r}")
+
+
+def load_config(path: str | Path, *, data_root: str | Path | None = None) -> TrainConfig:
+    """Read a TOML training config. ``data_root`` replaces ``[data] root`` (relative to the CWD)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CkaLabError(f"config file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CkaLabError(f"cannot read config {str(path)!r}: {exc}") from None
+    return parse_config(text, source=path, data_root=data_root)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, ImageSource):
+        return {"path": str(value.path), "reduce": value.reduce}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _relative_to(p: Path, root: Path) -> Path:
+    try:
+        return p.resolve().relative_to(root)
+    except ValueError:
+        return p
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The resolved config as plain types, section -> key -> value.
+
+    Paths are strings; data set paths under ``data.root`` are written relative to it, so that the
+    same run with its data moved elsewhere (``--data-root``) has the same dict.
+    """
+    root = cfg.data.root
+    out: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        sec = getattr(cfg, name)
+        if name == "model":
+            out[name] = {"arch": sec.arch, **{k: _plain(v) for k, v in sec.overrides}}
+            continue
+        if name == "data":
+            sec = dataclasses.replace(
+                sec,
+                sr=tuple(ImageSource(_relative_to(s.path, root), s.reduce) for s in sec.sr),
+                dn=tuple(ImageSource(_relative_to(s.path, root), s.reduce) for s in sec.dn),
+                dr=tuple(_relative_to(p, root) for p in sec.dr),
+            )
+        elif name == "val":
+            sec = dataclasses.replace(
+                sec, **{k: _relative_to(getattr(sec, k), root) for k in ("sr", "dn", "dr") if getattr(sec, k)}
+            )
+        out[name] = {f.name: _plain(getattr(sec, f.name)) for f in dataclasses.fields(sec)}
+    return out
+
+
+def config_differences(old: dict, new: dict, *, ignore: frozenset[str] = RESUMABLE_KEYS) -> list[str]:
+    """``section.key`` entries whose values differ between two :func:`config_to_dict` results."""
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name in ignore:
+                continue
+            if a.get(key) != b.get(key):
+                diffs.append(f"{name} is {a.get(key)!r} there but {b.get(key)!r} here")
+    return diffs
