@@ -36,6 +36,7 @@ __all__ = [
     "default_probe_images",
     "model_input",
     "progress_enabled",
+    "short_layer_name",
 ]
 
 DEFAULT_LAYERS = "body.layers.*.residual_group.blocks.*"
@@ -62,6 +63,17 @@ def stage_starts(layers: Sequence[str]) -> list[int]:
             starts.append(i)
         last = stage
     return starts
+
+
+_BLOCK = re.compile(r"^body\.layers\.(\d+)\.residual_group\.blocks\.(\d+)")
+
+
+def short_layer_name(name: str) -> str:
+    """Compact display name of an EDT layer: ``body.layers.2.residual_group.blocks.3.mlp`` -> ``s2.b3.mlp``."""
+    m = _BLOCK.match(name)
+    if m:
+        return f"s{m.group(1)}.b{m.group(2)}{name[m.end():]}"
+    return name.removeprefix("body.").replace("layers.", "s", 1) if name.startswith("body.layers.") else name
 
 
 def default_probe_images() -> list[Path]:

@@ -63,7 +63,7 @@ def _writable(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cka_lab.analysis.compare import compare_models, probe_loader, stage_starts
+    from cka_lab.analysis.compare import compare_models, probe_loader, short_layer_name, stage_starts
     from cka_lab.models import load_model
     from cka_lab.plots import plot_cka_heatmap, save_figure
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.meta.update({"ckpt_a": str(args.ckpt_a), "ckpt_b": str(args.ckpt_b)})
     fig = plot_cka_heatmap(
-        result.matrix, result.layers_a, result.layers_b,
+        result.matrix, [short_layer_name(n) for n in result.layers_a], [short_layer_name(n) for n in result.layers_b],
         name_a=f"{name_a} ({result.arch_a}, {task_a})", name_b=f"{name_b} ({result.arch_b}, {task_b})",
         title=f"linear CKA, {result.n_samples} crops of {result.patch}px",
         stages_a=stage_starts(result.layers_a), stages_b=stage_starts(result.layers_b),
