@@ -414,6 +414,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         ("val.max_images", v.max_images, 0),
         ("val.crop", v.crop, 0),
         ("run.threads", cfg.run.threads, 0),
+        ("run.seed", cfg.run.seed, 0),
     ):
         if value < low:
             raise CkaLabError(f"{where}: {key} must be >= {low}, got {value}")

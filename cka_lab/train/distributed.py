@@ -80,8 +80,8 @@ class DistEnv:
     def wrap(self, model: nn.Module) -> nn.Module:
         """``DistributedDataParallel(model)`` in a process group, else the model itself.
 
-        Every head is used every step and EDT has no batch norm, so unused-parameter search and
-        buffer broadcasting are off.
+        Every head is used every step and EDT has no batch norm, so there is no unused-parameter
+        search and no buffer sync per forward (the constant buffers are synced once, at wrapping).
         """
         if not self.distributed:
             return model
@@ -93,7 +93,7 @@ class DistEnv:
         # strides; DDP warns about it on every backward although nothing is wrong
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():

@@ -283,7 +283,6 @@ class _Trainer:
         sched = cfg.schedule
         bar = make_progress(self.end, start, env.is_main and progress_enabled(), cfg.run.name)
         win = _Window(len(tasks))
-        last_path: Path | None = None
         best_path: Path | None = None
         loss_value = None
         iteration = start
@@ -330,14 +329,14 @@ class _Trainer:
                     b = self._validate(iteration, model, val, val_log)
                     best_path = b or best_path
                 if iteration % sched.ckpt_every == 0 or final:
-                    last_path = self._save(iteration, model, optimizer, scheduler, scaler)
+                    self._save(iteration, model, optimizer, scheduler, scaler)
                 t_prev = time.perf_counter()  # validation and saving are not step time
         finally:
             bar.close()
         if env.is_main:
             say(f"done: iteration {iteration}, checkpoint {self.out / LAST}")
-        return TrainResult(self.out, iteration, self.out / LAST, best_path or (self.out / BEST if (self.out / BEST).exists() else None),
-                           dict(self.last_val), loss_value)
+        best = best_path or (self.out / BEST if (self.out / BEST).exists() else None)
+        return TrainResult(self.out, iteration, self.out / LAST, best, dict(self.last_val), loss_value)
 
 
 class _Window:

@@ -140,3 +140,20 @@ def test_bundled_configs_parse(repo_root, data_dir):
             assert src.path.is_dir(), f"{f.name}: {src.path}"
         for p in (cfg.val.sr, cfg.val.dn, cfg.val.dr):
             assert p is None or p.is_dir(), f"{f.name}: {p}"
+
+
+def test_bundled_finetune_configs_fit_their_pretraining(repo_root, tmp_path):
+    """Each fine-tune config's drop/strict/upsampler choice loads the model its pre-training config makes."""
+    from cka_lab.models import save_checkpoint
+    from cka_lab.train.finetune import init_from_checkpoint
+    from cka_lab.train.loop import build_model
+
+    folder = repo_root / "checkpoints" / "configs"
+    pairs = [("edtt_srx2_finetune.toml", "edtt_srx2x3x4_pretrain.toml"), ("edtt_dng25_finetune.toml", "edtt_dn_pretrain.toml")]
+    for fine_name, pre_name in pairs:
+        fine, pre = load_config(folder / fine_name), load_config(folder / pre_name)
+        assert fine.finetune.init.parent.resolve() == pre.run.out.resolve()
+        ckpt = save_checkpoint(tmp_path / f"{pre_name}.pt", build_model(pre))
+        model = build_model(fine)
+        report = init_from_checkpoint(model, ckpt, fine.finetune.drop, fine.finetune.strict)
+        assert not report.fresh and report.loaded > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,20 @@ def test_two_process_gloo_run_trains_and_its_checkpoint_loads_in_one_process(tra
     out = tmp_path / "run"
     env = dict(os.environ, CKA_LAB_NO_PROGRESS="1", OMP_WAIT_POLICY="PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "cka_lab.train", str(cfg), "--out", str(out), "--max-iters", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es) on cpu" in proc.stdout  # rank 0 speaks, once
-    assert proc.stdout.count("done: iteration 2") == 1
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 process(es) on cpu" in stdout  # rank 0 speaks, once
+    assert stdout.count("done: iteration 2") == 1
 
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt.train["iteration"] == 2 and ckpt.train["world_size"] == 2
