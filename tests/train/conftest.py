@@ -20,7 +20,7 @@ def train_folders(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
     return make_train_folders(data_dir, tmp_path_factory.mktemp("train_images"))
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One CPU thread: on a shared 2-core machine OpenMP's spinning threads make steps 20-40x slower."""
     before = torch.get_num_threads()
