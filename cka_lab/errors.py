@@ -7,3 +7,17 @@ prints it as ``cka-lab: error: <message>`` and exits with status 2, without a tr
 
 class CkaLabError(Exception):
     """Bad input or a state the user can fix: the message is one line, with the fix in it."""
+
+
+def run_reporting_errors(func, *args) -> int:
+    """Call ``func(*args)``; print a :class:`CkaLabError` as one line (exit 2), Ctrl-C as exit 130."""
+    import sys
+
+    try:
+        return int(func(*args) or 0)
+    except CkaLabError as exc:
+        print(f"cka-lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cka-lab: interrupted", file=sys.stderr)
+        return 130

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from cka_lab import __version__
-from cka_lab.errors import CkaLabError
+from cka_lab.errors import run_reporting_errors
 
 # Order here is the order shown by ``cka-lab --help``.
 SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "evaluate", "contrast", "report")
@@ -44,15 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        code = args.func(args)
-    except CkaLabError as exc:
-        print(f"cka-lab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cka-lab: interrupted", file=sys.stderr)
-        return 130
-    return int(code or 0)
+    return run_reporting_errors(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
