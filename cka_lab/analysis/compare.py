@@ -84,8 +84,9 @@ def default_probe_images() -> list[Path]:
 def model_input(x: Tensor, task: str, *, seed: int, batch_index: int) -> Tensor:
     """What a head of ``task`` is fed for the clean crops ``x: (B, 3, P, P)``: noisy for ``g<sigma>``."""
     if task.startswith("g") and task[1:].isdigit():
+        # the noise is drawn on the CPU, so it is the same whatever device the model runs on
         g = torch.Generator().manual_seed(seed * 1_000_003 + batch_index * 1_009 + int(task[1:]))
-        return add_gaussian_noise(x, float(task[1:]), generator=g)
+        return add_gaussian_noise(x.cpu(), float(task[1:]), generator=g).to(x.device)
     return x
 
 
@@ -108,6 +109,7 @@ class Comparison:
     data: str
     ci_low: np.ndarray | None = None
     ci_high: np.ndarray | None = None
+    features: str = "output"
     meta: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
@@ -146,6 +148,7 @@ class Comparison:
             "n_batches": self.n_batches,
             "patch": self.patch,
             "data": self.data,
+            "features": self.features,
             "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021)",
             "mean_cka": float(np.nanmean(m)),
             "best_match_of_a": {a: self.layers_b[j] for a, j in zip(self.layers_a, best)},
@@ -196,19 +199,22 @@ def compare_models(
     confidence: bool = True,
     progress: bool | None = None,
     data_label: str = "",
+    features: str = "output",
 ) -> Comparison:
     """CKA between every layer of ``model_a`` and every layer of ``model_b`` over ``batches``.
 
     ``batches`` yields clean crops ``(B, 3, P, P)`` (B >= 4); the models run in eval mode on
     ``device``. ``layers_*`` are names or glob patterns (default: every transformer block).
+    ``features`` is ``"output"`` (what each layer returns) or ``"update"`` (output minus input, what a
+    residual block adds; see :class:`~cka_lab.features.FeatureExtractor`).
     """
     device = torch.device(device)
     task_a = task_a or getattr(getattr(model_a, "config", None), "tasks", (None,))[0]
     task_b = task_b or getattr(getattr(model_b, "config", None), "tasks", (None,))[0]
     model_a.eval().to(device)
     model_b.eval().to(device)
-    ext_a = FeatureExtractor(model_a, layers_a if layers_a is not None else DEFAULT_LAYERS)
-    ext_b = FeatureExtractor(model_b, layers_b if layers_b is not None else DEFAULT_LAYERS)
+    ext_a = FeatureExtractor(model_a, layers_a if layers_a is not None else DEFAULT_LAYERS, kind=features)
+    ext_b = FeatureExtractor(model_b, layers_b if layers_b is not None else DEFAULT_LAYERS, kind=features)
     metric = MinibatchCKA(ext_a.layers, ext_b.layers, keep_batches=confidence)
     total = len(batches) if hasattr(batches, "__len__") else None
     bar = tqdm(batches, total=total, desc=f"CKA {name_a} vs {name_b}", unit="batch",
@@ -247,6 +253,7 @@ def compare_models(
         data=data_label,
         ci_low=lo,
         ci_high=hi,
+        features=features,
     )
 
 

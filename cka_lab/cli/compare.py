@@ -28,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default=None,
                    help="comma-separated module names or glob patterns for both models "
                         "(default: body.layers.*.residual_group.blocks.*)")
+    p.add_argument("--features", choices=("update", "output"), default="update",
+                   help="update: what each layer adds to the residual stream (output - input, the default); "
+                        "output: the layer's output itself, which in EDT carries the patch embedding through "
+                        "every block")
     p.add_argument("--data", default=None, help="folder of probe images (default: the images bundled with cka_lab)")
     p.add_argument("--patch", type=int, default=None, help="probe crop size (default: 48, or 96 for a downsampling head)")
     p.add_argument("--n-samples", type=int, default=256, help="number of probe crops (default 256)")
@@ -82,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     result = compare_models(
         model_a, model_b, batches, task_a=task_a, task_b=task_b, layers_a=layers, layers_b=layers,
-        name_a=name_a, name_b=name_b, seed=args.seed, device=device, data_label=label,
+        name_a=name_a, name_b=name_b, seed=args.seed, device=device, data_label=label, features=args.features,
     )
     result.meta.update({"ckpt_a": str(args.ckpt_a), "ckpt_b": str(args.ckpt_b)})
     fig = plot_cka_heatmap(
         result.matrix, [short_layer_name(n) for n in result.layers_a], [short_layer_name(n) for n in result.layers_b],
         name_a=f"{name_a} ({result.arch_a}, {task_a})", name_b=f"{name_b} ({result.arch_b}, {task_b})",
-        title=f"linear CKA, {result.n_samples} crops of {result.patch}px",
+        title=f"linear CKA of layer {args.features}s, {result.n_samples} crops of {result.patch}px",
         stages_a=stage_starts(result.layers_a), stages_b=stage_starts(result.layers_b),
     )
     for ext in ("png", "svg"):

@@ -108,6 +108,9 @@ def first_tensor(output: Any) -> Tensor | None:
     return None
 
 
+FEATURE_KINDS = ("output", "update")
+
+
 class FeatureExtractor:
     """Record the outputs of named modules during forward passes, flattened to (B, D).
 
@@ -119,6 +122,11 @@ class FeatureExtractor:
         call_index: which call of a module to keep when it runs several times in one forward pass
             (e.g. a shared body run once per task head): 0 keeps the first call (the default), k the
             k-th, -1 the last.
+        kind: ``"output"`` records what the module returns; ``"update"`` records output minus input,
+            what a residual block adds to the stream it reads (its input and output must have the
+            same number of elements per sample). In a pre-norm transformer the residual stream
+            carries the patch embedding through every block, so block *outputs* of a briefly
+            trained EDT all have CKA ~1 with each other; the *updates* show what each block computes.
 
     Attributes:
         layers: the resolved module names.
@@ -137,9 +145,13 @@ class FeatureExtractor:
 
     """
 
-    def __init__(self, model: nn.Module, layers: str | Sequence[str], *, call_index: int = 0) -> None:
+    def __init__(self, model: nn.Module, layers: str | Sequence[str], *, call_index: int = 0,
+                 kind: str = "output") -> None:
         if call_index < -1:
             raise CkaLabError(f"call_index must be >= 0, or -1 for the last call; got {call_index}")
+        if kind not in FEATURE_KINDS:
+            raise CkaLabError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}; got {kind!r}")
+        self.kind = kind
         self.model = model
         self.layers = resolve_layers(model, layers)
         self.call_index = call_index
@@ -170,7 +182,17 @@ class FeatureExtractor:
             )
         if tensor.dim() == 0:
             raise CkaLabError(f"layer {name!r} returned a scalar; choose a module with a (B, ...) output")
-        self.features[name] = tensor.detach().reshape(tensor.shape[0], -1)
+        flat = tensor.detach().reshape(tensor.shape[0], -1)
+        if self.kind == "update":
+            given = first_tensor(args)
+            if given is None or given.numel() != tensor.numel():
+                shape = "no tensor" if given is None else tuple(given.shape)
+                raise CkaLabError(
+                    f"layer {name!r} maps {shape} to {tuple(tensor.shape)}: 'update' features (output - input) "
+                    "need a residual module whose input and output have the same size; use --features output"
+                )
+            flat = flat - given.detach().reshape(tensor.shape[0], -1)
+        self.features[name] = flat
 
     def __enter__(self) -> FeatureExtractor:
         if self._handles:
