@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -36,3 +37,29 @@ def resolve_device(name: str) -> torch.device:
 
 def format_count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def probe_tasks(spec: str | None, model_a, model_b) -> tuple[str, str]:
+    """``--task``: one head for both models (``x2``), one each (``x2,g25``), or each model's first."""
+    if spec is None:
+        return model_a.tasks[0], model_b.tasks[0]
+    parts = [t.strip() for t in spec.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(parts):
+        raise CkaLabError(f"--task {spec!r}: give one task (x2) or two separated by a comma (x2,g25)")
+    model_a.config.head(parts[0])
+    model_b.config.head(parts[1])
+    return parts[0], parts[1]
+
+
+def writable_dir(out: Path) -> Path:
+    """Create ``out`` and prove it can be written, or fail in one line before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CkaLabError(f"cannot write to output folder {str(out)!r} ({exc.strerror}): choose another --out") from None
+    return out

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cka_lab.cli._common import add_device_arg, resolve_device
-from cka_lab.errors import CkaLabError
+from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,40 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _tasks(spec: str | None, model_a, model_b) -> tuple[str, str]:
-    if spec is None:
-        return model_a.tasks[0], model_b.tasks[0]
-    parts = [t.strip() for t in spec.split(",")]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or not all(parts):
-        raise CkaLabError(f"--task {spec!r}: give one task (x2) or two separated by a comma (x2,g25)")
-    model_a.config.head(parts[0])
-    model_b.config.head(parts[1])
-    return parts[0], parts[1]
-
-
-def _writable(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CkaLabError(f"cannot write to output folder {str(out)!r} ({exc.strerror}): choose another --out") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from cka_lab.analysis.compare import compare_models, probe_loader, short_layer_name, stage_starts
     from cka_lab.models import load_model
     from cka_lab.plots import plot_cka_heatmap, save_figure
 
     device = resolve_device(args.device)
-    out = _writable(Path(args.out))
+    out = writable_dir(Path(args.out))
     model_a = load_model(args.ckpt_a, arch=args.arch_a)
     model_b = load_model(args.ckpt_b, arch=args.arch_b)
-    task_a, task_b = _tasks(args.task, model_a, model_b)
+    task_a, task_b = probe_tasks(args.task, model_a, model_b)
     patch = args.patch or max(48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
     layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
     batches, label = probe_loader(

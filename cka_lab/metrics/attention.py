@@ -63,17 +63,20 @@ def attention_distance_sums(
     dy, dx = window_offsets(wh, ww)
     dy, dx = dy.to(attn.device) * pixel_size, dx.to(attn.device) * pixel_size
     dist = torch.sqrt(dy**2 + dx**2)
-    a = attn.double()
-    per_query = torch.einsum("bhqk,qk->bhq", a, dist)  # (B', h, N)
+    # One float32 pass over the map for the per-query distances (needed for the spread), one reduction
+    # over the batch; every other statistic contracts the small (h, N, N) batch sum in float64.
+    a = attn if attn.dtype == torch.float64 else attn.float()
+    per_query = (a * dist.to(a.dtype)).sum(-1).double()  # (B', h, N)
+    a_sum = a.sum(0).double()  # (h, N, N)
     out = {
         "n": torch.full((a.shape[1],), float(a.shape[0] * a.shape[2]), dtype=torch.float64, device=a.device),
         "dist": per_query.sum(dim=(0, 2)),
         "dist_sq": (per_query**2).sum(dim=(0, 2)),
-        "dx": torch.einsum("bhqk,qk->h", a, dx.abs()),
-        "dy": torch.einsum("bhqk,qk->h", a, dy.abs()),
+        "dx": (a_sum * dx.abs()).sum(dim=(1, 2)),
+        "dy": (a_sum * dy.abs()).sum(dim=(1, 2)),
     }
     for r in radii:
-        out[f"within_{r:g}"] = torch.einsum("bhqk,qk->h", a, (dist <= r + 1e-9).double())
+        out[f"within_{r:g}"] = (a_sum * (dist <= r + 1e-9).double()).sum(dim=(1, 2))
     return {k: v.cpu() for k, v in out.items()}
 
 

@@ -37,7 +37,7 @@ def test_a_horizontal_strip_only_measures_horizontal_distance():
     attn = torch.rand(2, 3, 8, 8, generator=g).softmax(-1)
     sums = attention_distance_sums(attn, (1, 8))
     assert sums["dy"].abs().max() == 0.0
-    torch.testing.assert_close(sums["dx"], sums["dist"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(sums["dx"], sums["dist"], rtol=1e-6, atol=0)  # float32 map: per-query sums in float32
 
 
 def test_distances_are_in_input_pixels():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -34,7 +34,7 @@ def make_train_folders(data_dir: Path, dest: Path) -> dict[str, Path]:
 def tiny_config(arch: str, folders: dict[str, Path], data_dir: Path, *, iterations: int = 2,
                 val: bool = False, extra: str = "", model_extra: str = "", seed: int = 0) -> str:
     """TOML text of a fast run; ``extra`` is appended (more sections), ``model_extra`` goes into [model]."""
-    val_section = f"""
+    val_section = """
 [val]
 sr = "sr/Set5"
 dn = "denoise/McMaster"

@@ -1,0 +1,112 @@
+"""Figures for contrasting two models: CKA difference maps and attention-distance curves.
+
+Plain inputs only (matrices, layer names, DataFrames), so these figures draw any contrast, stored or
+fresh. Like :mod:`cka_lab.plots.heatmap`, figures are built without pyplot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from cka_lab.errors import CkaLabError
+
+from .heatmap import HeatmapPanel, _draw_panel, _panel_inches, save_figure
+
+__all__ = ["plot_cka_difference", "plot_attention_distance", "attention_curves"]
+
+
+def plot_cka_difference(
+    difference: object,
+    layers: Sequence[str],
+    *,
+    name_a: str = "A",
+    name_b: str = "B",
+    stages: Sequence[int] = (),
+    limit: float | None = None,
+    annotate: bool | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """``CKA(A) - CKA(B)`` as a diverging heatmap (red: A more similar, blue: B), centred on 0.
+
+    ``limit`` fixes the symmetric colour range (default: the largest |difference|, at least 0.05).
+    """
+    d = np.asarray(difference, dtype=float)
+    if d.ndim != 2 or d.shape != (len(layers), len(layers)):
+        raise CkaLabError(f"difference must be ({len(layers)}, {len(layers)}), got {d.shape}")
+    lim = float(limit) if limit else max(0.05, float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.05)
+    w, h = _panel_inches(*d.shape)
+    fig = Figure(figsize=(w + 2.6, h + 1.9), layout="constrained")
+    ax = fig.subplots()
+    panel = HeatmapPanel(d, layers, layers, name_a=f"{name_a} / {name_b}", name_b=f"{name_a} / {name_b}",
+                         title=f"CKA({name_a}) - CKA({name_b})", stages_a=stages, stages_b=stages)
+    _draw_panel(ax, panel, -lim, lim, "RdBu_r", annotate)
+    cb = fig.colorbar(ScalarMappable(norm=Normalize(-lim, lim), cmap="RdBu_r"), ax=ax, fraction=0.05, pad=0.02)
+    cb.set_label(f"CKA difference (+: {name_a} more similar)", fontsize=10)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def attention_curves(attention: pd.DataFrame) -> pd.DataFrame:
+    """Per model, block (in depth order) and direction: mean attention distance over heads, and the
+    lowest and highest head. ``attention`` has the columns of ``AttentionDistance.compute()`` and a
+    ``model`` column."""
+    need = {"model", "layer", "block", "direction", "head", "mean"}
+    if missing := need - set(attention.columns):
+        raise CkaLabError(f"attention table lacks columns {sorted(missing)}")
+    g = attention.groupby(["model", "layer", "block", "direction"], sort=False)["mean"]
+    out = g.agg(mean="mean", head_min="min", head_max="max").reset_index()
+    out = out.sort_values(["model", "layer", "block", "direction"], kind="stable")
+    order = out[["layer", "block"]].drop_duplicates().sort_values(["layer", "block"])
+    index = {(r.layer, r.block): i for i, r in enumerate(order.itertuples())}
+    out["depth"] = [index[(r.layer, r.block)] for r in out.itertuples()]
+    return out.reset_index(drop=True)
+
+
+def plot_attention_distance(
+    attention: pd.DataFrame,
+    *,
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Mean attention distance (input pixels) per block, one line per model, band = range over heads.
+
+    Two panels: horizontal-strip and vertical-strip attention. Stage boundaries are marked.
+    """
+    curves = attention_curves(attention)
+    models = list(dict.fromkeys(curves["model"]))
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    directions = [d for d in ("horizontal", "vertical") if d in set(curves["direction"])]
+    fig = Figure(figsize=(5.2 * len(directions), 3.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(directions), sharey=True))
+    stage_edges = curves.groupby("layer")["depth"].min().sort_index().to_numpy()[1:]
+    n_depth = int(curves["depth"].max()) + 1
+    for ax, direction in zip(axes, directions):
+        for model in models:
+            c = curves[(curves["model"] == model) & (curves["direction"] == direction)].sort_values("depth")
+            ax.fill_between(c["depth"], c["head_min"], c["head_max"], color=palette[model], alpha=0.18, linewidth=0)
+            ax.plot(c["depth"], c["mean"], color=palette[model], marker="o", markersize=3, linewidth=1.6, label=model)
+        for edge in stage_edges:
+            ax.axvline(edge - 0.5, color="0.75", linewidth=0.8, zorder=0)
+        ax.set_xlim(-0.5, n_depth - 0.5)
+        ax.set_xticks(range(0, n_depth, max(1, n_depth // 12)))
+        ax.set_xlabel("transformer block (depth)")
+        ax.set_title(f"{direction} strip windows", fontsize=11)
+        ax.grid(axis="y", color="0.92")
+        sns.despine(ax=ax)
+    axes[0].set_ylabel("mean attention distance (input px)")
+    axes[0].legend(fontsize=8, frameon=False, title="line: mean over heads\nband: range over heads",
+                   title_fontsize=7.5, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
