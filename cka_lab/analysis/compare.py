@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from cka_lab.data.degrade import add_gaussian_noise
 from cka_lab.data.probes import bundled_images, probe_batches

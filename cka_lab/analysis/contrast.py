@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from cka_lab.errors import CkaLabError
 from cka_lab.features import FeatureExtractor

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from cka_lab.cli._common import add_device_arg, add_model_args, resolve_device
 from cka_lab.errors import CkaLabError

@@ -64,7 +64,7 @@ def attention_curves(attention: pd.DataFrame) -> pd.DataFrame:
         raise CkaLabError(f"attention table lacks columns {sorted(missing)}")
     g = attention.groupby(["model", "layer", "block", "direction"], sort=False)["mean"]
     out = g.agg(mean="mean", head_min="min", head_max="max").reset_index()
-    out = out.sort_values(["model", "layer", "block", "direction"], kind="stable")
+    out = out.sort_values(["layer", "block", "direction"], kind="stable")  # models keep their input order
     order = out[["layer", "block"]].drop_duplicates().sort_values(["layer", "block"])
     index = {(r.layer, r.block): i for i, r in enumerate(order.itertuples())}
     out["depth"] = [index[(r.layer, r.block)] for r in out.itertuples()]
@@ -82,7 +82,7 @@ def plot_attention_distance(
     Two panels: horizontal-strip and vertical-strip attention. Stage boundaries are marked.
     """
     curves = attention_curves(attention)
-    models = list(dict.fromkeys(curves["model"]))
+    models = list(dict.fromkeys(attention["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     directions = [d for d in ("horizontal", "vertical") if d in set(curves["direction"])]
     fig = Figure(figsize=(5.2 * len(directions), 3.9), layout="constrained")

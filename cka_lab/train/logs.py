@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["CsvLog", "progress_enabled", "make_progress", "say"]
 

@@ -1,0 +1,72 @@
+"""``cka-lab report A B [C D ...] --out reports/NAME.pdf``: contrasts as a PDF with provenance and findings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, run_contrast
+from cka_lab.errors import CkaLabError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a PDF report contrasting checkpoints (A vs B, C vs D, ...)",
+        description="Contrast checkpoints in pairs -- A with B, then C with D, ... -- and write one PDF: a title "
+        "page (models, training provenance, data, versions), for each pair the CKA heatmaps, their difference, "
+        "cross-model CKA, attention-distance curves and tables, and a findings page.",
+    )
+    p.add_argument("ckpts", metavar="CKPT", nargs="+", help="checkpoints, taken in pairs: A B [C D ...]")
+    add_probe_args(p)
+    p.add_argument("--title", default=None, help="title of the report (default: from the checkpoint names)")
+    p.add_argument("--out", default="reports/report.pdf", help="PDF to write (default reports/report.pdf)")
+    p.set_defaults(func=run)
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() != ".pdf":
+        raise CkaLabError(f"--out {str(out)!r} must be a .pdf file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(f".{out.name}.write_test")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CkaLabError(f"cannot write {str(out)!r} ({exc.strerror}): choose another --out") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from cka_lab.models import load_model
+    from cka_lab.reports import model_info, write_report
+
+    if len(args.ckpts) < 2 or len(args.ckpts) % 2:
+        raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
+    out = Path(args.out)
+    _check_out(out)
+    for ck in args.ckpts:
+        if not Path(ck).is_file():
+            raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
+    pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
+    contrasts = []
+    for a, b in pairs:
+        result = run_contrast(a, b, args)
+        print_contrast(result)
+        contrasts.append(result)
+    infos, seen = [], set()
+    for ck in args.ckpts:
+        if ck not in seen:
+            seen.add(ck)
+            infos.append(model_info(model_label(ck), ck, load_model(ck)))
+    c0 = contrasts[0].cross
+    settings = {
+        "probe data": c0.data,
+        "crops": f"{c0.n_samples} crops of {c0.patch}x{c0.patch} px, seed {args.seed}, batches of {args.batch_size}",
+        "features": f"layer {args.features}s of {args.layers or 'every transformer block'}",
+        "inputs": "SR heads: the crop as low-resolution input; denoising heads: crop + seeded Gaussian noise",
+        "command": "cka-lab report " + " ".join(args.ckpts) + f" --out {args.out}",
+    }
+    title = args.title or "; ".join(f"{model_label(a)} vs {model_label(b)}" for a, b in pairs)
+    path = write_report(out, contrasts, infos, title=title, settings=settings)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0

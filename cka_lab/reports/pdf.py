@@ -1,0 +1,265 @@
+"""A PDF a researcher can send: title page with provenance, then per contrast the CKA maps, their
+difference, cross-model CKA, attention distances, the tables behind them, and a findings page.
+
+Pages are matplotlib figures written with ``PdfPages`` (no LaTeX, no extra dependency). Findings are
+generated from the measured numbers only, so a report never claims what its data do not show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+from cka_lab.analysis.compare import short_layer_name, stage_starts
+from cka_lab.analysis.contrast import Contrast
+from cka_lab.errors import CkaLabError
+from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps
+from cka_lab.plots.contrast import plot_attention_distance, plot_cka_difference
+
+__all__ = ["ModelInfo", "findings", "write_report", "model_info"]
+
+A4_LANDSCAPE = (11.69, 8.27)
+
+
+@dataclass
+class ModelInfo:
+    """One analysed checkpoint, as the title page lists it."""
+
+    name: str
+    path: str
+    arch: str
+    tasks: Sequence[str]
+    parameters: int
+    sha256: str
+    meta: Mapping = field(default_factory=dict)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_info(name: str, path: str | os.PathLike, model) -> ModelInfo:
+    """Describe a loaded model (``load_model`` sets ``checkpoint_info``) for the title page."""
+    meta = dict(getattr(model, "checkpoint_info", {}) or {})
+    return ModelInfo(name=name, path=str(path), arch=model.name, tasks=tuple(model.tasks),
+                     parameters=sum(p.numel() for p in model.parameters()), sha256=_sha256(path), meta=meta)
+
+
+def _val_text(meta: Mapping) -> str:
+    val = meta.get("val") or {}
+    parts = [f"{t} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for t, v in val.items() if v.get("psnr") is not None]
+    return "; ".join(parts) if parts else "-"
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def findings(c: Contrast) -> list[str]:
+    """Plain statements, with numbers, of what one contrast shows."""
+    s = c.summary()
+    out = [
+        f"Within-model similarity (mean layer x layer CKA of layer {s['features']}s): {c.name_a} "
+        f"{_fmt(s['mean_cka_a'])}, {c.name_b} {_fmt(s['mean_cka_b'])}."
+    ]
+    if c.comparable:
+        d = c.difference
+        i, j = np.unravel_index(np.nanargmax(np.abs(d)), d.shape)
+        names = [short_layer_name(n) for n in c.within_a.layers_a]
+        more = c.name_a if d[i, j] > 0 else c.name_b
+        out.append(
+            f"The maps differ most at ({names[i]}, {names[j]}): {d[i, j]:+.3f}, i.e. {more} treats these two "
+            f"layers as more alike. Mean difference {s['mean_difference']:+.3f}."
+        )
+    stages = c.stage_table()
+    for model in (c.name_a, c.name_b):
+        t = stages[stages["model"] == model]
+        if len(t) > 1:
+            within = ", ".join(_fmt(v, 2) for v in t["within_stage"])
+            out.append(f"{model}: mean CKA between blocks of the same stage, stage by stage: [{within}].")
+    if "cross_model_same_layer" in stages.columns:
+        t = stages[stages["model"] == c.name_a]
+        lo = t.loc[t["cross_model_same_layer"].idxmin()]
+        out.append(
+            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average; "
+            f"lowest in stage {int(lo['stage'])} ({_fmt(lo['cross_model_same_layer'])}), where the two models "
+            "compute the most different things."
+        )
+    if c.attention_a is not None and c.attention_b is not None:
+        la, lb = s["attention_distance_a"], s["attention_distance_b"]
+        per = ", ".join(f"stage {k}: {la[k]:.2f} vs {lb[k]:.2f}" for k in la if k in lb)
+        out.append(f"Mean attention distance in input pixels ({c.name_a} vs {c.name_b}): {per}.")
+        gap = max(abs(la[k] - lb[k]) for k in la if k in lb)
+        if gap < 0.05 * max(max(la.values()), 1e-9):
+            out.append(
+                f"The attention distances agree within {gap:.2f} px at every stage: in these models training did not "
+                "change where attention looks. (Near-uniform attention over a window gives the same numbers; check "
+                "the per-head table.)"
+            )
+        else:
+            last = max(k for k in la if k in lb)
+            local = c.name_a if la[last] < lb[last] else c.name_b
+            out.append(f"In the last stage {local} attends more locally ({min(la[last], lb[last]):.2f} vs "
+                       f"{max(la[last], lb[last]):.2f} px).")
+    return out
+
+
+def _text_pages(title: str, paragraphs: Sequence[str], width: int = 125) -> list[Figure]:
+    """Wrapped paragraphs on as many landscape pages as they need (``"  - "`` items get a hanging indent)."""
+    pages: list[Figure] = []
+    fig, y = None, 0.0
+    for p in paragraphs:
+        indent = " " * (len(p) - len(p.lstrip(" -")))
+        lines = textwrap.wrap(p, width, subsequent_indent=indent) or [""]
+        if fig is None or y - 0.032 * len(lines) < 0.05:
+            fig = Figure(figsize=A4_LANDSCAPE)
+            head = title if not pages else f"{title} (continued)"
+            fig.text(0.06, 0.93, head, fontsize=18, weight="bold", va="top")
+            pages.append(fig)
+            y = 0.86
+        bold = not p.startswith(" ")
+        for line in lines:
+            fig.text(0.06, y, line, fontsize=10.5, weight="bold" if bold else None, va="top")
+            y -= 0.032
+        y -= 0.012
+    return pages
+
+
+def _table_page(title: str, tables: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
+    fig = Figure(figsize=A4_LANDSCAPE)
+    fig.text(0.06, 0.95, title, fontsize=15, weight="bold", va="top")
+    axes = fig.subplots(len(tables), 1)
+    axes = np.atleast_1d(axes)
+    for ax, (caption, df) in zip(axes, tables):
+        ax.axis("off")
+        ax.set_title(caption, fontsize=10, loc="left")
+        shown = df.copy()
+        for col in shown.columns:
+            if pd.api.types.is_float_dtype(shown[col]):
+                shown[col] = shown[col].map(lambda v: _fmt(v, 3))
+        table = ax.table(cellText=shown.to_numpy(), colLabels=list(shown.columns), loc="upper center",
+                         cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(7.5)
+        table.scale(1, 1.25)
+    return fig
+
+
+def title_page(title: str, models: Sequence[ModelInfo], settings: Mapping[str, str]) -> Figure:
+    import torch
+
+    from cka_lab import __version__
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Generated {now} by cka_lab {__version__} (torch {torch.__version__}, numpy {np.__version__}, "
+             f"Python {platform.python_version()}, {platform.system()} {platform.machine()})."]
+    lines.append("Models")
+    rows = []
+    for m in models:
+        meta = m.meta
+        trained = f"run {meta['run']}, iteration {meta['iteration']}" if meta.get("run") else meta.get("format", "")
+        rows.append(f"  {m.name}: {m.arch} ({', '.join(m.tasks)}), {m.parameters:,} parameters, "
+                    f"sha256 {m.sha256[:12]}; {trained}; validation {_val_text(meta)}; file {m.path}")
+    lines += rows
+    lines.append("Probe data and settings")
+    lines += [f"  {k}: {v}" for k, v in settings.items()]
+    lines.append(
+        "Method: minibatch linear CKA with the unbiased HSIC estimator (Nguyen, Raghu & Kornblith 2021), "
+        "accumulated over batches in float64; attention distance = sum over keys of attention weight x "
+        "query-key distance in input pixels, averaged over queries and images (Raghu et al. 2021)."
+    )
+    fig = Figure(figsize=A4_LANDSCAPE)
+    wrapped = textwrap.wrap(title, 70)
+    for k, part in enumerate(wrapped):
+        fig.text(0.06, 0.93 - 0.045 * k, part, fontsize=18, weight="bold", va="top")
+    y = 0.86 - 0.045 * (len(wrapped) - 1)
+    for line in lines:
+        heading = line in ("Models", "Probe data and settings")
+        for part in (textwrap.wrap(line, 150, subsequent_indent="      ") or [""]):
+            fig.text(0.06, y, part, fontsize=12 if heading else 9, weight="bold" if heading else None, va="top")
+            y -= 0.03 if heading else 0.025
+        y -= 0.008
+    return fig
+
+
+def contrast_pages(c: Contrast) -> list[Figure]:
+    """The figures of one contrast, in report order."""
+    names_a = [short_layer_name(n) for n in c.within_a.layers_a]
+    names_b = [short_layer_name(n) for n in c.within_b.layers_a]
+    st_a, st_b = stage_starts(c.within_a.layers_a), stage_starts(c.within_b.layers_a)
+    what = f"layer {c.cross.features}s, {c.cross.n_samples} crops of {c.cross.patch}px"
+    pages = [plot_cka_heatmaps(
+        [HeatmapPanel(c.within_a.matrix, names_a, names_a, c.name_a, c.name_a, f"{c.name_a} ({c.cross.task_a})", st_a, st_a),
+         HeatmapPanel(c.within_b.matrix, names_b, names_b, c.name_b, c.name_b, f"{c.name_b} ({c.cross.task_b})", st_b, st_b)],
+        suptitle=f"{c.name_a} vs {c.name_b}: linear CKA within each model ({what})",
+    )]
+    if c.comparable:
+        pages.append(plot_cka_difference(c.difference, names_a, name_a=c.name_a, name_b=c.name_b, stages=st_a))
+    pages.append(plot_cka_heatmaps(
+        [HeatmapPanel(c.cross.matrix, names_a, names_b, c.name_a, c.name_b, f"{c.name_a} vs {c.name_b}", st_a, st_b)],
+        suptitle=f"linear CKA across models ({what})",
+    ))
+    if c.attention_a is not None:
+        pages.append(plot_attention_distance(c.attention, title=f"{c.name_a} vs {c.name_b}: attention distance per block"))
+    tables = [("CKA per stage (within-stage mean off the diagonal; with later stages; same layer across models)",
+               c.stage_table())]
+    if c.attention_a is not None:
+        tables.append(("Attention distance per stage (input px): mean, range over heads, share of attention within r px",
+                       c.attention_layers))
+    pages.append(_table_page(f"{c.name_a} vs {c.name_b}: numbers", tables))
+    return pages
+
+
+def write_report(
+    path: str | os.PathLike,
+    contrasts: Sequence[Contrast],
+    models: Sequence[ModelInfo],
+    *,
+    title: str = "cka_lab report",
+    settings: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the PDF -> its path. Pages: title, then per contrast the within-model heatmaps, the
+    difference map (same layers only), the cross-model heatmap, attention distances, a table page;
+    last, the findings. Written to a temp file and renamed into place, so a failure leaves no half PDF."""
+    if not contrasts:
+        raise CkaLabError("a report needs at least one contrast")
+    path = Path(path)
+    if path.suffix.lower() != ".pdf":
+        raise CkaLabError(f"report path {str(path)!r} must end in .pdf")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with PdfPages(tmp, metadata={"Title": title, "Creator": "cka_lab"}) as pdf:
+            pdf.savefig(title_page(title, models, settings or {}))
+            for c in contrasts:
+                for fig in contrast_pages(c):
+                    pdf.savefig(fig)
+            text = []
+            for c in contrasts:
+                text.append(f"{c.name_a} vs {c.name_b}")
+                text += [f"  - {f}" for f in findings(c)]
+            for fig in _text_pages("Findings", text):
+                pdf.savefig(fig)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CkaLabError(f"cannot write report {str(path)!r} ({exc.strerror}): choose another --out") from None
+    return path
+

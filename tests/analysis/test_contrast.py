@@ -1,0 +1,79 @@
+"""Contrasting two models: one pass gives both CKA maps, the cross map and attention distances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cka_lab.analysis.compare import compare_models, probe_loader
+from cka_lab.analysis.contrast import contrast_models
+from cka_lab.errors import CkaLabError
+from cka_lab.models import create_edt
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    a = create_edt("SRx2_EDTT").eval()
+    torch.manual_seed(1)
+    b = create_edt("SRx2_EDTT").eval()
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def batches():
+    b, _ = probe_loader(None, patch=48, n_samples=8, seed=0, batch_size=4)
+    return list(b)
+
+
+@pytest.fixture(scope="module")
+def contrast(models, batches):
+    a, b = models
+    return contrast_models(a, b, batches, name_a="a", name_b="b", layers="body.layers.*", progress=False)
+
+
+def test_the_three_maps_equal_separate_comparisons(models, batches, contrast):
+    a, b = models
+    kw = dict(layers_a="body.layers.*", layers_b="body.layers.*", features="update", progress=False, confidence=False)
+    np.testing.assert_allclose(contrast.within_a.matrix, compare_models(a, a, batches, **kw).matrix, atol=1e-12)
+    np.testing.assert_allclose(contrast.within_b.matrix, compare_models(b, b, batches, **kw).matrix, atol=1e-12)
+    np.testing.assert_allclose(contrast.cross.matrix, compare_models(a, b, batches, **kw).matrix, atol=1e-12)
+
+
+def test_the_difference_is_a_minus_b_and_the_diagonal_of_each_map_is_one(contrast):
+    np.testing.assert_allclose(np.diag(contrast.within_a.matrix), 1.0, atol=1e-9)
+    np.testing.assert_allclose(contrast.difference, contrast.within_a.matrix - contrast.within_b.matrix)
+    assert np.allclose(np.diag(contrast.difference), 0.0, atol=1e-9)
+
+
+def test_attention_distances_are_measured_for_both_models(contrast):
+    att = contrast.attention
+    assert set(att["model"]) == {"a", "b"}
+    # EDT-T: 4 stages x 6 blocks x 2 strip directions x 6 heads (each direction has all 6), per model
+    assert len(att) == 2 * 4 * 6 * 2 * 6
+    layers = contrast.attention_layers
+    assert list(layers.columns[:3]) == ["model", "layer", "mean_distance"]
+    assert (layers["head_min"] <= layers["mean_distance"]).all() and (layers["mean_distance"] <= layers["head_max"]).all()
+
+
+def test_stage_table_and_summary_hold_the_quoted_numbers(contrast):
+    t = contrast.stage_table()
+    assert list(t["model"]) == ["a"] * 4 + ["b"] * 4
+    np.testing.assert_allclose(t["cross_model_same_layer"][:4], np.diag(contrast.cross.matrix))
+    s = contrast.summary()
+    assert s["mean_cross_same_layer_cka"] == pytest.approx(np.mean(np.diag(contrast.cross.matrix)))
+    assert set(s["attention_distance_a"]) == {0, 1, 2, 3}
+
+
+def test_a_same_task_contrast_refuses_models_probed_on_different_heads(batches):
+    sr, dn = create_edt("SRx2_EDTT"), create_edt("DNg25_EDTT")
+    with pytest.raises(CkaLabError, match="needs one task for both"):
+        contrast_models(sr, dn, batches, same_task=True, progress=False)
+
+
+def test_a_model_without_attention_modules_is_refused_with_the_way_out(batches):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    with pytest.raises(CkaLabError, match="no window-attention modules.*attention=False"):
+        contrast_models(net, net, batches, layers="0", progress=False)

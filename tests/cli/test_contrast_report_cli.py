@@ -1,0 +1,81 @@
+"""``cka-lab contrast`` and ``cka-lab report`` from the command line, bad input included."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from cka_lab.cli import main
+from cka_lab.models import create_edt, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)
+    save_checkpoint(d / "scratch.pt", create_edt("SRx2_EDTT"))
+    torch.manual_seed(1)
+    save_checkpoint(d / "pretrained.pt", create_edt("SRx2_EDTT"))
+    torch.manual_seed(2)
+    save_checkpoint(d / "dn.pt", create_edt("DNg25_EDTT"))
+    return d
+
+
+FAST = ["--layers", "body.layers.*", "--n-samples", "8", "--batch-size", "4"]
+
+
+def test_contrast_writes_maps_difference_attention_and_tables(capsys, ckpts, tmp_path):
+    out = tmp_path / "c"
+    assert main(["contrast", str(ckpts / "scratch.pt"), str(ckpts / "pretrained.pt"), *FAST, "--out", str(out)]) == 0
+    for name in ("cka_side_by_side.png", "cka_side_by_side.svg", "cka_difference.png", "cka_cross.png",
+                 "attention_distance.png", "cka_a.csv", "cka_b.csv", "cka_cross.csv", "cka_difference.csv",
+                 "stages.csv", "attention_heads.csv", "attention_layers.csv", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert pd.read_csv(out / "cka_difference.csv", index_col=0).shape == (4, 4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["features"] == "update" and summary["model_a"] == "scratch"
+    assert "attention distance per stage" in capsys.readouterr().out
+
+
+def test_report_writes_a_pdf_for_each_pair(capsys, ckpts, tmp_path):
+    pdf = tmp_path / "reports" / "r.pdf"
+    code = main(["report", str(ckpts / "scratch.pt"), str(ckpts / "pretrained.pt"), *FAST, "--out", str(pdf)])
+    assert code == 0 and pdf.read_bytes()[:5] == b"%PDF-"
+    assert f"wrote {pdf}" in capsys.readouterr().out
+
+
+def _error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cka-lab: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_a_same_task_contrast_of_sr_and_dn_gets_one_line(capsys, ckpts, tmp_path):
+    err = _error(capsys, "contrast", str(ckpts / "scratch.pt"), str(ckpts / "dn.pt"), "--same-task", *FAST,
+                 "--patch", "96", "--out", str(tmp_path / "x"))
+    assert "needs one task for both" in err
+
+
+def test_an_output_that_cannot_be_written_gets_one_line(capsys, ckpts, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = _error(capsys, "contrast", str(ckpts / "scratch.pt"), str(ckpts / "pretrained.pt"), *FAST,
+                 "--out", str(blocker / "sub"))
+    assert "cannot write" in err
+    err = _error(capsys, "report", str(ckpts / "scratch.pt"), str(ckpts / "pretrained.pt"), *FAST,
+                 "--out", str(blocker / "r.pdf"))
+    assert "cannot write" in err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["report", "a.pt"], "in pairs"),
+    (["report", "a.pt", "b.pt", "--out", "r.png"], "must be a .pdf"),
+    (["report", "missing_a.pt", "missing_b.pt", "--out", "r.pdf"], "does not exist"),
+])
+def test_report_bad_arguments_get_one_line(capsys, tmp_path, monkeypatch, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    assert expected in _error(capsys, *argv)

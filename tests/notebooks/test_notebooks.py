@@ -1,0 +1,26 @@
+"""The notebooks run top to bottom from a fresh clone (with fewer probe crops, to fit the test budget)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+@pytest.mark.parametrize("name", ["fig2_cka.ipynb", "pretraining_effect.ipynb"])
+def test_notebook_executes_without_error(name, monkeypatch):
+    monkeypatch.setenv("CKA_LAB_NB_SAMPLES", os.environ.get("CKA_LAB_NB_SAMPLES", "16"))
+    monkeypatch.setenv("CKA_LAB_NO_PROGRESS", "1")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3, "the notebook should show its figures"
