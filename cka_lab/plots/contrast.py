@@ -85,7 +85,7 @@ def plot_attention_distance(
     models = list(dict.fromkeys(attention["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     directions = [d for d in ("horizontal", "vertical") if d in set(curves["direction"])]
-    fig = Figure(figsize=(5.2 * len(directions), 3.9), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(directions) + 1.8, 3.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(directions), sharey=True))
     stage_edges = curves.groupby("layer")["depth"].min().sort_index().to_numpy()[1:]
     n_depth = int(curves["depth"].max()) + 1
@@ -103,8 +103,9 @@ def plot_attention_distance(
         ax.grid(axis="y", color="0.92")
         sns.despine(ax=ax)
     axes[0].set_ylabel("mean attention distance (input px)")
-    axes[0].legend(fontsize=8, frameon=False, title="line: mean over heads\nband: range over heads",
-                   title_fontsize=7.5, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8.5, frameon=False,
+               title="line: mean over heads\nband: range over heads", title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=12)
     if path is not None:

@@ -47,3 +47,4 @@ def test_the_attention_figure_has_one_line_per_model_in_each_direction():
     assert len(fig.axes) == 2
     for ax in fig.axes:
         assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == ["scratch", "pre"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["scratch", "pre"]
