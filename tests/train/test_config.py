@@ -143,7 +143,8 @@ def test_bundled_configs_parse(repo_root, data_dir):
 
 
 def test_bundled_finetune_configs_fit_their_pretraining(repo_root, tmp_path):
-    """Each fine-tune config's drop/strict/upsampler choice loads the model its pre-training config makes."""
+    """Each fine-tune config starts from the bundled export of its pre-training run, and its
+    drop/strict/upsampler choice loads both that file and the model the pre-training config makes."""
     from cka_lab.models import save_checkpoint
     from cka_lab.train.finetune import init_from_checkpoint
     from cka_lab.train.loop import build_model
@@ -152,8 +153,8 @@ def test_bundled_finetune_configs_fit_their_pretraining(repo_root, tmp_path):
     pairs = [("edtt_srx2_finetune.toml", "edtt_srx2x3x4_pretrain.toml"), ("edtt_dng25_finetune.toml", "edtt_dn_pretrain.toml")]
     for fine_name, pre_name in pairs:
         fine, pre = load_config(folder / fine_name), load_config(folder / pre_name)
-        assert fine.finetune.init.parent.resolve() == pre.run.out.resolve()
-        ckpt = save_checkpoint(tmp_path / f"{pre_name}.pt", build_model(pre))
-        model = build_model(fine)
-        report = init_from_checkpoint(model, ckpt, fine.finetune.drop, fine.finetune.strict)
-        assert not report.fresh and report.loaded > 0
+        assert fine.finetune.init.resolve() == (repo_root / "checkpoints" / f"{pre.run.name}.pt").resolve()
+        fresh = save_checkpoint(tmp_path / f"{pre_name}.pt", build_model(pre))
+        for ckpt in (fresh, fine.finetune.init):
+            report = init_from_checkpoint(build_model(fine), ckpt, fine.finetune.drop, fine.finetune.strict)
+            assert not report.fresh and report.loaded > 0
