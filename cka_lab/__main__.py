@@ -1,5 +1,5 @@
-import sys
+"""``python -m cka_lab``: the ``cka-lab`` command."""
 
-from cka_lab.cli import main
+from cka_lab.cli import console
 
-sys.exit(main())
+console("cka_lab")
