@@ -1,5 +1,5 @@
-"""``python -m cka_lab``: the ``cka-lab`` command."""
+import sys
 
-from cka_lab.cli import console
+from cka_lab.cli import main
 
-console("cka_lab")
+sys.exit(main())
