@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cka_lab.cli._common import writable_dir
 from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, run_contrast
 from cka_lab.errors import CkaLabError
 
@@ -27,13 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check_out(out: Path) -> None:
     if out.suffix.lower() != ".pdf":
         raise CkaLabError(f"--out {str(out)!r} must be a .pdf file")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(f".{out.name}.write_test")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CkaLabError(f"cannot write {str(out)!r} ({exc.strerror}): choose another --out") from None
+    writable_dir(out.parent)
 
 
 def run(args: argparse.Namespace) -> int:
