@@ -9,15 +9,28 @@ Printed per method, each configuration measured in its own child process (``--on
 
 * time over the bare forward passes of both nets: inside the child, every batch is also pushed through
   hook-free copies of the nets right before the method sees it, so the two timings share the machine's
-  state; ratio = (method loop time - bare time) / bare time;
+  state; ratio = median over batches of (method's time on the batch) / (bare forward of that batch);
 * max |error| against a float64 reference: Song et al.'s unbiased HSIC_1 formula, written out here,
   summed over the same batches (all peers compute this same minibatch estimator);
 * peak RSS of the child (``ru_maxrss``) for N = 2048 and N = 16384: flat in N means no per-sample state.
 
+Two allocator settings, one table each (``--allocator``):
+
+* ``default``: glibc as it comes. Every block output of 4-8 MB is a fresh ``mmap`` whose pages fault in
+  on first touch, and that costs the bare forward passes as much as a third of their time -- time that a
+  method holding its features between batches partly does not pay, so ratios here can drop below 1;
+* ``steady``: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4G`` keep freed memory for reuse, so the bare
+  forward measures the convolutions and the ratio measures the method's own work. This is the fair one.
+
+Every child runs with ``OMP_WAIT_POLICY=PASSIVE`` (what importing cka_lab sets). The row
+``exact Gram floor`` is the cost of the 24 float32 Gram matrices alone, by the fastest kernel here
+(cka_lab's ``x_xt``): no exact method can be cheaper than that.
+
 Peers (``pip install -e .[bench]``): pytorch-cka (module ``cka``), cka-pytorch, torch-cka, ckatorch.
 
-Usage: ``python benchmarks/cka_speed.py [--quick] [--methods cka_lab,pytorch-cka]``. The full run takes
-about 10 minutes on 2 idle CPU cores, most of it in the slowest peers (torch-cka, cka-pytorch).
+Usage: ``python benchmarks/cka_speed.py [--quick] [--methods cka_lab,pytorch-cka] [--allocator both]``.
+The full run takes about 20 minutes on 2 idle CPU cores, most of it in the slowest peers (torch-cka,
+cka-pytorch) and the float64 reference.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -188,6 +202,24 @@ def run_cka_lab(n: int) -> tuple[list, float, Inputs]:
     return cka.tolist(), time.perf_counter() - t0, loader
 
 
+def run_gram_floor(n: int) -> tuple[None, float, Inputs]:
+    """Only the 24 float32 Grams of each batch (no hooks, no centring, no sums): the floor of exact methods."""
+    from cka_lab.metrics.cka import x_xt
+
+    a, b = nets()
+    run = bare_forward(a, b)
+    run(torch.randn(BATCH, 3, 32, 32))
+    loader = Inputs(n, run)
+    with torch.inference_mode():
+        feats = [f.flatten(1) for f in block_outputs(a, torch.randn(BATCH, 3, 32, 32))]
+        x_xt(feats[0])  # warm-up (and the kernel's one-time check)
+        t0 = time.perf_counter()
+        for x in loader:
+            for f in block_outputs(a, x) + block_outputs(b, x):
+                x_xt(f.flatten(1))
+    return None, time.perf_counter() - t0, loader
+
+
 def run_pytorch_cka(n: int) -> tuple[list, float, Inputs]:
     from cka import compute_cka  # pytorch-cka
 
@@ -200,7 +232,46 @@ def run_pytorch_cka(n: int) -> tuple[list, float, Inputs]:
     return cka.tolist(), time.perf_counter() - t0, loader
 
 
+def hide_broken_torchvision() -> None:
+    """Make a torchvision that cannot load look absent, so that cka-pytorch's dependencies skip it.
+
+    cka-pytorch needs torchvision only through torchmetrics, which imports it when its metadata says it
+    is installed. The torchvision wheel pip picks from PyPI for torch's CPU build fails to load
+    (``operator torchvision::nms does not exist``); cka-pytorch itself never calls it.
+    """
+    try:
+        import torchvision  # noqa: F401
+        return
+    except ImportError:
+        return
+    except RuntimeError:
+        pass
+    import importlib.abc
+    import importlib.metadata
+
+    import lightning_utilities.core.imports as requirement_checks
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    version = requirement_checks._version
+
+    def version_without_torchvision(name: str) -> str:
+        if name == "torchvision":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version(name)
+
+    class HideTorchvision(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201
+            if name == "torchvision" or name.startswith("torchvision."):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden: it does not load here)", name=name)
+            return None
+
+    requirement_checks._version = version_without_torchvision
+    sys.meta_path.insert(0, HideTorchvision())
+
+
 def run_cka_pytorch(n: int) -> tuple[list, float, Inputs]:
+    hide_broken_torchvision()
     from cka_pytorch import CKACalculator
 
     a, b = nets()
@@ -282,7 +353,8 @@ METHODS: dict[str, tuple[Callable[[int], tuple], str | None, str]] = {
     # name: (runner, module to import or None, estimator and precision)
     "bare forward": (run_bare, None, "-"),
     "reference": (run_reference, None, "float64 Song et al. formula"),
-    "cka_lab": (run_cka_lab, "cka_lab", "float32 Gram, float64 U-centring and sums"),
+    "exact Gram floor": (run_gram_floor, "cka_lab", "the 24 float32 Grams alone, nothing else"),
+    "cka_lab": (run_cka_lab, "cka_lab", "float32 Gram (oneDNN on CPU), float64 U-centring and sums"),
     "pytorch-cka": (run_pytorch_cka, "cka", "float32 throughout; clamps to [0, 1]"),
     "cka-pytorch": (run_cka_pytorch, "cka_pytorch", "float32 throughout; +1e-4 under the sqrt"),
     "torch-cka": (run_torch_cka, "torch_cka", "float32, per-pair Python loop with .item()"),
@@ -312,9 +384,17 @@ def child(name: str, n: int) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def measure(name: str, n: int) -> dict:
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default": {},
+    "steady": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)},
+}
+
+
+def measure(name: str, n: int, allocator: str) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **ALLOCATORS[allocator]}
     proc = subprocess.run(
-        [sys.executable, __file__, "--only", name, "--n", str(n)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--only", name, "--n", str(n)],
+        capture_output=True, text=True, check=False, env=env,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -351,52 +431,11 @@ def gram_flop_share(batch: int) -> float:
     return gram_flops / conv_flops
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: N = 512 and 1024")
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help="comma-separated subset to measure (default: all; bare forward and reference always run)",
-    )
-    parser.add_argument("--only", choices=list(METHODS), help="(internal) measure one method in this process")
-    parser.add_argument("--n", type=int, default=2048, help="(internal) number of samples for --only")
-    args = parser.parse_args()
-    if args.only:
-        child(args.only, args.n)
-        return
-
-    sizes = (512, 1024) if args.quick else (2048, 16384)
-    print(
-        f"cka_speed: 2 ConvNets (12 blocks, 64 ch, 32x32 inputs), 12x12 layers, batches of {BATCH}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-        flush=True,
-    )
-    chosen = {"bare forward", "reference", *(m.strip() for m in args.methods.split(","))}
-    unknown = chosen - set(METHODS)
-    if unknown:
-        parser.error(f"unknown method {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
-    results: dict[str, dict[int, dict]] = {}
-    for name in (m for m in METHODS if m in chosen):
-        results[name] = {}
-        for n in sizes:
-            t0 = time.perf_counter()
-            results[name][n] = measure(name, n)
-            print(f"  {name} N={n}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    print(f"estimator: {ESTIMATOR}; every peer below computes this same estimator")
-    print(
-        "time: median over batches of (method's time on the batch) / (bare forward of both nets on the same batch, "
-        "run right before it in the same process)"
-    )
-    share = gram_flop_share(BATCH)
-    print(
-        f"floor: the exact Grams are {share:.2f}x the forward's FLOPs ({share / 2:.2f}x computing one triangle); "
-        f"1.05x would need them at {share / 0.05:.0f}x the convolutions' FLOP rate\n"
-    )
-    ref = results["reference"]
+def print_table(title: str, results: dict[str, dict[int, dict]], ref: dict[int, dict], sizes: tuple[int, int]) -> list[str]:
+    """One table of ratio, max error and peak RSS per method; returns the one-line summaries."""
+    print(f"\n== allocator: {title}")
     header = (
-        f"{'method':13s} {'time N=' + str(sizes[0]):>12s} {'N=' + str(sizes[1]):>8s}  {'max err N=' + str(sizes[0]):>14s} "
+        f"{'method':16s} {'time N=' + str(sizes[0]):>12s} {'N=' + str(sizes[1]):>8s}  {'max err N=' + str(sizes[0]):>14s} "
         f"{'N=' + str(sizes[1]):>8s}  {'peak RSS N=' + str(sizes[0]):>15s} {'N=' + str(sizes[1]):>8s}  precision"
     )
     print(header)
@@ -408,27 +447,92 @@ def main() -> None:
         r = results[name]
         problem = next((v for v in r.values() if "missing" in v or "failed" in v), None)
         if problem is not None and "missing" in problem:
-            print(f"{name:13s} not installed ({problem['missing']}); install the peers with `{INSTALL}`")
+            print(f"{name:16s} not installed ({problem['missing']}); install the peers with `{INSTALL}`")
             continue
         if problem is not None:
-            print(f"{name:13s} failed: {problem['failed']}")
+            print(f"{name:16s} failed: {problem['failed']}")
             continue
-        errs = [max_error(r[n].get("matrix"), ref[n].get("matrix")) for n in sizes]
-        err_txt = ["-" if e is None or name == "reference" else f"{e:.1e}" for e in errs]
+        no_error = name in ("bare forward", "reference", "exact Gram floor")
+        errs = [max_error(r[n].get("matrix"), ref.get(n, {}).get("matrix")) for n in sizes]
+        err_txt = ["-" if e is None or no_error else f"{e:.1e}" for e in errs]
         rss = [f"{r[n]['rss_mb']:.0f} MB" for n in sizes]
         print(
-            f"{name:13s} {ratio(r[sizes[0]]):>11.2f}x {ratio(r[sizes[1]]):>7.2f}x  {err_txt[0]:>14s} "
+            f"{name:16s} {ratio(r[sizes[0]]):>11.2f}x {ratio(r[sizes[1]]):>7.2f}x  {err_txt[0]:>14s} "
             f"{err_txt[1]:>8s}  {rss[0]:>15s} {rss[1]:>8s}  {precision}"
         )
-        if name not in ("bare forward", "reference"):
-            worst = max(e for e in errs if e is not None)
+        if not no_error:
+            worst = max((e for e in errs if e is not None), default=math.nan)
             summaries.append(
-                f"{name}: {ratio(r[sizes[1]]):.2f}x forward, max err {worst:.0e}, "
-                f"peak RSS N={sizes[0]} {rss[0]}, N={sizes[1]} {rss[1]}"
+                f"[{title}] {name}: {ratio(r[sizes[0]]):.2f}x / {ratio(r[sizes[1]]):.2f}x forward, max err {worst:.0e}, "
+                f"peak RSS {rss[0]} / {rss[1]}"
             )
     bare = results["bare forward"][sizes[1]]
     if "bare" in bare:
-        print(f"\nbare forward of both nets, N={sizes[1]}: {bare['bare']:.1f} s")
+        print(f"bare forward of both nets, N={sizes[1]}: {bare['bare']:.1f} s")
+    return summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: N = 512 and 1024")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset to measure (default: all; bare forward, the Gram floor and the reference always run)",
+    )
+    parser.add_argument(
+        "--allocator", choices=["default", "steady", "both"], default="both",
+        help="glibc as it comes, a heap that keeps freed memory (the fair baseline), or both (default)",
+    )
+    parser.add_argument("--only", choices=list(METHODS), help="(internal) measure one method in this process")
+    parser.add_argument("--n", type=int, default=2048, help="(internal) number of samples for --only")
+    args = parser.parse_args()
+    if args.only:
+        child(args.only, args.n)
+        return
+
+    sizes = (512, 1024) if args.quick else (2048, 16384)
+    print(
+        f"cka_speed: 2 ConvNets (12 blocks, 64 ch, 32x32 inputs), 12x12 layers, batches of {BATCH}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY=PASSIVE",
+        flush=True,
+    )
+    chosen = {"bare forward", "reference", "exact Gram floor", *(m.strip() for m in args.methods.split(","))}
+    unknown = chosen - set(METHODS)
+    if unknown:
+        parser.error(f"unknown method {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    allocators = ["default", "steady"] if args.allocator == "both" else [args.allocator]
+    results: dict[str, dict[str, dict[int, dict]]] = {a: {} for a in allocators}
+    ref: dict[int, dict] = {}
+    for n in sizes:  # the float64 reference: its matrix does not depend on the allocator, so once
+        t0 = time.perf_counter()
+        ref[n] = measure("reference", n, allocators[-1])
+        print(f"  reference N={n}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for allocator in allocators:
+        for name in (m for m in METHODS if m in chosen and m != "reference"):
+            results[allocator][name] = {}
+            for n in sizes:
+                t0 = time.perf_counter()
+                results[allocator][name][n] = measure(name, n, allocator)
+                print(f"  [{allocator}] {name} N={n}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        results[allocator]["reference"] = ref if allocator == allocators[-1] else {}
+        if not results[allocator]["reference"]:
+            del results[allocator]["reference"]
+
+    print(f"estimator: {ESTIMATOR}; every peer below computes this same estimator")
+    print(
+        "time: median over batches of (method's time on the batch) / (bare forward of both nets on the same batch, "
+        "run right before it in the same process)"
+    )
+    share = gram_flop_share(BATCH)
+    print(
+        f"FLOPs: the exact Grams are {share:.2f}x the forward's FLOPs ({share / 2:.2f}x computing one triangle); "
+        f"1.05x would need them at {share / 0.05:.0f}x the convolutions' FLOP rate"
+    )
+    summaries = []
+    for allocator in allocators:
+        title = "default (glibc as it comes)" if allocator == "default" else "steady (MALLOC_MMAP_MAX_=0: the fair one)"
+        summaries += print_table(title, results[allocator], ref, sizes)
     print("\n" + "\n".join(summaries))
 
 

@@ -24,6 +24,7 @@ from cka_lab.metrics.cka import (
     minibatch_cka,
     u_centre,
     unbiased_hsic,
+    x_xt,
 )
 
 # ---- references from the papers -------------------------------------------------------------------
@@ -377,3 +378,55 @@ def test_error_messages_are_one_line():
     with pytest.raises(CkaLabError) as err:
         metric.update({"x": torch.randn(2, 5)}, {"y": torch.randn(2, 5)})
     assert "\n" not in str(err.value)
+
+
+# ---- the Gram kernel -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_kernel_choice(monkeypatch):
+    """Forget which float32 Gram kernel this process chose, and restore the choice afterwards."""
+    from cka_lab.metrics import cka
+
+    monkeypatch.setattr(cka, "_ONEDNN_STATE", {})
+    return cka
+
+
+def test_x_xt_of_float32_features_matches_the_float64_product():
+    x = torch.rand(64, 3000, generator=torch.Generator().manual_seed(40))
+    want = x.double() @ x.double().T
+    got = x_xt(x)
+    assert got.dtype == torch.float32 and got.shape == (64, 64)
+    assert ((got.double() - want).abs().max() / want.diagonal().mean()).item() < 1e-6
+
+
+def test_x_xt_accepts_non_contiguous_features():
+    x = torch.randn(300, 48, generator=torch.Generator().manual_seed(41)).T  # (48, 300) view
+    torch.testing.assert_close(x_xt(x).double(), x.double() @ x.double().T, rtol=1e-5, atol=1e-4)
+
+
+def test_x_xt_of_float64_features_is_the_plain_product():
+    x = torch.randn(20, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(42))
+    assert torch.equal(x_xt(x), x @ x.T)
+
+
+def test_a_gram_that_needs_gradients_still_differentiates():
+    x = torch.randn(8, 5, requires_grad=True)
+    gram(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach().sum(0, keepdim=True).expand(8, 5))
+
+
+def test_a_wrong_fast_kernel_is_rejected_for_the_plain_product(fresh_kernel_choice, monkeypatch):
+    monkeypatch.setattr(fresh_kernel_choice, "_onednn_candidate", lambda: lambda x, w, *rest: torch.zeros(x.shape[0], w.shape[0]))
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(43))
+    assert torch.equal(x_xt(x), x @ x.T)
+    assert fresh_kernel_choice._ONEDNN_STATE["op"] is None
+
+
+def test_a_missing_fast_kernel_falls_back_to_the_plain_product(fresh_kernel_choice, monkeypatch):
+    def missing():
+        raise AttributeError("no mkldnn::_linear_pointwise in this build")
+
+    monkeypatch.setattr(fresh_kernel_choice, "_onednn_candidate", missing)
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(44))
+    assert torch.equal(x_xt(x), x @ x.T)
