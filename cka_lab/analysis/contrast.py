@@ -40,6 +40,12 @@ from .compare import (
 __all__ = ["Contrast", "contrast_models", "check_same_task"]
 
 
+def _nanmean(values: np.ndarray) -> float:
+    """Mean ignoring NaN; NaN, without numpy's warning, when every value is NaN (a one-block stage)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+
+
 @dataclass
 class Contrast:
     """Everything a contrast of model A with model B measured (CKA matrices as :class:`Comparison`)."""
@@ -100,10 +106,10 @@ class Contrast:
                 block = m[i0:i1, i0:i1]
                 off = block[~np.eye(i1 - i0, dtype=bool)] if i1 - i0 > 1 else np.array([np.nan])
                 later = m[i0:i1, i1:]
-                row = {"model": name, "stage": s, "within_stage": float(np.nanmean(off)),
-                       "with_later_stages": float(np.nanmean(later)) if later.size else np.nan}
+                row = {"model": name, "stage": s, "within_stage": _nanmean(off),
+                       "with_later_stages": _nanmean(later) if later.size else np.nan}
                 if self.cross.same_layers:
-                    row["cross_model_same_layer"] = float(np.nanmean(np.diag(self.cross.matrix)[i0:i1]))
+                    row["cross_model_same_layer"] = _nanmean(np.diag(self.cross.matrix)[i0:i1])
                 rows.append(row)
         return pd.DataFrame(rows)
 
