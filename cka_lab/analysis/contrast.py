@@ -41,7 +41,7 @@ __all__ = ["Contrast", "contrast_models", "check_same_task"]
 
 
 def _nanmean(values: np.ndarray) -> float:
-    """Mean ignoring NaN; NaN, without numpy's warning, when every value is NaN (a one-block stage)."""
+    """Mean ignoring NaN; NaN, without numpy's warning, when no value is left (a one-block stage)."""
     values = np.asarray(values, dtype=np.float64)
     return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
 
@@ -104,10 +104,10 @@ class Contrast:
             m = comp.matrix
             for s, (i0, i1) in enumerate(zip(starts[:-1], starts[1:])):
                 block = m[i0:i1, i0:i1]
-                off = block[~np.eye(i1 - i0, dtype=bool)] if i1 - i0 > 1 else np.array([np.nan])
+                off = block[~np.eye(i1 - i0, dtype=bool)]  # empty for a one-block stage: NaN
                 later = m[i0:i1, i1:]
                 row = {"model": name, "stage": s, "within_stage": _nanmean(off),
-                       "with_later_stages": _nanmean(later) if later.size else np.nan}
+                       "with_later_stages": _nanmean(later)}
                 if self.cross.same_layers:
                     row["cross_model_same_layer"] = _nanmean(np.diag(self.cross.matrix)[i0:i1])
                 rows.append(row)

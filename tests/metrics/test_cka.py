@@ -384,12 +384,19 @@ def test_error_messages_are_one_line():
 
 
 @pytest.fixture
-def fresh_kernel_choice(monkeypatch):
-    """Forget which float32 Gram kernel this process chose, and restore the choice afterwards."""
+def fresh_kernel_choice():
+    """Forget which float32 Gram kernel this process chose, before and after the test."""
     from cka_lab.metrics import cka
 
-    monkeypatch.setattr(cka, "_ONEDNN_STATE", {})
-    return cka
+    cka._onednn_linear.cache_clear()
+    yield cka
+    cka._onednn_linear.cache_clear()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_the_onednn_kernel_is_chosen_where_torch_has_onednn(fresh_kernel_choice):
+    """The pinned torch has it: losing it would silently halve the speed of every CPU Gram."""
+    assert fresh_kernel_choice._onednn_linear() is not None
 
 
 def test_x_xt_of_float32_features_matches_the_float64_product():
@@ -420,7 +427,7 @@ def test_a_wrong_fast_kernel_is_rejected_for_the_plain_product(fresh_kernel_choi
     monkeypatch.setattr(fresh_kernel_choice, "_onednn_candidate", lambda: lambda x, w, *rest: torch.zeros(x.shape[0], w.shape[0]))
     x = torch.randn(16, 40, generator=torch.Generator().manual_seed(43))
     assert torch.equal(x_xt(x), x @ x.T)
-    assert fresh_kernel_choice._ONEDNN_STATE["op"] is None
+    assert fresh_kernel_choice._onednn_linear() is None
 
 
 def test_a_missing_fast_kernel_falls_back_to_the_plain_product(fresh_kernel_choice, monkeypatch):
