@@ -10,6 +10,7 @@ Layout (module names equal the official ones, so layer lists mean the same thing
       body.layers.i.residual_group.blocks.j   CSwinTransformerBlock (odd j: shifted windows)
         .attns.0 / .attns.1                    WindowAttention, horizontal (6x24) / vertical (24x6) strips
         .attns.k.softmax                       nn.Softmax: hook it to read attention weights
+        .attn_residual                         nn.Identity tap: the state after the attention residual
     tail_<task>   ModuleList  DEPTH x (ResBlockSkip | UpResBlock) -> upsampler / conv3x3
 
 Tensor shapes below use B batch, C channels, H x W spatial size, L = H*W tokens, nW windows,
@@ -291,6 +292,9 @@ class CSwinTransformerBlock(nn.Module):
             self.register_buffer("attn_mask_h", window_mask(image_size, image_size, self.windows[0], self.shifts[0]))
             self.register_buffer("attn_mask_v", window_mask(image_size, image_size, self.windows[1], self.shifts[1]))
         self.norm1 = nn.LayerNorm(dim)
+        # Identity tap: its output is the block's state after the attention residual, ``(B, L, C)``
+        # (the EDT authors' CKA layer for attention). No parameters: the state dict is unchanged.
+        self.attn_residual = nn.Identity()
         self.attns = nn.ModuleList([WindowAttention(dim // 2, w, num_heads) for w in self.windows])
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
@@ -319,7 +323,7 @@ class CSwinTransformerBlock(nn.Module):
                 y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
                 out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
         x = self.proj_drop(self.proj(torch.cat(out, dim=-1).view(B, L, C)))
-        x = shortcut + self.drop_path(x)
+        x = self.attn_residual(shortcut + self.drop_path(x))
         return x + self.drop_path(self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
 
 
