@@ -2,7 +2,9 @@
 
 ``train_log.csv``: ``iteration, lr, loss, loss_<task>..., sec_per_iter, data_share, patches_per_s``
 (means over the last ``log_every`` iterations; ``data_share`` is the fraction of the wall time
-spent waiting for batches). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
+spent waiting for batches), then with ``schedule.diagnostics`` the per-stage columns
+``s{i}_q_update_ratio, s{i}_k_update_ratio, s{i}_v_update_ratio, s{i}_attn_entropy_rel,
+s{i}_logit_spread`` (:mod:`cka_lab.train.diagnostics`). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
 On ``--resume`` the rows written after the checkpoint the run resumes from are dropped, so a log
 never holds an iteration twice.
 
@@ -46,13 +48,19 @@ class CsvLog:
         self.columns = list(columns)
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop rows with ``iteration`` greater than the given one (used when resuming)."""
+        """Drop rows with ``iteration`` greater than the given one (used when resuming).
+
+        A file with other columns (written by an older version) gets this log's header; columns it
+        lacks stay empty in its old rows.
+        """
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
         keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
-        if len(keep) == len(rows):
+        if len(keep) == len(rows) and header == self.columns:
             return
         with self.path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
