@@ -16,7 +16,7 @@ from cka_lab import __version__
 from cka_lab.errors import run_reporting_errors
 
 # Order here is the order shown by ``cka-lab --help``.
-SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "evaluate", "contrast", "report")
+SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "plot-log", "evaluate", "contrast", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"cka_lab.cli.{name}")
+            module = importlib.import_module(f"cka_lab.cli.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:  # a subcommand not built yet
-            if exc.name == f"cka_lab.cli.{name}":
+            if exc.name == f"cka_lab.cli.{name.replace('-', '_')}":
                 continue
             raise
         module.add_parser(sub)

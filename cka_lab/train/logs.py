@@ -73,4 +73,4 @@ class CsvLog:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            w.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
