@@ -122,7 +122,7 @@ def _as_sources(sources: Sequence[ImageSource | str | Path]) -> list[ImageSource
         if isinstance(s, (str, Path)):
             out.append(ImageSource(Path(s)))
         else:
-            out.append(ImageSource(Path(s.path), int(getattr(s, "reduce", 1))))
+            out.append(ImageSource(Path(s.path), int(getattr(s, "reduce", 1)), getattr(s, "weight", None)))
     return out
 
 
