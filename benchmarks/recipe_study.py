@@ -169,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS], choices=[s.name for s in SETTINGS])
     p.add_argument("--data-root", type=Path, default=Path(os.environ.get("CKA_LAB_DATA", REPO.parent / "shared" / "data")))
     p.add_argument("--csv", type=Path, default=Path("runs/recipe_study/recipe_study.csv"))
+    p.add_argument("--table-only", action="store_true", help="print the table of the rows in --csv, run nothing")
     args = p.parse_args(argv)
+    if args.table_only:
+        if not args.csv.is_file():
+            print(f"recipe_study: {args.csv} not found", file=sys.stderr)
+            return 2
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+            print(summarise(pd.read_csv(args.csv)))
+        return 0
     if not (args.data_root / "train" / "Sun_Hays80").is_dir() or not (args.data_root / "sr" / "Set5").is_dir():
         print(f"recipe_study: needs train/Sun_Hays80, train/BSD400_gray and sr/Set5 under {args.data_root} (--data-root)",
               file=sys.stderr)
