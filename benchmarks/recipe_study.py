@@ -9,16 +9,19 @@ data) for the **same** budget: ``--iterations`` steps of ``--batch`` LR patches 
 ``[--data-root]/train/Sun_Hays80`` (reduce 2) and ``train/BSD400_gray``, drawn by patch count (the
 bundled configs' data). At the end each run reports
 
-* ``H_s0 .. H_s3``: attention entropy relative to uniform per stage (1 = uniform), and ``spread``:
-  the mean within-row std of the attention logits -- both on the run's fixed probe batch
-  (:mod:`cka_lab.train.diagnostics`);
+* ``H_s0 .. H_s3``: attention entropy relative to uniform per stage (1 = uniform; the table shows
+  ``focus = (1 - H/Hmax) * 1e6``), and ``spread``: the mean within-row std of the attention logits
+  -- both on the run's fixed probe batch (:mod:`cka_lab.train.diagnostics`);
+* ``qk_upd`` / ``v_upd``: update-to-weight ratio of q and k / of v over the last log interval
+  (``iterations / 5`` steps), mean over stages;
 * ``psnr``: validation PSNR on Set5 x2 (Y channel, border 2), every image centre-cropped to
   ``--val-crop`` LR px (``--val-crop 0``: whole images);
 * ``loss``: the L1 loss of the last log interval.
 
 One row per (setting, seed) goes to ``--csv`` as soon as the run ends (an interrupted study
 continues where it stopped: rows already in the CSV are not rerun); the table printed is the mean
-over seeds and, in ``*_sd``, their standard deviation (the seeds are the error bars).
+over seeds and, in ``*_sd``, their standard deviation (the seeds are the error bars); ``dpsnr`` is
+the PSNR minus the official recipe's of the same seed (same initial weights and batches), averaged.
 
 Settings (the official EDT recipe: Adam lr 2e-4, betas (0.9, 0.99), eps 1e-8, multi-step decay):
 
@@ -142,17 +145,29 @@ def run_one(spec: StudySpec, setting: Setting, seed: int) -> dict:
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per setting, with ``*_sd`` (standard deviation over seeds) for PSNR and entropy."""
+    """Mean over seeds per setting; ``*_sd`` the standard deviation over seeds.
+
+    Attention entropy is shown as ``1 - H/Hmax`` in parts per million (``focus_s{i}``, 0 = uniform),
+    since at small budgets every H/Hmax rounds to 1.0000. ``dpsnr``: PSNR minus the official
+    recipe's of the same seed (same initial weights and batches), averaged over seeds.
+    """
     order = [s.name for s in SETTINGS if s.name in set(rows["setting"])]
-    metrics = [c for c in rows.columns if c not in ("setting", "seed")]
-    g = rows.groupby("setting", sort=False)
-    table = g[metrics].mean()
-    table.insert(0, "seeds", g.size())
     h_cols = [c for c in rows.columns if c.startswith("H_s")]
-    rows = rows.assign(H_mean=rows[h_cols].mean(axis=1))
-    table["H_mean"] = rows.groupby("setting")["H_mean"].mean()
-    table["H_mean_sd"] = rows.groupby("setting")["H_mean"].std(ddof=1)
-    table["psnr_sd"] = rows.groupby("setting")["psnr"].std(ddof=1)
+    rows = rows.copy()
+    for c in h_cols:
+        rows["focus_s" + c[3:]] = (1.0 - rows[c]) * 1e6
+    rows["focus"] = rows[["focus_s" + c[3:] for c in h_cols]].mean(axis=1)
+    official = rows[rows["setting"] == "official"].set_index("seed")["psnr"]
+    rows["dpsnr"] = rows["psnr"] - rows["seed"].map(official)
+    g = rows.groupby("setting", sort=False)
+    table = pd.DataFrame({"seeds": g.size(), "psnr": g["psnr"].mean(), "psnr_sd": g["psnr"].std(ddof=1),
+                          "dpsnr": g["dpsnr"].mean(), "loss": g["loss"].mean()})
+    for c in h_cols:
+        table["focus_s" + c[3:]] = g["focus_s" + c[3:]].mean()
+    table["focus"] = g["focus"].mean()
+    table["focus_sd"] = g["focus"].std(ddof=1)
+    for c in ("spread", "qk_upd", "v_upd", "seconds"):
+        table[c] = g[c].mean()
     return table.loc[order]
 
 
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.csv.is_file():
             print(f"recipe_study: {args.csv} not found", file=sys.stderr)
             return 2
-        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+        with pd.option_context("display.width", 220, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
             print(summarise(pd.read_csv(args.csv)))
         return 0
     if not (args.data_root / "train" / "Sun_Hays80").is_dir() or not (args.data_root / "sr" / "Set5").is_dir():
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             done = pd.concat([done, pd.DataFrame([row])], ignore_index=True) if len(done) else pd.DataFrame([row])
             done.to_csv(args.csv, index=False)
     rows = done[done["setting"].isin(args.settings) & done["seed"].isin(list(seeds))]
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+    with pd.option_context("display.width", 220, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(summarise(rows))
     return 0
 
