@@ -20,6 +20,8 @@ N tokens per window, h heads, d head dim.
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -39,6 +41,9 @@ __all__ = [
     "SwinBody",
     "window_mask",
     "mirror_pad",
+    "use_fused_attn",
+    "set_fused_attn",
+    "explicit_attention",
 ]
 
 
@@ -183,12 +188,67 @@ def _cached_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]
     return window_mask(H, W, window, shift).to(device)
 
 
+_FUSED_DEFAULT: bool | None = None  # set_fused_attn() override; None: the CKA_LAB_FUSED_ATTN variable decides
+_FORCE_EXPLICIT = 0  # > 0 inside explicit_attention()
+
+
+def use_fused_attn() -> bool:
+    """The default attention path of new :class:`WindowAttention` modules: fused (SDPA) unless disabled.
+
+    ``CKA_LAB_FUSED_ATTN=0`` in the environment (or :func:`set_fused_attn(False) <set_fused_attn>`)
+    makes new modules compute explicit attention maps. Either path gives the same numbers (to float32
+    rounding); the explicit one is taken anyway whenever something needs the map (see
+    :meth:`WindowAttention.needs_map`).
+    """
+    if _FUSED_DEFAULT is not None:
+        return _FUSED_DEFAULT
+    return os.environ.get("CKA_LAB_FUSED_ATTN", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_fused_attn(enable: bool | None) -> None:
+    """Override the default of :func:`use_fused_attn` for modules built from now on (None: back to the env)."""
+    global _FUSED_DEFAULT
+    _FUSED_DEFAULT = None if enable is None else bool(enable)
+
+
+@contextmanager
+def explicit_attention():
+    """Inside this block every :class:`WindowAttention` computes (and passes through ``softmax``) its maps."""
+    global _FORCE_EXPLICIT
+    _FORCE_EXPLICIT += 1
+    try:
+        yield
+    finally:
+        _FORCE_EXPLICIT -= 1
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Hooks registered with ``nn.modules.module.register_module_forward_(pre_)hook`` (they see every module)."""
+    mod = nn.modules.module
+    return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention in non-overlapping ``(wh, ww)`` windows of one channel half, with LePE.
 
     LePE (locally-enhanced positional encoding) is a depthwise 3x3 conv of V applied per window
     (zero padding at window borders) and added to ``attn @ v``. The attention probabilities are the
     output of the ``softmax`` submodule, shape ``(B*nW, h, N, N)``: hook it to analyse attention.
+
+    Two paths give the same result (to float32 rounding), in the manner of timm's ``fused_attn``:
+
+    * fused (``self.fused_attn``, the default, see :func:`use_fused_attn`):
+      ``F.scaled_dot_product_attention`` with ``scale=`` and the shifted-window mask as an additive
+      float mask; the ``(N, N)`` maps are never stored. On CUDA the head dimension is zero-padded to a
+      multiple of 8 (exact: zeros add nothing to ``q . k`` and the padded output columns are dropped).
+    * explicit: ``softmax(q k^T * scale + mask) @ v`` through the ``softmax`` and ``attn_drop``
+      submodules. Taken whenever :meth:`needs_map` says so: a forward hook or pre-hook on ``softmax``
+      or ``attn_drop`` (or a global module hook), active attention dropout in training,
+      ``fused_attn = False``, or inside :func:`explicit_attention`.
     """
 
     def __init__(self, dim: int, window: tuple[int, int], num_heads: int, attn_drop: float = 0.0):
@@ -198,9 +258,21 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.fused_attn = use_fused_attn()
         self.attn_drop = nn.Dropout(attn_drop)
         self.lepe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.softmax = nn.Softmax(dim=-1)
+
+    def needs_map(self) -> bool:
+        """True when this forward must compute the attention map explicitly (see the class docstring)."""
+        return (
+            not self.fused_attn
+            or _FORCE_EXPLICIT > 0
+            or (self.training and self.attn_drop.p > 0.0)
+            or _has_hooks(self.softmax)
+            or _has_hooks(self.attn_drop)
+            or _global_hooks()
+        )
 
     def _heads(self, x: Tensor) -> Tensor:
         """``(B, H, W, C) -> (B*nW, h, N, d)``."""
@@ -209,6 +281,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, qkv: Tensor, mask: Tensor | None = None) -> Tensor:
         """``qkv: (3, B, H, W, C)``, ``mask: (nW, N, N) | None`` -> ``(B, H, W, C)``."""
+        if self.needs_map():
+            return self._explicit(qkv, mask)
+        return self._fused(qkv, mask)
+
+    def _explicit(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
         _, B, H, W, C = qkv.shape
         wh, ww = self.window
         q = self._heads(qkv[0]) * self.scale  # (B*nW, h, N, d)
@@ -226,6 +303,32 @@ class WindowAttention(nn.Module):
         attn = self.attn_drop(self.softmax(attn))
         x = (attn @ v + lepe).transpose(1, 2).reshape(-1, wh * ww, C)  # (B*nW, N, C)
         return window_reverse(x, wh, ww, H, W)
+
+    def _fused(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """SDPA in a window-major layout ``(nW, B*h, N, d)``, where the ``(nW, N, N)`` mask broadcasts.
+
+        One copy takes q, k and v from the ``(3, B, H, W, C)`` input to that layout, one copy takes the
+        result back; no ``(N, N)`` map is stored for backward.
+        """
+        _, B, H, W, C = qkv.shape
+        wh, ww = self.window
+        nH, nWw, h, d = H // wh, W // ww, self.num_heads, self.head_dim
+        nW, N = nH * nWw, wh * ww
+        x = qkv.reshape(3, B, nH, wh, nWw, ww, h, d).permute(0, 2, 4, 1, 6, 3, 5, 7)  # (3, nH, nWw, B, h, wh, ww, d)
+        q, k, v = x.reshape(3, nW, B * h, N, d).unbind(0)
+        # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
+        lepe = self.lepe(v.view(nW * B, h, wh, ww, d).permute(0, 1, 4, 2, 3).reshape(nW * B, C, wh, ww))
+        attn_mask = None if mask is None else mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N)
+        if q.is_cuda and d % 8:
+            pad = (0, 8 - d % 8)
+            o = F.scaled_dot_product_attention(
+                F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), attn_mask=attn_mask, scale=self.scale
+            )[..., :d]
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d)
+        o = o.reshape(nW, B, h, N, d) + lepe.view(nW, B, h, d, N).transpose(-2, -1)
+        o = o.view(nH, nWw, B, h, wh, ww, d).permute(2, 0, 4, 1, 5, 3, 6)  # (B, nH, wh, nWw, ww, h, d)
+        return o.reshape(B, H, W, C)
 
 
 class DropPath(nn.Module):
@@ -490,6 +593,16 @@ class EDT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def set_fused_attn(self, enable: bool) -> "EDT":
+        """Use fused attention (SDPA) in every window-attention module, or explicit maps everywhere.
+
+        Explicit maps are still taken where :meth:`WindowAttention.needs_map` requires them (hooks).
+        """
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.fused_attn = bool(enable)
+        return self
 
     # -- pieces ------------------------------------------------------------------------------------
     def encode(self, x: Tensor, task: str) -> tuple[Tensor, list[Tensor]]:
