@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
+from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
 
 __all__ = [
@@ -392,8 +393,8 @@ class CSwinTransformerBlock(nn.Module):
         self.shifts = ((wh // 2, ww // 2), (ww // 2, wh // 2)) if shift else None
         self.image_size = image_size
         if shift:
-            self.register_buffer("attn_mask_h", window_mask(image_size, image_size, self.windows[0], self.shifts[0]))
-            self.register_buffer("attn_mask_v", window_mask(image_size, image_size, self.windows[1], self.shifts[1]))
+            for name, win, sh in zip(("attn_mask_h", "attn_mask_v"), self.windows, self.shifts):
+                self.register_buffer(name, _cached_mask(image_size, image_size, win, sh, "cpu").clone())
         self.norm1 = nn.LayerNorm(dim)
         # Identity tap: its output is the block's state after the attention residual, ``(B, L, C)``
         # (the EDT authors' CKA layer for attention). No parameters: the state dict is unchanged.
@@ -520,17 +521,6 @@ class SwinBody(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _init_weights(m: nn.Module) -> None:
-    """Swin-style initialisation: truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorm."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
 def _make_head(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
     nf = cfg.num_feat
     down = head.kind != "sr" and not cfg.sf
@@ -562,6 +552,9 @@ def _make_tail(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
 class EDT(nn.Module):
     """EDT with one head/tail pair per task around a shared transformer body.
 
+    Weights are initialised by :func:`cka_lab.models.init.init_edt_weights` (Swin-style, the same on
+    every torch version for the same ``torch.manual_seed``).
+
     ``forward(inputs)`` takes one ``(B, 3, H, W)`` tensor per head, in the official head order
     (``self.tasks``: SR scales, then noise levels, then rain levels) and returns one output per head.
     Inputs are in [0, 1]; each head's input must be padded to a multiple of
@@ -573,6 +566,7 @@ class EDT(nn.Module):
         if not cfg.heads:
             raise CkaLabError("an EDT needs at least one task head (SR scale, noise level or rain level)")
         self.config = cfg
+        gen = stable_generator()  # before any submodule draws: PyTorch's own init never reaches the weights
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         for h in cfg.heads:
             self.add_module(f"head_{h.suffix}", _make_head(cfg, h))
@@ -580,7 +574,7 @@ class EDT(nn.Module):
         for h in cfg.heads:
             self.add_module(f"tail_{h.suffix}", _make_tail(cfg, h))
         self.criterion = nn.L1Loss()
-        self.apply(_init_weights)
+        init_edt_weights(self, gen)
 
     # -- properties --------------------------------------------------------------------------------
     @property
