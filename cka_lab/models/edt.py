@@ -45,6 +45,10 @@ __all__ = [
     "use_fused_attn",
     "set_fused_attn",
     "explicit_attention",
+    "sdpa_head_dim",
+    "cpu_bf16_supported",
+    "bf16_autocast",
+    "compile_for_training",
 ]
 
 
@@ -223,6 +227,65 @@ def explicit_attention():
         _FORCE_EXPLICIT -= 1
 
 
+def sdpa_head_dim(d: int, device: torch.device) -> int:
+    """The head dimension given to SDPA: ``d`` zero-padded to what the fast kernels want (exact).
+
+    CUDA: a multiple of 8 (the flash / memory-efficient kernels' requirement). CPU: 16 when ``d < 16``
+    (EDT-T's 5, EDT-B's 15): torch's CPU flash kernel runs about 2x faster forward + backward at 16
+    than at 5 or 8 (``benchmarks/train_speed.py``), and slower again at 32.
+    """
+    if device.type == "cuda":
+        return -(-d // 8) * 8
+    if device.type == "cpu" and d < 16:
+        return 16
+    return d
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_supported() -> bool:
+    """True when this CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX), checked by a tiny product.
+
+    Without native support bf16 autocast on the CPU is emulated and slower than float32.
+    """
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    if not native:
+        return False
+    try:
+        a = torch.linspace(-1, 1, 64 * 64).view(64, 64)
+        prod = (a.bfloat16() @ a.bfloat16()).float()
+        return bool(torch.allclose(prod, a @ a, rtol=0.05, atol=0.05))
+    except RuntimeError:
+        return False
+
+
+def bf16_autocast(device: torch.device | str):
+    """``torch.autocast`` in bfloat16 for training on ``device`` (CUDA with bf16, or a CPU with native bf16).
+
+    Raises :class:`CkaLabError` in one line where bf16 would be emulated (slow) or unsupported.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise CkaLabError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support: train in float32")
+    elif device.type == "cpu":
+        if not cpu_bf16_supported():
+            raise CkaLabError("this CPU has no native bfloat16 (AVX512-BF16 or AMX): train in float32")
+    else:
+        raise CkaLabError(f"bf16 autocast is offered on cpu and cuda, not {device.type}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for training at one patch size (static shapes; the first steps compile).
+
+    Returns the compiled module (it shares parameters with ``model``; save ``model``, not the result).
+    """
+    return torch.compile(model, dynamic=False)
+
+
 def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -244,8 +307,9 @@ class WindowAttention(nn.Module):
 
     * fused (``self.fused_attn``, the default, see :func:`use_fused_attn`):
       ``F.scaled_dot_product_attention`` with ``scale=`` and the shifted-window mask as an additive
-      float mask; the ``(N, N)`` maps are never stored. On CUDA the head dimension is zero-padded to a
-      multiple of 8 (exact: zeros add nothing to ``q . k`` and the padded output columns are dropped).
+      float mask; the ``(N, N)`` maps are never stored. The head dimension is zero-padded to what the
+      fast kernels want (:func:`sdpa_head_dim`; exact: zeros add nothing to ``q . k`` and the padded
+      output columns are dropped).
     * explicit: ``softmax(q k^T * scale + mask) @ v`` through the ``softmax`` and ``attn_drop``
       submodules. Taken whenever :meth:`needs_map` says so: a forward hook or pre-hook on ``softmax``
       or ``attn_drop`` (or a global module hook), active attention dropout in training,
@@ -320,8 +384,9 @@ class WindowAttention(nn.Module):
         # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
         lepe = self.lepe(v.view(nW * B, h, wh, ww, d).permute(0, 1, 4, 2, 3).reshape(nW * B, C, wh, ww))
         attn_mask = None if mask is None else mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N)
-        if q.is_cuda and d % 8:
-            pad = (0, 8 - d % 8)
+        d_pad = sdpa_head_dim(d, q.device)
+        if d_pad != d:  # zero columns: q . k and the first d output columns are unchanged
+            pad = (0, d_pad - d)
             o = F.scaled_dot_product_attention(
                 F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), attn_mask=attn_mask, scale=self.scale
             )[..., :d]

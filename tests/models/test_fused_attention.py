@@ -194,3 +194,26 @@ def test_the_whole_model_in_training_mode_gives_the_same_loss_and_gradients_fuse
     worst = max((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in zip(g_f, g_e))
     assert worst <= 1e-4
     assert edt_mod.use_fused_attn()
+
+
+def test_the_head_dim_given_to_sdpa_is_padded_for_the_fast_kernels():
+    from cka_lab.models.edt import sdpa_head_dim
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [sdpa_head_dim(d, cpu) for d in (5, 10, 15, 16, 30)] == [16, 16, 16, 16, 30]
+    assert [sdpa_head_dim(d, cuda) for d in (5, 8, 15, 30)] == [8, 8, 16, 32]
+
+
+def test_bf16_autocast_is_offered_only_where_the_hardware_runs_it():
+    from cka_lab.errors import CkaLabError
+    from cka_lab.models.edt import bf16_autocast, cpu_bf16_supported
+
+    if cpu_bf16_supported():
+        with bf16_autocast("cpu"):
+            y = torch.nn.Linear(8, 8)(torch.rand(2, 8))
+        assert y.dtype == torch.bfloat16
+    else:
+        with pytest.raises(CkaLabError, match="no native bfloat16"):
+            bf16_autocast("cpu")
+    with pytest.raises(CkaLabError, match="not meta"):
+        bf16_autocast("meta")
