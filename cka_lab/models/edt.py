@@ -19,6 +19,7 @@ N tokens per window, h heads, d head dim.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from contextlib import contextmanager
@@ -296,6 +297,27 @@ def _global_hooks() -> bool:
     return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
 
 
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """SDPA of ``(nW, B*h, N, d)`` q, k, v with an optional additive ``(nW, N, N)`` mask -> ``(nW, B*h, N, d)``.
+
+    The head dim is zero-padded (:func:`sdpa_head_dim`). On the CPU, bfloat16 inputs (autocast) are
+    computed in float32: torch's CPU flash kernel is 2-3x slower in bf16 than in float32 (backward).
+    """
+    d = q.shape[-1]
+    out_dtype = q.dtype
+    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+    if cpu_bf16:
+        q, k, v = q.float(), k.float(), v.float()
+    attn_mask = None if mask is None else mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N): broadcast over B*h
+    d_pad = sdpa_head_dim(d, q.device)
+    if d_pad != d:  # zero columns: q . k and the first d output columns are unchanged
+        pad = (0, d_pad - d)
+        q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+    with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return o[..., :d].to(out_dtype)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention in non-overlapping ``(wh, ww)`` windows of one channel half, with LePE.
 
@@ -383,15 +405,7 @@ class WindowAttention(nn.Module):
         q, k, v = x.reshape(3, nW, B * h, N, d).unbind(0)
         # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
         lepe = self.lepe(v.view(nW * B, h, wh, ww, d).permute(0, 1, 4, 2, 3).reshape(nW * B, C, wh, ww))
-        attn_mask = None if mask is None else mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N)
-        d_pad = sdpa_head_dim(d, q.device)
-        if d_pad != d:  # zero columns: q . k and the first d output columns are unchanged
-            pad = (0, d_pad - d)
-            o = F.scaled_dot_product_attention(
-                F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), attn_mask=attn_mask, scale=self.scale
-            )[..., :d]
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d)
+        o = _sdpa(q, k, v, mask, self.scale)  # (nW, B*h, N, d)
         o = o.reshape(nW, B, h, N, d) + lepe.view(nW, B, h, d, N).transpose(-2, -1)
         o = o.view(nH, nWw, B, h, wh, ww, d).permute(2, 0, 4, 1, 5, 3, 6)  # (B, nH, wh, nWw, ww, h, d)
         return o.reshape(B, H, W, C)

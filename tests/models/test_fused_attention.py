@@ -217,3 +217,26 @@ def test_bf16_autocast_is_offered_only_where_the_hardware_runs_it():
             bf16_autocast("cpu")
     with pytest.raises(CkaLabError, match="not meta"):
         bf16_autocast("meta")
+
+
+def test_fused_attention_under_cpu_bf16_autocast_agrees_with_the_explicit_path_to_bf16_precision():
+    from cka_lab.models.edt import bf16_autocast, cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    blk = _block(True, seed=2).train()
+    x = _tokens(B=1)
+
+    def run():
+        blk.zero_grad(set_to_none=True)
+        with bf16_autocast("cpu"):
+            out = blk(x, (48, 48))
+        assert out.dtype == torch.bfloat16
+        out.float().square().mean().backward()
+        return out.float().detach(), blk.qkv.weight.grad.clone()
+
+    out_f, g_f = run()
+    with explicit_attention():
+        out_e, g_e = run()
+    assert (out_f - out_e).abs().max().item() <= 0.02 * out_e.abs().max().item()  # bf16 keeps 8 bits
+    assert ((g_f - g_e).norm() / g_e.norm()).item() < 0.05
