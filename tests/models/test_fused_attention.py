@@ -231,7 +231,6 @@ def test_fused_attention_under_cpu_bf16_autocast_agrees_with_the_explicit_path_t
         blk.zero_grad(set_to_none=True)
         with bf16_autocast("cpu"):
             out = blk(x, (48, 48))
-        assert out.dtype == torch.bfloat16
         out.float().square().mean().backward()
         return out.float().detach(), blk.qkv.weight.grad.clone()
 
