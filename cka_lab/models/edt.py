@@ -297,27 +297,6 @@ def _global_hooks() -> bool:
     return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """SDPA of ``(nW, B*h, N, d)`` q, k, v with an optional additive ``(nW, N, N)`` mask -> ``(nW, B*h, N, d)``.
-
-    The head dim is zero-padded (:func:`sdpa_head_dim`). On the CPU, bfloat16 inputs (autocast) are
-    computed in float32: torch's CPU flash kernel is 2-3x slower in bf16 than in float32 (backward).
-    """
-    d = q.shape[-1]
-    out_dtype = q.dtype
-    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-    if cpu_bf16:
-        q, k, v = q.float(), k.float(), v.float()
-    attn_mask = None if mask is None else mask.to(q.dtype).unsqueeze(1)  # (nW, 1, N, N): broadcast over B*h
-    d_pad = sdpa_head_dim(d, q.device)
-    if d_pad != d:  # zero columns: q . k and the first d output columns are unchanged
-        pad = (0, d_pad - d)
-        q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
-    with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    return o[..., :d].to(out_dtype)
-
-
 class WindowAttention(nn.Module):
     """Multi-head self-attention in non-overlapping ``(wh, ww)`` windows of one channel half, with LePE.
 
@@ -392,23 +371,36 @@ class WindowAttention(nn.Module):
         return window_reverse(x, wh, ww, H, W)
 
     def _fused(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
-        """SDPA in a window-major layout ``(nW, B*h, N, d)``, where the ``(nW, N, N)`` mask broadcasts.
+        """SDPA in a window-major layout ``(nW, B*h, N, d')``, where the ``(nW, N, N)`` mask broadcasts.
 
-        One copy takes q, k and v from the ``(3, B, H, W, C)`` input to that layout, one copy takes the
-        result back; no ``(N, N)`` map is stored for backward.
+        One copy takes q, k and v from the ``(3, B, H, W, C)`` input into that layout, zero-padded to
+        ``d' = sdpa_head_dim(d)``; one copy takes the result back. No ``(N, N)`` map is stored for
+        backward. On the CPU, bfloat16 inputs (autocast) are attended in float32: torch's CPU flash
+        kernel is 2-3x slower in bf16 than in float32 (backward).
         """
         _, B, H, W, C = qkv.shape
         wh, ww = self.window
         nH, nWw, h, d = H // wh, W // ww, self.num_heads, self.head_dim
         nW, N = nH * nWw, wh * ww
         x = qkv.reshape(3, B, nH, wh, nWw, ww, h, d).permute(0, 2, 4, 1, 6, 3, 5, 7)  # (3, nH, nWw, B, h, wh, ww, d)
-        q, k, v = x.reshape(3, nW, B * h, N, d).unbind(0)
+        d_pad = sdpa_head_dim(d, qkv.device)
+        cpu_bf16 = qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16
+        dtype = torch.float32 if cpu_bf16 else qkv.dtype
+        if d_pad != d or dtype != qkv.dtype:  # zero columns: q . k and the first d output columns are unchanged
+            buf = qkv.new_zeros((3, nH, nWw, B, h, wh, ww, d_pad), dtype=dtype)
+            buf[..., :d] = x
+        else:
+            buf = x
+        q, k, v = buf.reshape(3, nW, B * h, N, d_pad).unbind(0)
         # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
-        lepe = self.lepe(v.view(nW * B, h, wh, ww, d).permute(0, 1, 4, 2, 3).reshape(nW * B, C, wh, ww))
-        o = _sdpa(q, k, v, mask, self.scale)  # (nW, B*h, N, d)
-        o = o.reshape(nW, B, h, N, d) + lepe.view(nW, B, h, d, N).transpose(-2, -1)
+        v_img = x[2].permute(0, 1, 2, 3, 6, 4, 5).reshape(nW * B, C, wh, ww)
+        lepe = self.lepe(v_img)
+        attn_mask = None if mask is None else mask.to(dtype).unsqueeze(1)  # (nW, 1, N, N): broadcast over B*h
+        with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d')
+        o = o.view(nW, B, h, N, d_pad)[..., :d] + lepe.view(nW, B, h, d, N).transpose(-2, -1)  # one pass
         o = o.view(nH, nWw, B, h, wh, ww, d).permute(2, 0, 4, 1, 5, 3, 6)  # (B, nH, wh, nWw, ww, h, d)
-        return o.reshape(B, H, W, C)
+        return o.reshape(B, H, W, C).to(qkv.dtype)
 
 
 class DropPath(nn.Module):
