@@ -9,14 +9,19 @@ unpickled is refused, never executed.
   ``module.`` prefix are accepted too.
 * cka_lab layout: ``{"format": "cka_lab/1", "arch": <official name>, "model": state_dict,
   "config": {EDTConfig fields}, "meta": {...}, "train": {...}}``. Mask buffers are left out
-  (they are recomputed), which keeps EDT-T files near 4 MB.
+  (they are recomputed), which keeps EDT-T files near 4 MB. ``meta`` always records what wrote the
+  weights (:data:`PROVENANCE_KEYS`): ``torch`` and ``cka_lab`` versions, ``git_commit`` of the cka_lab
+  checkout (None outside a git checkout), ``device`` and ``precision``; the caller's values win, so an
+  exported file keeps those of the training run.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
+import subprocess
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,6 +45,9 @@ __all__ = [
     "save_checkpoint",
     "atomic_torch_save",
     "is_mask_key",
+    "PROVENANCE_KEYS",
+    "provenance",
+    "git_commit",
 ]
 
 FORMAT = "cka_lab/1"
@@ -316,6 +324,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+PROVENANCE_KEYS = ("torch", "cka_lab", "git_commit", "device", "precision")
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout cka_lab is imported from; None when there is none (silently)."""
+    pkg = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if len(out) == 40 and all(c in "0123456789abcdef" for c in out) else None
+
+
+def provenance(model: torch.nn.Module) -> dict[str, Any]:
+    """What is writing these weights: torch and cka_lab versions, git commit, the model's device and dtype."""
+    import cka_lab
+
+    p = next(iter(model.parameters()), None)
+    return {
+        "torch": str(torch.__version__),  # TorchVersion, a str subclass, would not load with weights_only
+        "cka_lab": str(cka_lab.__version__),
+        "git_commit": git_commit(),
+        "device": str(p.device) if p is not None else "cpu",
+        "precision": str(p.dtype).replace("torch.", "") if p is not None else "float32",
+    }
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: EDT,
@@ -323,7 +361,10 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a cka_lab checkpoint atomically (mask buffers left out; they are recomputed on load)."""
+    """Write a cka_lab checkpoint atomically (mask buffers left out; they are recomputed on load).
+
+    ``meta`` is stored with :func:`provenance` filled in underneath it (keys the caller gives win).
+    """
     model = getattr(model, "module", model)
     sd = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items() if not is_mask_key(k))
     obj = {
@@ -331,7 +372,7 @@ def save_checkpoint(
         "arch": model.config.name,
         "model": sd,
         "config": model.config.to_dict(),
-        "meta": dict(meta or {}),
+        "meta": {**provenance(model), **dict(meta or {})},
     }
     if train is not None:
         obj["train"] = dict(train)

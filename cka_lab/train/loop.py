@@ -161,6 +161,8 @@ class _Trainer:
             "run": self.cfg.run.name,
             "iteration": iteration,
             "config_file": str(self.cfg.source) if self.cfg.source else None,
+            "device": str(self.device),
+            "precision": f"{str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else "float32",
             "val": {t: {"psnr": s.psnr, "ssim": s.ssim, "images": s.images} for t, s in self.last_val.items()},
         }
 
