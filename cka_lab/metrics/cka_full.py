@@ -10,7 +10,7 @@ process's memory, ``cka_by_passes`` fills the Grams layer group by layer group.
 Memory: ``N · D · itemsize`` bytes of features per layer (566 MB for an EDT-T block at 48 px and
 N = 1024) up to ``max_bytes`` (a one-line error beyond), plus ``L · N² · 8`` bytes of Grams.
 
-Interval: a delete-a-group jackknife over ``n_groups`` contiguous groups of crops (default 32; the
+Interval: a delete-a-group bias-corrected jackknife over ``n_groups`` contiguous groups of crops (default 32; the
 crops in the order they were added). Each replicate is the biased CKA of the other N - m crops,
 re-centred over them; all replicates come from the Grams in O(La·Lb·N²) (``deleted_group_inner``)
 without recomputing any Gram. The interval is ``estimate ± t_{G-1} · se_jack``
@@ -185,13 +185,13 @@ def biased_cka_result(
         return torch.where(ok, xy / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(xy, math.nan))
 
     estimate = ratio(cross, aa, bb).cpu()
-    lower = upper = None
+    lower = upper = bias = None
     interval = "none"
     if intervals and len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 2:
         replicates = ratio(cross_del, aa_del, bb_del).cpu()
-        low, high = jackknife_interval(estimate, replicates, level)
-        lower, upper = low.numpy(), high.numpy()
-        interval = f"delete-a-group jackknife over {len(bounds)} groups of crops, Student t with {len(bounds) - 1} df"
+        low, high, bias_t = jackknife_interval(estimate, replicates, level)
+        lower, upper, bias = low.numpy(), high.numpy(), bias_t.numpy()
+        interval = f"delete-a-group bias-corrected jackknife over {len(bounds)} groups of crops, Student t with {len(bounds) - 1} df"
     size = max(e - s for s, e in bounds)
     return CKAResult(
         matrix=estimate.numpy().astype(np.float64),

@@ -309,14 +309,14 @@ class MinibatchCKA(CKAAccumulator):
     def result(self, level: float = 0.95) -> CKAResult:
         """The CKA matrix with a delete-one-unit jackknife interval (needs keep_batches and >= 2 units for it)."""
         matrix = self.compute().cpu()
-        lower = upper = None
+        lower = upper = bias = None
         n_units = self.n_units
         interval = "none (needs keep_batches=True and at least 2 units)"
         if self.keep_batches and n_units >= 2:
             estimate, replicates = self.jackknife()
-            low, high = jackknife_interval(estimate, replicates, level)
-            lower, upper = low.numpy(), high.numpy()
-            interval = f"delete-one-unit jackknife over {n_units} units, Student t with {n_units - 1} df"
+            low, high, bias_t = jackknife_interval(estimate, replicates, level)
+            lower, upper, bias = low.numpy(), high.numpy(), bias_t.numpy()
+            interval = f"delete-one-unit bias-corrected jackknife over {n_units} units, Student t with {n_units - 1} df"
         const_a, const_b = self.constant_layers()
         size = self.unit_size or round(self.n_samples / max(n_units, 1))
         unit = f"HSIC unit of {size} crops" if self.unit_size else "HSIC unit = one update batch"
@@ -335,6 +335,7 @@ class MinibatchCKA(CKAAccumulator):
             interval=interval,
             constant_a=tuple(const_a),
             constant_b=tuple(const_b),
+            bias=bias,
         )
 
     def confidence_interval(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -7,9 +7,15 @@
 
 Intervals (both estimators): a jackknife over resampling units -- delete-one-unit over the HSIC
 units of ``unbiased-minibatch``, delete-a-group over groups of crops for ``biased-full`` -- with
-``se² = (G-1)/G · Σ_g (θ_(g) - mean θ_(·))²`` and ``estimate ± t_{G-1, (1+level)/2} · se``
-(Efron & Tibshirani 1993, ch. 11). The jackknife needs no seed and does not depend on the order of
-the units, so sharded runs reproduce it exactly.
+``se² = (G-1)/G · Σ_g (θ_(g) - θ_(·))²`` (``θ_(·)`` the mean replicate), the jackknife bias estimate
+``bias = (G-1)(θ_(·) - θ)``, and the bias-corrected interval ``θ - bias ± t_{G-1, (1+level)/2} · se``
+(Efron & Tibshirani 1993, ch. 10-11). The interval is for the population CKA. The bias correction
+matters for ``biased-full``, whose O(1/N) bias grows with the feature dimension: on Gaussian features
+with D = 16, N = 128 it is 1.9 standard deviations, and the uncorrected interval covered the true
+CKA in 66 % of 200 draws, the corrected one in 94 % (``tests/metrics/test_cka_coverage.py``). So a
+``biased-full`` estimate (``matrix``, the paper's number) can lie outside its own interval: that is
+the estimator's bias, reported in ``CKAResult.bias``. The jackknife needs no seed and does not depend
+on the order of the units, so sharded runs reproduce it exactly.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ def check_estimator(name: str) -> str:
     raise CkaLabError(f"unknown CKA estimator {name!r}: {hint}choose one of {', '.join(ESTIMATORS)}")
 
 
-def jackknife_interval(estimate: Tensor, replicates: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
-    """Jackknife interval ``estimate ± t_{G-1} · se`` from G leave-one-unit-out replicates.
+def jackknife_interval(
+    estimate: Tensor, replicates: Tensor, level: float = 0.95
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bias-corrected jackknife interval ``estimate - bias ± t_{G-1} · se`` from G leave-one-out replicates.
 
     Args:
         estimate: (...) the estimate from all units.
@@ -49,7 +57,7 @@ def jackknife_interval(estimate: Tensor, replicates: Tensor, level: float = 0.95
         level: coverage, in (0, 1).
 
     Returns:
-        (lower, upper), each (...) float64; NaN where the estimate or a replicate is NaN.
+        (lower, upper, bias), each (...) float64; NaN where the estimate or a replicate is NaN.
     """
     if not 0 < level < 1:
         raise CkaLabError(f"level must be in (0, 1), got {level}")
@@ -59,10 +67,12 @@ def jackknife_interval(estimate: Tensor, replicates: Tensor, level: float = 0.95
     from scipy.stats import t as student_t
 
     replicates = replicates.to(torch.float64)
-    spread = replicates - replicates.mean(0)
-    se = torch.sqrt((g - 1) / g * spread.square().sum(0))
+    mean = replicates.mean(0)
+    se = torch.sqrt((g - 1) / g * (replicates - mean).square().sum(0))
+    bias = (g - 1) * (mean - estimate)
     half = float(student_t.ppf((1 + level) / 2, g - 1)) * se
-    return estimate - half, estimate + half
+    centre = estimate - bias
+    return centre - half, centre + half, bias
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,8 @@ class CKAResult:
         estimator: one of ``ESTIMATORS``.
         n_samples: N, the number of crops.
         layers_a, layers_b: the La and Lb layer names.
-        lower, upper: (La, Lb) float64 interval bounds at ``level`` (None when there are fewer than
-            2 resampling units).
+        lower, upper: (La, Lb) float64 bounds of the interval for the population CKA at ``level``
+            (None when there are fewer than 2 resampling units).
         level: the intervals' nominal coverage.
         unit: the resampling unit in words, e.g. ``"HSIC unit of 8 crops"``.
         unit_size: crops per unit (for ``biased-full``: per jackknife group, the largest group).
@@ -83,6 +93,8 @@ class CKAResult:
         interval: how the intervals were made, in words.
         constant_a, constant_b: layers flagged as constant (see ``cka_functional.is_constant``).
         passes: the number of passes over the probe crops that produced the result.
+        bias: (La, Lb) jackknife estimate of the estimator's bias (the interval is centred at
+            ``matrix - bias``), or None.
     """
 
     matrix: np.ndarray
@@ -100,6 +112,7 @@ class CKAResult:
     constant_a: tuple[str, ...] = field(default=())
     constant_b: tuple[str, ...] = field(default=())
     passes: int = 1
+    bias: np.ndarray | None = None
 
     def provenance(self) -> dict[str, object]:
         """Plain fields that label an output: estimator, n_samples, unit, n_units, interval, level, passes."""
@@ -118,13 +131,14 @@ class CKAResult:
 
     def to_frame(self):  # -> pandas.DataFrame
         """Long table, one row per layer pair: layer_a, layer_b, cka, lower, upper, estimator,
-        n_samples, unit, level (lower/upper NaN where there is no interval)."""
+        n_samples, unit, level, bias (lower/upper/bias NaN where there is no interval)."""
         import pandas as pd
 
         la, lb = len(self.layers_a), len(self.layers_b)
         nan = np.full((la, lb), math.nan)
         lower = nan if self.lower is None else self.lower
         upper = nan if self.upper is None else self.upper
+        bias = nan if self.bias is None else self.bias
         return pd.DataFrame(
             {
                 "layer_a": np.repeat(np.asarray(self.layers_a, dtype=object), lb),
@@ -136,5 +150,6 @@ class CKAResult:
                 "n_samples": self.n_samples,
                 "unit": self.unit,
                 "level": self.level,
+                "bias": np.asarray(bias, dtype=np.float64).reshape(-1),
             }
         )
