@@ -55,8 +55,12 @@ N_GROUPS = 32
 
 
 def gib(n: float) -> str:
-    """Bytes in GiB, for messages."""
-    return f"{n / 2**30:.2f} GiB"
+    """A number of bytes for messages: GiB, MiB or bytes."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{int(n)} bytes"
 
 
 @dataclass
@@ -208,6 +212,7 @@ def biased_cka_result(
         interval=interval,
         constant_a=tuple(const_a),
         constant_b=tuple(const_b),
+        bias=bias,
         passes=passes,
     )
 
