@@ -26,8 +26,13 @@ cross and self terms of a batch at once.
 
 Value range (a decision, documented): the minibatch estimate is a ratio of inner products summed over
 batches, so Cauchy-Schwarz bounds it to [-1, 1] exactly, and ``CKA(X, X) = 1``; nothing is clamped.
-Values slightly below 0 are legitimate (an unbiased estimate of a near-zero similarity). A layer whose
-features are constant over every batch has a zero self term: its cells are NaN, with a warning.
+Values slightly below 0 are legitimate (an unbiased estimate of a near-zero similarity).
+
+Constant layers are judged against their own scale (``is_constant``): a layer with
+``Σ||x_i - mean||² <= CONSTANT_TOL · Σ||x_i||²`` (1e-6, float64 sums) is constant. Its cells are NaN,
+with a warning naming it, in every estimator. A constant output with a bias (0.5 + rounding noise in
+float32) has a small positive HSIC self term, so a test for a zero self term would let a CKA computed
+from rounding noise through; the relative test does not.
 
 Precision (measured, see ``benchmarks/cka_speed.py``): the Gram is computed in the features' dtype
 (float32 for float32/half/bfloat16 features, float64 for float64), the U-centring and all sums in
@@ -250,19 +255,21 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
         y: (N, ...) features of the same N samples, flattened to (N, Dy).
 
     Returns:
-        A float64 scalar in [0, 1]; NaN (with a warning) if one side is constant over the samples.
-        Memory is O(N²): for many samples use ``MinibatchCKA``.
+        A float64 scalar in [0, 1]; NaN (with a warning) if one side is constant over the samples
+        (``is_constant``). Features are centred over the samples before the float64 Gram. Memory is
+        O(N²): for many samples use ``MinibatchCKA`` or ``FullBatchCKA`` / ``cka_by_passes``.
     """
     x, y = as_matrix(x), as_matrix(y)
     if x.shape[0] != y.shape[0]:
         raise CkaLabError(f"x and y must hold the same samples, got {x.shape[0]} and {y.shape[0]} rows")
     if x.shape[0] < 2:
         raise CkaLabError(f"linear CKA needs at least 2 samples, got {x.shape[0]}")
-    kc = double_centre(gram(x, torch.float64))
-    lc = double_centre(gram(y, torch.float64).to(kc.device))
+    kc, square_x, centred_x = full_centred_gram([x])
+    lc, square_y, centred_y = full_centred_gram([y.to(x.device)])
     xy, xx, yy = (kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum()
-    if xx == 0 or yy == 0:
-        side = "x" if xx == 0 else "y"
+    dead = is_constant(torch.stack([square_x, square_y]), torch.stack([centred_x, centred_y])).tolist()
+    if dead[0] or dead[1] or xx == 0 or yy == 0:
+        side = "x" if dead[0] or xx == 0 else "y"
         warnings.warn(f"linear_cka: {side} is constant over the samples; CKA is undefined (NaN)", stacklevel=2)
         return torch.tensor(math.nan, dtype=torch.float64, device=kc.device)
     return xy / (xx.sqrt() * yy.sqrt())

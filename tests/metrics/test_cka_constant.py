@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cka_lab.metrics.cka import FullBatchCKA, MinibatchCKA, is_constant
+from cka_lab.metrics.cka import FullBatchCKA, MinibatchCKA, is_constant, linear_cka
 
 
 def features(n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -79,3 +79,10 @@ def test_a_small_but_real_spread_is_not_constant():
     square = torch.tensor([4.0, 0.0, 1.0], dtype=torch.float64)
     centred = torch.tensor([5e-6, 0.0, 1e-6], dtype=torch.float64)
     assert is_constant(square, centred).tolist() == [False, True, True]
+
+
+def test_linear_cka_flags_a_constant_bias_layer_too():
+    a, b = features(32)
+    with pytest.warns(UserWarning, match="x is constant"):
+        assert math.isnan(linear_cka(a["bias"], b["y"]).item())
+    assert math.isfinite(linear_cka(a["alive"], b["y"]).item())
