@@ -39,7 +39,7 @@ from cka_lab.metrics.cka_inputs import layer_list
 from cka_lab.metrics.cka_minibatch import MinibatchCKA
 from cka_lab.metrics.cka_result import CKAResult, check_estimator
 
-__all__ = ["DEFAULT_UNIT_SIZE", "RunPass", "cka_by_passes", "plan_passes"]
+__all__ = ["DEFAULT_UNIT_SIZE", "RunPass", "cka_by_passes", "feature_room", "plan_passes"]
 
 DEFAULT_UNIT_SIZE = 8
 """Crops per HSIC unit of unbiased-minibatch in ``cka_by_passes`` (128 crops -> 16 units)."""
@@ -56,6 +56,12 @@ def _numel(spec: Numel, name: str, side: str) -> int:
     if name not in spec:
         raise CkaLabError(f"feature_numel has no entry for layer {name!r} of model {side}; give numel per crop for every layer")
     return int(spec[name])
+
+
+def feature_room(n_layers: int, n_samples: int, max_bytes: int) -> int:
+    """Bytes left for one pass's features once all N x N Grams and one Gram's scratch are counted."""
+    n = n_samples
+    return max_bytes - n_layers * n * n * 8 - 3 * n * n * 8 - BLOCK_BYTES
 
 
 def plan_passes(
@@ -88,7 +94,7 @@ def plan_passes(
     n = n_samples
     grams = (len(la) + len(lb)) * n * n * 8
     scratch = 3 * n * n * 8 + BLOCK_BYTES
-    room = max_bytes - grams - scratch
+    room = feature_room(len(la) + len(lb), n, max_bytes)
     if room <= 0:
         biggest_n = int(((max_bytes - BLOCK_BYTES) / ((len(la) + len(lb) + 3) * 8)) ** 0.5)
         raise CkaLabError(
@@ -187,7 +193,9 @@ def cka_by_passes(
     }
     index = {"a": {name: i for i, name in enumerate(la)}, "b": {name: j for j, name in enumerate(lb)}}
     for group_a, group_b in plan:
-        acc = FullBatchCKA(group_a, group_b, max_bytes=max_bytes, gram_dtype=gram_dtype or torch.float64, tol=tol)
+        # the features of one pass may use what the Grams leave (checked as they arrive, in their real dtype)
+        room = feature_room(len(la) + len(lb), n, max_bytes)
+        acc = FullBatchCKA(group_a, group_b, max_bytes=room, gram_dtype=gram_dtype or torch.float64, tol=tol)
         for feats_a, feats_b in run(group_a, group_b):
             acc.update(feats_a, feats_b)
         if distributed:
