@@ -132,7 +132,7 @@ def cka_by_passes(
     run: RunPass,
     *,
     n_samples: int,
-    feature_numel: Numel | tuple[Numel, Numel],
+    feature_numel: Numel | tuple[Numel, Numel] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     feature_bytes: int = 4,
     unit_size: int = DEFAULT_UNIT_SIZE,
@@ -151,7 +151,7 @@ def cka_by_passes(
         run: ``run(group_a, group_b)`` -> iterable of (feats_a, feats_b) per batch, one full pass over
             the same crops in the same order every time.
         n_samples: N, the number of crops a pass yields (checked).
-        feature_numel: elements per crop of each layer (see ``plan_passes``); used by biased-full.
+        feature_numel: elements per crop of each layer (see ``plan_passes``); needed by biased-full.
         max_bytes: memory budget of biased-full.
         feature_bytes: bytes per kept feature element (biased-full's plan).
         unit_size: crops per HSIC unit (unbiased-minibatch).
@@ -180,6 +180,8 @@ def cka_by_passes(
             _check_count(seen, n_samples)
         return metric.result(level)
 
+    if feature_numel is None:
+        raise CkaLabError("biased-full plans its passes from the feature size: give feature_numel (elements per crop of each layer)")
     plan = plan_passes(la, lb, n_samples=n_samples, feature_numel=feature_numel, max_bytes=max_bytes,
                        feature_bytes=feature_bytes)
     n = n_samples

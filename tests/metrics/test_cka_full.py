@@ -191,7 +191,7 @@ def test_cka_by_passes_unbiased_minibatch_is_one_pass_equal_to_the_accumulator()
         for fa, fb in zip(batches(a, 32), batches(b, 32)):
             yield fa, fb
 
-    result = cka_by_passes("unbiased-minibatch", list(a), list(b), run, n_samples=96, feature_numel=1, unit_size=8)
+    result = cka_by_passes("unbiased-minibatch", list(a), list(b), run, n_samples=96, unit_size=8)
     direct = MinibatchCKA(list(a), list(b), unit_size=8)
     for fa, fb in zip(batches(a, 32), batches(b, 32)):
         direct.update(fa, fb)
