@@ -25,6 +25,7 @@ from cka_lab.metrics.cka_full import (
     LayerGrams,
     biased_cka_result,
     deleted_group_inner,
+    deleted_group_self,
     group_bounds,
 )
 from cka_lab.metrics.cka_functional import (
@@ -70,6 +71,7 @@ __all__ = [
     "check_estimator",
     "cka_by_passes",
     "deleted_group_inner",
+    "deleted_group_self",
     "double_centre",
     "full_centred_gram",
     "gram",
