@@ -48,7 +48,7 @@ from cka_lab.metrics.cka_functional import (
     x_xt,
 )
 from cka_lab.metrics.cka_minibatch import MinibatchCKA, minibatch_cka
-from cka_lab.metrics.cka_passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, plan_passes
+from cka_lab.metrics.cka_passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, feature_room, plan_passes
 from cka_lab.metrics.cka_protocol import CKAAccumulator
 from cka_lab.metrics.cka_result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval
 
@@ -73,6 +73,7 @@ __all__ = [
     "deleted_group_inner",
     "deleted_group_self",
     "double_centre",
+    "feature_room",
     "full_centred_gram",
     "gram",
     "gram_dtype_for",
