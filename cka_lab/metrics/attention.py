@@ -138,7 +138,8 @@ class AttentionDistance(Metric):
             shifts = getattr(named.get(name.rsplit(".attns.", 1)[0]), "shifts", None)
             kind = "plain" if shifts is None else "shifted"
             info = SiteInfo(name, layer, block, kind, DIRECTIONS[k])
-            self._sites[name] = _Site(info, tuple(mod.window), None if shifts is None else tuple(shifts[k]), mod.num_heads)
+            shift = None if shifts is None else tuple(shifts[k])
+            self._sites[name] = _Site(info, tuple(mod.window), shift, mod.num_heads)
             self._attn_modules.append((name, mod))
             self.add_state(self._state(name), default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
@@ -202,8 +203,8 @@ class AttentionDistance(Metric):
         stats = attention_row_stats(attn, site.window, pixel_size=self.pixel_size, radii=self.radii, crops=crops)
         u = uniform_attention_stats(site.window, (H, W), site.shift, self.pixel_size)
         rows = stats["n"]  # (B, h) query rows of each crop
-        uniform = {"u_dist": u.distance, "u_entropy": u.entropy, "u_max": u.max_weight, "u_dx": u.mean_dx, "u_dy": u.mean_dy}
-        stats.update({k: rows * v for k, v in uniform.items()})
+        uniform = (u.distance, u.entropy, u.max_weight, u.mean_dx, u.mean_dy)
+        stats.update({k: rows * v for k, v in zip(_UNIFORM, uniform)})
         block = torch.stack([stats[k] for k in self.stat_keys], dim=1)  # (B, K, h)
         state = getattr(self, self._state(module))
         if isinstance(state, Tensor):  # after a merge or gather the list state may be one tensor

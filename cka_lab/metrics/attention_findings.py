@@ -18,6 +18,7 @@ from cka_lab.errors import CkaLabError
 __all__ = ["attention_findings"]
 
 _LABELS = ("model", "layer", "block", "kind", "direction", "head")
+_BOUNDS = ("locality_lower", "locality_upper", "entropy_rel_lower", "entropy_rel_upper")
 _NEEDED = (
     "locality", "locality_lower", "locality_upper", "distance", "uniform_distance",
     "entropy_rel", "entropy_rel_lower", "entropy_rel_upper", "n_crops",
@@ -71,7 +72,7 @@ def attention_findings(table: pd.DataFrame, *, tolerance: float = 1e-4) -> list[
     out, uniform, no_interval = [], [], []
     for _, row in table.iterrows():
         label = _label(row[label_cols])
-        if any(math.isnan(row[c]) for c in ("locality_lower", "locality_upper", "entropy_rel_lower", "entropy_rel_upper")):
+        if any(math.isnan(row[c]) for c in _BOUNDS):
             no_interval.append(f"{label} (locality {row['locality']:.3f}, {int(row['n_crops'])} crop)")
             continue
         loc, ent = _beyond_one(row, "locality", tolerance), _beyond_one(row, "entropy_rel", tolerance)
@@ -85,7 +86,9 @@ def attention_findings(table: pd.DataFrame, *, tolerance: float = 1e-4) -> list[
                 f"{row['distance']:.2f} px vs {row['uniform_distance']:.2f} px, locality {_ci(row, 'locality')}"
             )
         else:
-            parts.append(f"its distance is indistinguishable from uniform attention's (locality {_ci(row, 'locality')})")
+            parts.append(
+                f"its distance is indistinguishable from uniform attention's (locality {_ci(row, 'locality')})"
+            )
         if ent:
             parts.append(
                 f"its attention is {'sharper' if ent < 0 else 'flatter'} than uniform: entropy "
@@ -96,7 +99,8 @@ def attention_findings(table: pd.DataFrame, *, tolerance: float = 1e-4) -> list[
         out.append(f"{label}: {'; '.join(parts)} ({int(row['n_crops'])} crops).")
     if uniform:
         out.append(
-            f"Indistinguishable from uniform attention (locality and entropy intervals include 1): {'; '.join(uniform)}."
+            "Indistinguishable from uniform attention (locality and entropy intervals include 1): "
+            f"{'; '.join(uniform)}."
         )
     if no_interval:
         out.append(f"No interval, so no finding (fewer than 2 crops): {'; '.join(no_interval)}.")

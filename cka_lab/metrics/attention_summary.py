@@ -139,32 +139,34 @@ def attention_table(
     """
     if not sites:
         raise CkaLabError("no attention was recorded: run forward passes inside the `with` block first")
-    groups: dict[tuple, dict] = {}
+    by = None if by is None else _check_by(by)
+    crops = {int(sums["n"].shape[0]) for _, sums in sites}
+    if len(crops) != 1:
+        raise CkaLabError(
+            f"attention sites saw different numbers of crops ({sorted(crops)}): run every site on every crop"
+        )
+    groups: dict[tuple, dict] = {}  # key -> {"meta", "info", "sums": per-crop sums (C,), "heads": head distances}
     for info, sums in sites:
-        heads = sums["n"].shape[1]
-        for h in range(heads):
+        for h in range(sums["n"].shape[1]):
             meta = {"layer": info.layer, "block": info.block, "kind": info.kind, "direction": info.direction, "head": h}
-            key = tuple(meta.values()) if by is None else tuple(meta[c] for c in _check_by(by))
-            head_sums = {k: v[:, h].double().cpu() for k, v in sums.items()}
-            g = groups.setdefault(key, {"meta": meta, "sums": None, "heads": [], "info": info})
-            if g["sums"] is None:
-                g["sums"] = head_sums
-            else:
-                if next(iter(head_sums.values())).numel() != next(iter(g["sums"].values())).numel():
-                    raise CkaLabError("attention sites saw different numbers of crops: run every site on every crop")
-                g["sums"] = {k: g["sums"][k] + v for k, v in head_sums.items()}
-            g["heads"].append(float(head_sums["dist"].sum() / head_sums["n"].sum()))
+            head = {k: v[:, h].double().cpu() for k, v in sums.items()}
+            g = groups.setdefault(tuple(meta[c] for c in by or GROUP_KEYS), {"meta": meta, "info": info, "heads": []})
+            g["sums"] = {k: g["sums"][k] + v for k, v in head.items()} if "sums" in g else head
+            g["heads"].append(float(head["dist"].sum() / head["n"].sum()))
     rows = []
     for key, g in groups.items():
         cols = _ratio_columns(g["sums"], confidence)
         if by is None:
-            info = g["info"]
-            row = {**g["meta"], **cols, "module": info.module, "shifted": info.kind == "shifted", "mean": cols["distance"]}
+            compat = {"module": g["info"].module, "shifted": g["info"].kind == "shifted", "mean": cols["distance"]}
+            rows.append({**g["meta"], **cols, **compat})
         else:
             heads = torch.tensor(g["heads"], dtype=torch.float64)
-            spread = {"head_min": float(heads.min()), "head_max": float(heads.max()), "head_std": float(heads.std(unbiased=False))}
-            row = {**dict(zip(by, key)), "n_heads": len(g["heads"]), **cols, **spread}
-        rows.append(row)
+            spread = {
+                "head_min": float(heads.min()),
+                "head_max": float(heads.max()),
+                "head_std": float(heads.std(unbiased=False)),
+            }
+            rows.append({**dict(zip(by, key)), "n_heads": len(g["heads"]), **cols, **spread})
     return pd.DataFrame(rows)
 
 
