@@ -234,7 +234,7 @@ class AttentionDistance(Metric):
 
     def summary(self, by: tuple[str, ...] = ("layer", "kind", "direction")) -> pd.DataFrame:
         """Heads pooled per group (``by`` must contain ``kind``), with jackknife intervals over crops."""
-        with self.sync_context():
+        with self.sync_context(should_sync=self.sync_on_compute):
             return attention_table(self._crop_sums(), by=by, confidence=self.confidence)
 
     def reset(self) -> None:

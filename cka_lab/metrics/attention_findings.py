@@ -43,7 +43,12 @@ def _label(row: pd.Series) -> str:
 
 
 def _ci(row: pd.Series, col: str) -> str:
-    return f"{row[col]:.3f} ({row.get('confidence', 0.95):.0%} CI {row[col + '_lower']:.3f}-{row[col + '_upper']:.3f})"
+    """``0.9950 (-0.50 %, 95% CI 0.9930-0.9970)``: the ratio, its difference from uniform, its interval."""
+    level = row.get("confidence", 0.95)
+    return (
+        f"{row[col]:.4f} ({100 * (row[col] - 1):+.2f} %, {level:.0%} CI "
+        f"{row[col + '_lower']:.4f}-{row[col + '_upper']:.4f})"
+    )
 
 
 def _beyond_one(row: pd.Series, col: str, tolerance: float) -> int:
@@ -73,7 +78,7 @@ def attention_findings(table: pd.DataFrame, *, tolerance: float = 1e-4) -> list[
     for _, row in table.iterrows():
         label = _label(row[label_cols])
         if any(math.isnan(row[c]) for c in _BOUNDS):
-            no_interval.append(f"{label} (locality {row['locality']:.3f}, {int(row['n_crops'])} crop)")
+            no_interval.append(f"{label} (locality {row['locality']:.4f}, {int(row['n_crops'])} crop)")
             continue
         loc, ent = _beyond_one(row, "locality", tolerance), _beyond_one(row, "entropy_rel", tolerance)
         if not loc and not ent:

@@ -48,7 +48,7 @@ def test_a_finding_is_written_only_where_the_interval_excludes_one():
     out = attention_findings(df)
     assert len(out) == 4
     assert out[0].startswith("stage 0, plain windows, horizontal strips: attends more locally than uniform")
-    assert "4.00 px vs 8.00 px, locality 0.500 (95% CI 0.450-0.550)" in out[0]
+    assert "4.00 px vs 8.00 px, locality 0.5000 (-50.00 %, 95% CI 0.4500-0.5500)" in out[0]
     assert "entropy is indistinguishable" in out[0]
     assert out[1].startswith("stage 1") and "sharper than uniform" in out[1] and "distance is indistinguishable" in out[1]
     assert out[2].startswith("Indistinguishable from uniform attention") and "stage 2" in out[2] and "stage 1" not in out[2]
