@@ -59,23 +59,34 @@ def attention_row_stats(
     dy, dx = dy.to(attn.device) * pixel_size, dx.to(attn.device) * pixel_size
     dist = torch.sqrt(dy**2 + dx**2)
     h = attn.shape[1]
-    # One float32 pass each for the per-row distance, entropy and max (the rows are needed for the
-    # spread); every other statistic contracts the per-crop (h, N, N) sum of the map in float64.
     a = (attn if attn.dtype == torch.float64 else attn.float()).reshape(crops, -1, h, N, N)
-    per_row = (a * dist.to(a.dtype)).sum(-1).double()  # (B, nW, h, N)
+    # One pass each for the per-row distance, entropy and max in the map's precision (float32 at
+    # least; the rows are needed for the spread), over chunks of crops so that the temporaries stay
+    # small; every other statistic contracts the per-crop (h, N, N) sum of the map in float64.
+    chunk = max(1, _CHUNK_ELEMENTS // a[0].numel())
+    parts = [_row_sums(a[i : i + chunk], dist.to(a.dtype)) for i in range(0, crops, chunk)]
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     a_sum = a.sum(1).double()  # (B, h, N, N)
-    out = {
-        "n": torch.full((crops, h), float(a.shape[1] * N), dtype=torch.float64, device=a.device),
+    out["n"] = torch.full((crops, h), float(a.shape[1] * N), dtype=torch.float64, device=a.device)
+    out["dx"] = (a_sum * dx.abs()).sum(dim=(2, 3))
+    out["dy"] = (a_sum * dy.abs()).sum(dim=(2, 3))
+    for r in radii:
+        out[f"within_{r:g}"] = (a_sum * (dist <= r + 1e-9).double()).sum(dim=(2, 3))
+    return {k: out[k] for k in ROW_STATS + tuple(f"within_{r:g}" for r in radii)}
+
+
+_CHUNK_ELEMENTS = 1 << 24  # attention weights per chunk of crops in attention_row_stats (64 MiB in float32)
+
+
+def _row_sums(a: Tensor, dist: Tensor) -> dict[str, Tensor]:
+    """``a: (b, nW, h, N, N)``, ``dist: (N, N)`` -> per-crop sums over rows, each ``(b, h)`` float64."""
+    per_row = (a * dist).sum(-1).double()  # (b, nW, h, N)
+    return {
         "dist": per_row.sum(dim=(1, 3)),
         "dist_sq": (per_row**2).sum(dim=(1, 3)),
-        "dx": (a_sum * dx.abs()).sum(dim=(2, 3)),
-        "dy": (a_sum * dy.abs()).sum(dim=(2, 3)),
         "entropy": -torch.special.xlogy(a, a).sum(-1).double().sum(dim=(1, 3)),
         "max_weight": a.amax(-1).double().sum(dim=(1, 3)),
     }
-    for r in radii:
-        out[f"within_{r:g}"] = (a_sum * (dist <= r + 1e-9).double()).sum(dim=(2, 3))
-    return out
 
 
 def attention_distance_sums(
