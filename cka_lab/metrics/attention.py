@@ -153,6 +153,8 @@ class AttentionDistance(Metric):
 
     # -- hooks -------------------------------------------------------------------------------------
     def __enter__(self) -> AttentionDistance:
+        if self._handles:
+            raise CkaLabError("this AttentionDistance is already recording: enter its `with` block only once at a time")
         try:
             for name, mod in self._attn_modules:
                 self._handles.append(mod.register_forward_pre_hook(self._size_hook(name), with_kwargs=True))

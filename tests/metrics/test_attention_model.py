@@ -141,6 +141,10 @@ def test_hooks_are_removed_when_the_with_block_raises():
             model.forward_task(crops(1, 24, 8), "x2")
             raise ValueError("boom")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    ad = AttentionDistance(model, task="x2")
+    with ad, pytest.raises(CkaLabError, match="already recording"):
+        ad.__enter__()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_summaries_never_mix_plain_and_shifted_blocks():
