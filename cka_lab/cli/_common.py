@@ -55,11 +55,7 @@ def probe_tasks(spec: str | None, model_a, model_b) -> tuple[str, str]:
 
 def writable_dir(out: Path) -> Path:
     """Create ``out`` and prove it can be written, or fail in one line before any work is done."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CkaLabError(f"cannot write to output folder {str(out)!r} ({exc.strerror}): choose another --out") from None
+    from cka_lab.io import check_writable_dir
+
+    check_writable_dir(out)  # a probe with a random name, O_EXCL | O_NOFOLLOW: never writes through a link
     return out

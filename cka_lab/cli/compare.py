@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
+from cka_lab.io import write_csv, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for ext in ("png", "svg"):
         save_figure(fig, out / f"cka.{ext}")
-    result.table().to_csv(out / "cka.csv")
+    write_csv(out / "cka.csv", result.table())
     if result.ci_low is not None:
-        result.long_table().to_csv(out / "cka_long.csv", index=False)
+        write_csv(out / "cka_long.csv", result.long_table(), index=False)
     summary = result.summary()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_json(out / "summary.json", summary)  # strict JSON: NaN written as null
     _print_summary(result, summary, out)
     return 0
 

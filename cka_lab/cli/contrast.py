@@ -4,10 +4,10 @@ attention distances -- as figures and tables in one folder."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
+from cka_lab.io import write_csv, write_json
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
@@ -103,26 +103,26 @@ def write_contrast(result, out: Path) -> list[Path]:
         suptitle=f"linear CKA across models ({what})",
     )
     written.append(save_figure(fig, out / "cka_cross.png"))
-    result.within_a.table().to_csv(out / "cka_a.csv")
-    result.within_b.table().to_csv(out / "cka_b.csv")
-    result.cross.table().to_csv(out / "cka_cross.csv")
+    write_csv(out / "cka_a.csv", result.within_a.table())
+    write_csv(out / "cka_b.csv", result.within_b.table())
+    write_csv(out / "cka_cross.csv", result.cross.table())
     written += [out / "cka_a.csv", out / "cka_b.csv", out / "cka_cross.csv"]
     if result.comparable:
         fig = plot_cka_difference(result.difference, short, name_a=result.name_a, name_b=result.name_b, stages=st_a)
         written.append(save_figure(fig, out / "cka_difference.png"))
         from cka_lab.plots import cka_table
 
-        cka_table(result.difference, result.within_a.layers_a, result.within_a.layers_a).to_csv(out / "cka_difference.csv")
+        write_csv(out / "cka_difference.csv", cka_table(result.difference, result.within_a.layers_a, result.within_a.layers_a))
         written.append(out / "cka_difference.csv")
-    result.stage_table().to_csv(out / "stages.csv", index=False)
+    write_csv(out / "stages.csv", result.stage_table(), index=False)
     written.append(out / "stages.csv")
     if result.attention_a is not None:
         fig = plot_attention_distance(result.attention, title="attention distance per block")
         written.append(save_figure(fig, out / "attention_distance.png"))
-        result.attention.to_csv(out / "attention_heads.csv", index=False)
-        result.attention_layers.to_csv(out / "attention_layers.csv", index=False)
+        write_csv(out / "attention_heads.csv", result.attention, index=False)
+        write_csv(out / "attention_layers.csv", result.attention_layers, index=False)
         written += [out / "attention_heads.csv", out / "attention_layers.csv"]
-    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str))
+    write_json(out / "summary.json", result.summary())  # strict JSON: NaN written as null
     written.append(out / "summary.json")
     return written
 

@@ -48,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{model.name}, task {task}, input 1x3x{size}x{size}: {len(df)} modules")
     print(df[["name", "class", "output_shape"]].to_string(index=False))
     if args.csv:
-        df.to_csv(args.csv, index=False)
+        from cka_lab.io import write_csv
+
+        write_csv(args.csv, df, index=False)
     return 0

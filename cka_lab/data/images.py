@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
 
 #: File name suffixes (lower case) that :func:`list_images` picks up and :func:`write_image` writes.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -185,9 +186,9 @@ def write_image(path: str | Path, image: torch.Tensor | np.ndarray, *, jpeg_qual
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise CkaLabError(f"write_image needs 1 or 3 channels, got array shape {arr.shape}")
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"quality": int(jpeg_quality)} if fmt == "JPEG" else {}
-    pil.save(path, format=fmt, **kwargs)
+    with atomic_write(path, "wb") as f:  # temp file beside path, fsync, rename: never a half-written image
+        pil.save(f, format=fmt, **kwargs)
     return path
 
 

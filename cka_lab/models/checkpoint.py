@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import SIZES, EDTConfig, config_from_name
 
@@ -296,23 +296,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     A crash while writing leaves the previous file at ``path`` intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:  # temp file (O_EXCL | O_NOFOLLOW) beside path, fsync, rename
+        f.write(buf.getbuffer())
     return path
 
 

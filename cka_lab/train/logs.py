@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from cka_lab.io import atomic_write, open_append
+
 __all__ = ["CsvLog", "progress_enabled", "make_progress", "say"]
 
 
@@ -54,14 +56,14 @@ class CsvLog:
         keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
         if len(keep) == len(rows):
             return
-        with self.path.open("w", newline="") as f:
+        with atomic_write(self.path, "w", newline="") as f:  # temp file, fsync, rename
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(keep)
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
+        with open_append(self.path) as f:  # O_APPEND | O_NOFOLLOW: a symlink here is refused
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
                 w.writeheader()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import config_from_name
@@ -238,7 +239,7 @@ class _Trainer:
                 train_log.truncate_after(start)
                 val_log.truncate_after(start)
             elif cfg.text:
-                (self.out / "config.toml").write_text(cfg.text, encoding="utf-8")
+                write_text(self.out / "config.toml", cfg.text)
             self._announce(model, data, start)
 
         net = env.wrap(model)
