@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
+from cka_lab.cli._common import (
+    add_device_arg,
+    check_probe_args,
+    parse_layers,
+    probe_tasks,
+    resolve_device,
+    writable_dir,
+)
 from cka_lab.io import write_csv, write_json
 
 
@@ -58,8 +65,9 @@ def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, progress
     model_a = load_model(ckpt_a)
     model_b = load_model(ckpt_b)
     task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    patch = args.patch or max(48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    patch = args.patch if args.patch is not None else max(
+        48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
+    layers = parse_layers(args.layers)
     batches, label = probe_loader(args.data, patch=patch, n_samples=args.n_samples, seed=args.seed,
                                   batch_size=args.batch_size)
     name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
@@ -141,6 +149,8 @@ def print_contrast(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_probe_args(args)
+    parse_layers(args.layers)
     out = writable_dir(Path(args.out))
     result = run_contrast(args.ckpt_a, args.ckpt_b, args)
     written = write_contrast(result, out)
