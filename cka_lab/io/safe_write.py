@@ -71,7 +71,8 @@ def temp_name(path: Path) -> Path:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    kind = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+    return f"{kind}: {exc}".strip().rstrip(":")
 
 
 def _fail(path: Path, exc: BaseException, what: str = "write") -> CkaLabError:
