@@ -216,3 +216,15 @@ def test_a_truncated_checkpoint_message_is_not_cut_mid_word(capsys, ckpts, tmp_p
     assert reason.endswith(" ...") or len(reason) <= 160
     words = reason.removesuffix(" ...").split()
     assert words and all(w.strip(",;:.()'\"") for w in words)
+
+
+def test_evaluate_in_tiles_scores_like_the_whole_image(capsys, ckpts, data_dir):
+    args = ["evaluate", str(ckpts[0]), "--dataset", str(data_dir / "sr/Set5"), "--task", "x2", "--max-images", "1",
+            "--crop", "96", "--json", "--device", "cpu"]
+    assert main(args + ["--tile", "0"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(args + ["--tile", "24", "--tile-overlap", "48"]) == 0
+    tiled = json.loads(capsys.readouterr().out)
+    assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=1e-3)
+    assert tiled["ssim"] == pytest.approx(whole["ssim"], abs=1e-5)
+    assert "--tile-overlap must be" in one_line_error(capsys, *args, "--tile-overlap", "-1")
