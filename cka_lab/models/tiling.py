@@ -45,6 +45,7 @@ __all__ = [
     "check_tile_args",
     "forward_bytes_per_pixel",
     "memory_budget",
+    "pad_index",
     "plan_tiles",
     "restore_tiled",
     "restore_tiled_uint8",
@@ -181,11 +182,40 @@ def plan_tiles(cfg, task: str, h: int, w: int, *, tile: int | None = None, overl
     return TilePlan(core, ov, n, int(bpp * padded(min(h, core + 2 * ov)) * padded(min(w, core + 2 * ov))))
 
 
-def _tiles(h: int, w: int, plan: TilePlan) -> Iterator[tuple[slice, slice, slice, slice]]:
-    """``(rows_in, cols_in, rows_core_in_tile, cols_core_in_tile)`` in input pixels."""
-    for r0, r1, i0, i1 in tile_spans(h, plan.tile, plan.overlap):
-        for c0, c1, j0, j1 in tile_spans(w, plan.tile, plan.overlap):
-            yield slice(i0, i1), slice(j0, j1), slice(r0 - i0, r1 - i0), slice(c0 - j0, c1 - j0)
+def pad_index(n: int, multiple: int) -> Tensor:
+    """Source index of every row of :func:`cka_lab.models.edt.mirror_pad` of ``n`` rows: ``(n_pad,)`` int64."""
+    from cka_lab.models.edt import mirror_pad
+
+    return mirror_pad(torch.arange(n, dtype=torch.float64).view(1, 1, n, 1), multiple)[0, 0, :, 0].long()
+
+
+def _axis_tiles(n: int, m: int, plan: TilePlan) -> list[tuple[Tensor, slice, slice]]:
+    """Per tile along one axis: (source indices of the tile, core in image coordinates, core in the tile).
+
+    A tile reaching the image's end takes the official mirror padding with it (as the whole image has).
+    A tile that starts at 0 but stops short of the end gets a band of the whole padded image's last
+    ``overlap`` rows appended: EDT's shifted windows roll cyclically (masked with a finite -100), which
+    ties the image's first rows weakly to its last padded rows; the band gives the tile those rows.
+    """
+    padded = pad_index(n, m)
+    out = []
+    for c0, c1, i0, i1 in tile_spans(n, plan.tile, plan.overlap):
+        if i1 == n:
+            idx = padded[i0:]
+        else:
+            idx = padded[i0:i1]
+            if i0 == 0 and plan.overlap:
+                idx = torch.cat([idx, padded[len(padded) - plan.overlap:]])
+        out.append((idx, slice(c0, c1), slice(c0 - i0, c1 - i0)))
+    return out
+
+
+def _tiles(h: int, w: int, m: int, plan: TilePlan) -> Iterator[tuple[Tensor, Tensor, slice, slice, slice, slice]]:
+    """``(row_index, col_index, rows_core, cols_core, rows_core_in_tile, cols_core_in_tile)`` in input pixels."""
+    cols = _axis_tiles(w, m, plan)
+    for ridx, rcore, rin in _axis_tiles(h, m, plan):
+        for cidx, ccore, cin in cols:
+            yield ridx, cidx, rcore, ccore, rin, cin
 
 
 def _scaled(sl: slice, s: int) -> slice:
@@ -204,11 +234,10 @@ def restore_tiled(model, x: Tensor, task: str, plan: TilePlan) -> Tensor:
     s = model.config.head(task).out_scale
     h, w = x.shape[-2:]
     out = torch.empty(x.shape[0], x.shape[1], h * s, w * s, dtype=x.dtype, device=x.device)
-    for rows, cols, core_r, core_c in _tiles(h, w, plan):
-        y = model.restore(x[..., rows, cols], task)
-        out[..., _scaled(slice(rows.start + core_r.start, rows.start + core_r.stop), s),
-            _scaled(slice(cols.start + core_c.start, cols.start + core_c.stop), s)] = \
-            y[..., _scaled(core_r, s), _scaled(core_c, s)]
+    for ridx, cidx, rcore, ccore, rin, cin in _tiles(h, w, model.config.pad_multiple(task), plan):
+        tile = x.index_select(-2, ridx.to(x.device)).index_select(-1, cidx.to(x.device))
+        y = model.forward_task(tile, task)
+        out[..., _scaled(rcore, s), _scaled(ccore, s)] = y[..., _scaled(rin, s), _scaled(cin, s)]
     return out
 
 
@@ -228,11 +257,10 @@ def restore_tiled_uint8(model, image: np.ndarray, task: str, plan: TilePlan,
     if plan.whole:
         return to_uint8(model.restore(uint8_to_tensor(image).to(device), task))
     out = np.empty((h * s, w * s, image.shape[2]), dtype=np.uint8)
-    for k, (rows, cols, core_r, core_c) in enumerate(_tiles(h, w, plan)):
-        x = uint8_to_tensor(image[rows, cols]).to(device)
-        y = model.restore(x, task)[..., _scaled(core_r, s), _scaled(core_c, s)]
-        out[_scaled(slice(rows.start + core_r.start, rows.start + core_r.stop), s),
-            _scaled(slice(cols.start + core_c.start, cols.start + core_c.stop), s)] = to_uint8(y)
+    for k, (ridx, cidx, rcore, ccore, rin, cin) in enumerate(_tiles(h, w, model.config.pad_multiple(task), plan)):
+        x = uint8_to_tensor(image[np.ix_(ridx.numpy(), cidx.numpy())]).to(device)
+        y = model.forward_task(x, task)[..., _scaled(rin, s), _scaled(cin, s)]
+        out[_scaled(rcore, s), _scaled(ccore, s)] = to_uint8(y)
         if progress is not None:
             progress(k + 1)
     return out

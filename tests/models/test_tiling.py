@@ -92,7 +92,7 @@ def test_the_plan_is_whole_when_it_fits_and_tiles_within_the_budget_otherwise(ti
     cfg = tiny_sr.config
     assert plan_tiles(cfg, "x2", 500, 400, budget=1 << 40).whole
     assert plan_tiles(cfg, "x2", 500, 400, tile=0, budget=1).whole  # --tile 0: never tile
-    budget = 64 << 20
+    budget = 512 << 20
     plan = plan_tiles(cfg, "x2", 4000, 3000, budget=budget)
     assert not plan.whole and plan.tile % 24 == 0 and plan.overlap == DEFAULT_OVERLAP
     assert plan.bytes_per_tile <= budget
