@@ -228,3 +228,21 @@ def test_evaluate_in_tiles_scores_like_the_whole_image(capsys, ckpts, data_dir):
     assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=1e-3)
     assert tiled["ssim"] == pytest.approx(whole["ssim"], abs=1e-5)
     assert "--tile-overlap must be" in one_line_error(capsys, *args, "--tile-overlap", "-1")
+
+
+def test_report_on_a_full_disk_is_one_line_and_a_planted_link_is_never_followed(capsys, ckpts, tmp_path, monkeypatch):
+    out = tmp_path / "reports" / "r.pdf"
+    args = ["report", *map(str, ckpts), "--n-samples", "8", "--batch-size", "4", "--out", str(out)]
+    monkeypatch.setattr(safe_write.os, "fsync", _enospc)
+    assert "No space left" in one_line_error(capsys, *args)
+    assert _temps(tmp_path) == [] and not out.parent.exists()  # the folder the report made is removed again
+    monkeypatch.undo()
+    out.parent.mkdir()
+    victim = tmp_path / "victim.pdf"
+    victim.write_text("precious")
+    out.symlink_to(victim)
+    (out.parent / f".{out.name}.tmp").symlink_to(victim)  # the fixed temporary name the old code wrote through
+    assert main(args) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious"
+    assert not out.is_symlink() and out.read_bytes()[:5] == b"%PDF-"
