@@ -108,9 +108,11 @@ def made_dirs(folder: str | os.PathLike) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise CkaLabError(f"cannot create folder {str(folder)!r}: a file of that name (or above it) is in the way") from None
+        raise CkaLabError(f"cannot write to folder {str(folder)!r} (cannot create it: a file of that name, or above it, "
+                          "is in the way): choose another output") from None
     except WRITE_ERRORS as exc:
-        raise _fail(folder, exc, "create folder") from None
+        raise CkaLabError(f"cannot write to folder {str(folder)!r} (cannot create it: {_reason(exc)}): "
+                          "choose another output") from None
     return list(reversed(missing))
 
 
@@ -141,7 +143,7 @@ def check_writable_dir(folder: str | os.PathLike) -> list[Path]:
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise CkaLabError(f"output folder {str(folder)!r} is a file: choose a folder")
+        raise CkaLabError(f"cannot write to output folder {str(folder)!r}: it is a file; choose a folder")
     created = made_dirs(folder)
     probe = folder / f".cka_lab_write_probe.{secrets.token_hex(6)}"
     try:

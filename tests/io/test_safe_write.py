@@ -151,7 +151,7 @@ def test_an_unwritable_folder_is_one_line_and_what_was_created_is_removed(tmp_pa
     blocker.write_text("")
     with pytest.raises(CkaLabError, match="is a file"):
         check_writable_dir(blocker)
-    with pytest.raises(CkaLabError, match="cannot create folder"):
+    with pytest.raises(CkaLabError, match="cannot create it"):
         check_writable_dir(blocker / "sub")
 
 
