@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+import cka_lab.data.images  # noqa: F401  (sets Pillow's pixel limit before the test image is made)
 from cka_lab.models import create_edt, save_checkpoint
 
 SIDE = 12000
-PEAK_LIMIT_MB = 3000  # measured: see the report of issue 15 (about 1.9 GB with --tile 1024)
+PEAK_LIMIT_MB = 4000  # measured 2703 MB with --tile 1024 (2 CPU cores shared with other jobs; 40 min)
 
 _CHILD = """
 import resource, sys
@@ -49,7 +50,7 @@ def test_a_12000_square_image_is_restored_in_tiles_within_a_memory_bound(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = int(proc.stderr.rsplit("peak_rss_mb=", 1)[1].split()[0])
     print(f"12000x12000 tiled restore: peak RSS {peak} MB; {proc.stdout.strip()}")
-    assert "144 tiles of 1056 px" in proc.stdout or "tiles of" in proc.stdout
+    assert "144 tiles of 1056 px + 96 px overlap" in proc.stdout
     with Image.open(out) as im:
         assert im.size == (SIDE, SIDE)
     assert peak < PEAK_LIMIT_MB, f"peak RSS {peak} MB"
