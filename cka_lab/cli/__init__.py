@@ -44,7 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return run_reporting_errors(args.func, args)
+    from cka_lab.cli._common import remove_created_dirs
+
+    code = 1
+    try:
+        code = run_reporting_errors(args.func, args)
+    finally:
+        if code != 0:  # a failed command leaves no empty output folder behind
+            remove_created_dirs()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

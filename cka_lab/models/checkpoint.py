@@ -22,7 +22,6 @@ import io
 import os
 import pickle
 import subprocess
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import SIZES, EDTConfig, config_from_name
 
@@ -96,7 +96,15 @@ def _torch_load(path: Path) -> Any:
         raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({first[:120]})") from None
+        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({_clip(first)})") from None
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "..." when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return (cut if len(cut) > limit // 2 else text[:limit]) + " ..."
 
 
 def _as_state_dict(obj: Any, path: Path) -> "OrderedDict[str, Tensor]":
@@ -136,35 +144,72 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 # --------------------------------------------------------------------------------------------------
 
 
+def _bad(what: str) -> CkaLabError:
+    return CkaLabError(f"not an EDT state dict: {what}")
+
+
 def _heads_in(sd: Mapping[str, Tensor]) -> tuple[list[int], list[int], list[str]]:
     scales, noise, rain = [], [], []
     for key in sd:
         if not key.endswith(".0.weight") or not key.startswith("head_"):
             continue
-        kind, level = key[len("head_") : -len(".0.weight")].split("_", 1)
-        if kind == "sr" and level.startswith("x"):
+        kind, _, level = key[len("head_") : -len(".0.weight")].partition("_")
+        ok = level[1:].isdigit() and int(level[1:]) > 0
+        if kind == "sr" and level.startswith("x") and ok:
             scales.append(int(level[1:]))
-        elif kind == "dn" and level.startswith("g"):
+        elif kind == "dn" and level.startswith("g") and ok:
             noise.append(int(level[1:]))
-        elif kind == "dr":
+        elif kind == "dr" and level in ("L", "H"):
             rain.append(level)
+        else:
+            raise _bad(f"head key {key!r} names no task (expected head_sr_x<scale>, head_dn_g<sigma> or head_dr_L/H)")
     return sorted(scales), sorted(noise), [r for r in ("L", "H") if r in rain]
 
 
+def _shape(sd: Mapping[str, Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must exist and have ``ndim`` dimensions (one line otherwise)."""
+    if key not in sd:
+        raise _bad(f"{key} is missing")
+    shape = tuple(sd[key].shape)
+    if len(shape) != ndim or 0 in shape:
+        raise _bad(f"{key} has shape {shape}, expected a non-empty {ndim}-D tensor")
+    return shape
+
+
+def _indices(keys: Iterable[str], prefix: str, what: str) -> int:
+    """The count of ``prefix<i>.`` entries, which must be numbered 0, 1, ..., n-1 (one line otherwise)."""
+    found = set()
+    for k in keys:
+        if k.startswith(prefix):
+            part = k[len(prefix):].split(".", 1)[0]
+            if not part.isdigit():
+                raise _bad(f"{what} index {part!r} in {k!r} is not a number")
+            found.add(int(part))
+    if not found:
+        raise _bad(f"no {what}s ({prefix}<i>.* keys)")
+    if max(found) != len(found) - 1:
+        missing = next(i for i in range(len(found) + 1) if i not in found)
+        raise _bad(f"{what}s are numbered {min(found)}..{max(found)} but {prefix}{missing} is missing")
+    return len(found)
+
+
 def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
-    """Recover the :class:`EDTConfig` (tasks, size, SF, upsampler, widths) from a state dict's keys and shapes."""
+    """Recover the :class:`EDTConfig` (tasks, size, SF, upsampler, widths) from a state dict's keys and shapes.
+
+    A state dict that is not a whole EDT (a head that names no task, a layer or block index that is not a
+    number or leaves a gap, a weight of the wrong rank, no layers) is refused in one line (CkaLabError).
+    """
     sd = state_dict
     scales, noise, rain = _heads_in(sd)
     if not (scales or noise or rain) or "body.patch_embed.norm.weight" not in sd:
-        raise CkaLabError("not an EDT state dict: no head_<task>.0.weight or body.patch_embed keys found")
-    embed = sd["body.patch_embed.norm.weight"].shape[0]
-    n_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("body.layers."))
+        raise _bad("no head_<task>.0.weight or body.patch_embed keys found")
+    embed = _shape(sd, "body.patch_embed.norm.weight", 1)[0]
+    n_layers = _indices(sd, "body.layers.", "layer")
     depths = tuple(
-        1 + max(int(k.split(".")[5]) for k in sd if k.startswith(f"body.layers.{i}.residual_group.blocks."))
-        for i in range(n_layers)
+        _indices(sd, f"body.layers.{i}.residual_group.blocks.", f"block of layer {i}") for i in range(n_layers)
     )
     first = f"head_sr_x{scales[0]}" if scales else (f"head_dn_g{noise[0]}" if noise else f"head_dr_{rain[0]}")
-    num_feat, in_ch = sd[f"{first}.0.weight"].shape[:2]
+    num_feat, in_ch = _shape(sd, f"{first}.0.weight", 4)[:2]
     depth = sum(1 for k in sd if k.startswith(f"{first}.") and k.endswith(".conv_1.weight"))
     other = f"head_dn_g{noise[0]}" if noise else (f"head_dr_{rain[0]}" if rain else None)
     sf = other is not None and f"{other}.1.conv_down.weight" not in sd
@@ -176,7 +221,7 @@ def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
         raise CkaLabError(
             f"EDT state dict with embed_dim {embed} and depths {depths} matches no EDT size (T/S/B/L)"
         )
-    hidden = sd["body.layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+    hidden = _shape(sd, "body.layers.0.residual_group.blocks.0.mlp.fc1.weight", 2)[0]
     mask = next((v for k, v in sd.items() if is_mask_key(k)), None)
     cfg = config_from_name(
         "_".join([_tasks_name(scales, noise, rain), f"EDT{size}{'SF' if sf else ''}"]),
@@ -186,7 +231,7 @@ def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
         upsampler=upsampler,
         mlp_ratio=hidden / embed,
     )
-    if mask is not None:
+    if mask is not None and mask.ndim >= 2:
         n_win, n_tok = mask.shape[0], mask.shape[1]
         side = round((n_win * n_tok) ** 0.5)
         if side * side == n_win * n_tok:
@@ -304,23 +349,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     A crash while writing leaves the previous file at ``path`` intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:  # temp file (O_EXCL | O_NOFOLLOW) beside path, fsync, rename
+        f.write(buf.getbuffer())
     return path
 
 

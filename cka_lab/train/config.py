@@ -437,6 +437,9 @@ def parse_config(text: str, *, source: Path | None = None, data_root: str | Path
         parts[name] = _section(name, cls, raw.get(name, {}), root if name in ("data", "val") else base)
     parts["data"] = dataclasses.replace(parts["data"], root=root)
     name = parts["run"].name or (source.stem if source else "run")
+    if name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise CkaLabError(f"{where}: [run] name {name!r} must be a plain folder name (no '/', no leading '.'): "
+                          "the run folder is runs/<name>; set [run] out for another place")
     parts["run"] = dataclasses.replace(parts["run"], name=name)
     cfg = TrainConfig(**parts, source=source.resolve() if source else None, text=text)
     _validate(cfg, where)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import config_from_name
@@ -86,7 +87,12 @@ def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = Fal
     threads = torch.get_num_threads()
     env = init_distributed(cfg.run.device, cfg.run.threads)
     try:
-        return _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters).run()
+        trainer = _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters)
+        try:
+            return trainer.run()
+        except BaseException:
+            remove_empty_dirs(trainer.created)  # a failed run leaves no empty run folder behind
+            raise
     finally:
         env.close()
         torch.set_num_threads(threads)
@@ -105,6 +111,7 @@ class _Trainer:
         self.best_psnr: float | None = None
         self.last_val: dict[str, TaskScore] = {}
         self.diag: TrainingDiagnostics | None = None
+        self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _on_main(self, fn: Callable[[], T]) -> T | None:
@@ -245,7 +252,7 @@ class _Trainer:
             diag = TrainingDiagnostics(model, probe, self.device)
         self.diag = diag
         if env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.created = made_dirs(self.out)
             for stale in self.out.glob(f".{LAST}.*.tmp"):
                 stale.unlink()  # a write that a killed process left half done
             train_log = CsvLog(self.out / "train_log.csv",
@@ -256,8 +263,11 @@ class _Trainer:
             if self.resume:
                 train_log.truncate_after(start)
                 val_log.truncate_after(start)
-            elif cfg.text:
-                (self.out / "config.toml").write_text(cfg.text, encoding="utf-8")
+            else:  # a fresh run: new logs, never rows appended to an old run's
+                train_log.start()
+                val_log.start()
+                if cfg.text:
+                    write_text(self.out / "config.toml", cfg.text)
             self._announce(model, data, start)
 
         net = env.wrap(model)
