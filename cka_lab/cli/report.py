@@ -32,33 +32,52 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cka_lab.analysis.contrast import attach_seed_controls
+    from cka_lab.cli._common import Session, spec_from_args
     from cka_lab.models import load_model
     from cka_lab.reports import model_info, write_report
 
     if len(args.ckpts) < 2 or len(args.ckpts) % 2:
         raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
     out = Path(args.out)
-    _check_out(out)
+    spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
     for ck in args.ckpts:
         if not Path(ck).is_file():
             raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
-    pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
-    contrasts = []
-    for a, b in pairs:
-        result = run_contrast(a, b, args)
-        print_contrast(result)
-        contrasts.append(result)
-    infos, seen = [], set()
+    with Session(args.device) as session:
+        if session.writes:
+            _check_out(out)
+        pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
+        contrasts = []
+        for a, b in pairs:
+            result = run_contrast(a, b, args, device=session.device)
+            if session.writes:
+                print_contrast(result)
+            contrasts.append(result)
+        if not session.writes:
+            return 0
+    infos, seen, metas = [], set(), {}
     for ck in args.ckpts:
         if ck not in seen:
             seen.add(ck)
-            infos.append(model_info(model_label(ck), ck, load_model(ck)))
+            model = load_model(ck)
+            infos.append(model_info(model_label(ck), ck, model))
+            metas[model_label(ck)] = dict(getattr(model, "checkpoint_info", {}) or {})
+    attach_seed_controls(contrasts, metas)
     c0 = contrasts[0].cross
+    patches = sorted({c.cross.patch for c in contrasts} | {c.cross.meta.get("patch_b", c.cross.patch) for c in contrasts})
     settings = {
+        "protocol": f"{spec.estimator} linear CKA on the {spec.layer_label} layer set, {spec.features} features, "
+                    f"N={c0.n_samples} crops in {c0.n_units} resampling units of {c0.n_samples // max(c0.n_units, 1)}",
         "probe data": c0.data,
-        "crops": f"{c0.n_samples} crops of {c0.patch}x{c0.patch} px, seed {args.seed}, batches of {args.batch_size}",
-        "features": f"layer {args.features}s of {args.layers or 'every transformer block'}",
-        "inputs": "SR heads: the crop as low-resolution input; denoising heads: crop + seeded Gaussian noise",
+        "crops": f"{c0.n_samples} crops (input sizes {', '.join(f'{p} px' for p in patches)}: each model at its "
+                 f"training size unless --patch), seed {args.seed}, forward batches of {args.batch_size}",
+        "inputs": "SR heads: the crop as low-resolution input; denoising heads: crop + Gaussian noise drawn per crop "
+                  "(seeded by seed and crop index)",
+        "controls": "probe-draw (each model's map on two disjoint halves of the crops)"
+                    + ("; seed-to-seed: " + "; ".join(sorted({c.seed_control_label for c in contrasts if c.seed_control_label}))
+                       if any(c.seed_control_label for c in contrasts) else
+                       "; seed-to-seed: none (no two checkpoints here differ only in their training seed)"),
         "command": "cka-lab report " + " ".join(args.ckpts) + f" --out {args.out}",
     }
     title = args.title or "; ".join(f"{model_label(a)} vs {model_label(b)}" for a, b in pairs)

@@ -32,11 +32,15 @@ def plot_cka_difference(
     stages: Sequence[int] = (),
     limit: float | None = None,
     annotate: bool | None = None,
+    stated: object | None = None,
+    title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """``CKA(A) - CKA(B)`` as a diverging heatmap (red: A more similar, blue: B), centred on 0.
 
     ``limit`` fixes the symmetric colour range (default: the largest |difference|, at least 0.05).
+    ``stated`` (bool, same shape) marks with a dot the cells whose difference exceeds its interval and
+    the controls; the title then says how many there are. ``title`` replaces the default title.
     """
     d = np.asarray(difference, dtype=float)
     if d.ndim != 2 or d.shape != (len(layers), len(layers)):
@@ -45,9 +49,19 @@ def plot_cka_difference(
     w, h = _panel_inches(*d.shape)
     fig = Figure(figsize=(w + 2.6, h + 1.9), layout="constrained")
     ax = fig.subplots()
+    head = title or f"CKA({name_a}) - CKA({name_b})"
+    if stated is not None:
+        mask = np.asarray(stated, dtype=bool)
+        if mask.shape != d.shape:
+            raise CkaLabError(f"stated must have the shape of the difference {d.shape}, got {mask.shape}")
+        head += (f"\n\u25cf: {int(mask.sum())} cells beyond their interval and the controls" if mask.any()
+                 else "\nno cell exceeds its interval and the controls: not decidable at this scale")
     panel = HeatmapPanel(d, layers, layers, name_a=f"{name_a} / {name_b}", name_b=f"{name_a} / {name_b}",
-                         title=f"CKA({name_a}) - CKA({name_b})", stages_a=stages, stages_b=stages)
+                         title=head, stages_a=stages, stages_b=stages)
     _draw_panel(ax, panel, -lim, lim, "RdBu_r", annotate)
+    if stated is not None and mask.any():
+        rows, cols = np.nonzero(mask)
+        ax.scatter(cols + 0.5, rows + 0.5, s=max(2.0, 60.0 / max(d.shape)), c="black", marker="o", linewidths=0)
     cb = fig.colorbar(ScalarMappable(norm=Normalize(-lim, lim), cmap="RdBu_r"), ax=ax, fraction=0.05, pad=0.02)
     cb.set_label(f"CKA difference (+: {name_a} more similar)", fontsize=10)
     if path is not None:
