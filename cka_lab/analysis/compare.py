@@ -212,7 +212,8 @@ def compare_models(
         task_b=task_b or "", layers_a=m.layers_a, layers_b=m.layers_b, matrix=m.block("ab"),
         n_samples=m.n_samples, n_batches=len(probe), patch=probed_patch(probe, sizes[0]), data=label,
         ci_low=low, ci_high=high, features=spec.features, estimator=spec.estimator, layer_set=spec.layer_label,
-        n_units=m.n_units, meta={"patch_b": probed_patch(probe, sizes[1])},
+        n_units=m.n_units, meta={"patch_b": probed_patch(probe, sizes[1]), "unit": m.unit,
+                                 "constant_layers": m.constant, "passes": m.passes},
     )
 
 

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
-from cka_lab.metrics.attention import locality_summary
 
 from .compare import Comparison, probed_patch, short_layer_name, stage_starts
 from .controls import Decision, decide
@@ -53,8 +52,10 @@ class Contrast:
     within_a: Comparison  # A x A
     within_b: Comparison  # B x B
     cross: Comparison  # A x B
-    attention_a: pd.DataFrame | None = None  # one row per (layer, block, direction, head), see AttentionDistance
+    attention_a: pd.DataFrame | None = None  # one row per (layer, block, kind, direction, head), see AttentionDistance
     attention_b: pd.DataFrame | None = None
+    attention_stages_a: pd.DataFrame | None = None  # per (layer, kind, direction), heads pooled, with intervals
+    attention_stages_b: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
     spec: AnalysisSpec = field(default_factory=AnalysisSpec)
     difference_low: np.ndarray | None = None  # paired interval of the difference (L, L)
@@ -108,11 +109,12 @@ class Contrast:
 
     @property
     def attention_layers(self) -> pd.DataFrame:
-        """Per model and stage: mean attention distance, its range over heads, locality shares."""
-        frames = [locality_summary(df).assign(model=name) for name, df in
-                  ((self.name_a, self.attention_a), (self.name_b, self.attention_b)) if df is not None]
+        """Per model, stage, window kind (plain/shifted) and strip direction: distance, its uniform baseline,
+        locality and relative entropy with their intervals (``AttentionDistance.summary()``)."""
+        frames = [df.assign(model=name) for name, df in
+                  ((self.name_a, self.attention_stages_a), (self.name_b, self.attention_stages_b)) if df is not None]
         if not frames:
-            raise CkaLabError("this contrast was run without attention distances (attention=False)")
+            raise CkaLabError("this contrast was run without attention statistics (attention=False)")
         out = pd.concat(frames, ignore_index=True)
         return out[["model"] + [c for c in out.columns if c != "model"]]
 
@@ -201,11 +203,12 @@ class Contrast:
             out["mean_difference"] = float(np.nanmean(d))
             out["max_abs_difference"] = float(np.nanmax(np.abs(d)))
             out["difference_effect"] = self.difference_effect()
-        if self.attention_a is not None and self.attention_b is not None:
-            la = locality_summary(self.attention_a).set_index("layer")["mean_distance"]
-            lb = locality_summary(self.attention_b).set_index("layer")["mean_distance"]
-            out["attention_distance_a"] = {int(k): float(v) for k, v in la.items()}
-            out["attention_distance_b"] = {int(k): float(v) for k, v in lb.items()}
+        if self.attention_stages_a is not None and self.attention_stages_b is not None:
+            cols = [c for c in ("layer", "kind", "direction", "distance", "uniform_distance", "locality",
+                                "locality_lower", "locality_upper", "entropy_rel", "entropy_rel_lower",
+                                "entropy_rel_upper") if c in self.attention_stages_a.columns]
+            out["attention_a"] = self.attention_stages_a[cols].to_dict(orient="records")
+            out["attention_b"] = self.attention_stages_b[cols].to_dict(orient="records")
         return out
 
 
@@ -270,7 +273,7 @@ def contrast_models(
             task_b=tasks[1] or "", layers_a=layers[0], layers_b=layers[1], matrix=m.block(block),
             n_samples=m.n_samples, n_batches=len(probe), patch=patch[0], data=label, ci_low=low, ci_high=high,
             features=spec.features, estimator=spec.estimator, layer_set=spec.layer_label, n_units=m.n_units,
-            meta={"patch_b": patch[1]},
+            meta={"patch_b": patch[1], "unit": m.unit, "constant_layers": m.constant, "passes": m.passes},
         )
 
     la, lb = m.layers_a, m.layers_b
@@ -283,6 +286,8 @@ def contrast_models(
         cross=comparison("ab", (name_a, name_b), archs, (task_a, task_b), (la, lb), patches),
         attention_a=m.attention_a,
         attention_b=m.attention_b,
+        attention_stages_a=m.stages_a,
+        attention_stages_b=m.stages_b,
         spec=spec,
         difference_low=low,
         difference_high=high,

@@ -2,13 +2,14 @@
 
 Everything here works on numbers the estimators already produced, so it costs no forward pass:
 
-* **Intervals** -- a percentile bootstrap over resampling units (``unit_size`` crops each; 128 crops
-  give 16 units). Maps and differences between maps are resampled *paired*: one draw of units serves
-  every layer of both models, so a difference's interval accounts for their correlation.
+* **Intervals** -- the metrics package's bias-corrected jackknife over resampling units (HSIC units of
+  ``unit_size`` crops for unbiased-minibatch, 128 crops give 16; groups of crops for biased-full). Maps
+  and differences between maps are *paired*: replicate g leaves the same unit out of every layer of
+  both models, so a difference's interval accounts for their correlation.
 * **Probe-draw control** -- the same model's CKA map measured on two disjoint halves of the probe crops
-  (first half of the units vs second half); ``|CKA(half 1) - CKA(half 2)|`` is how much a map moves
-  when nothing but the probe draw changes. A half has N/2 crops, so this control is larger than the
-  draw-to-draw change of a full-N map (about sqrt(2) x for independent draws): a conservative bar.
+  (even and odd resampling units); ``|CKA(draw 1) - CKA(draw 2)|`` is how much a map moves when
+  nothing but the probe draw changes. A half has N/2 crops, so this control is larger than the
+  draw-to-draw change of a full-N map (about 2x: two half-size estimates): a conservative bar.
 * **Seed-to-seed control** -- where two checkpoints differ only in their training seed
   (:func:`seed_pair`), ``|CKA(seed s) - CKA(seed s')|`` is how much a map moves by training noise alone.
 
@@ -18,7 +19,6 @@ above every available control at that cell (:func:`decide`); otherwise "not deci
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,96 +27,65 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cka_lab.metrics.cka import jackknife_interval
+
 __all__ = [
     "Decision",
-    "MIN_UNITS",
-    "cka_from_terms",
     "decide",
-    "half_split",
-    "paired_bootstrap",
+    "paired_jackknife",
     "probe_draw_control",
     "config_key",
     "seed_pair",
 ]
 
 
-MIN_UNITS = 8
-"""Fewest resampling units a bootstrap interval is computed from (fewer: NaN, nothing is decidable)."""
-
-
-def cka_from_terms(cross: Tensor, self_terms: Tensor) -> Tensor:
-    """``cross (..., L, L)`` and ``self_terms (..., L)`` HSIC sums -> ``(..., L, L)`` CKA, NaN where a
-    self term is not positive (constant features)."""
-    denom = (self_terms.unsqueeze(-1) * self_terms.unsqueeze(-2)).clamp_min(0).sqrt()
-    good = (self_terms.unsqueeze(-1) > 0) & (self_terms.unsqueeze(-2) > 0)
-    return torch.where(good, cross / torch.where(good, denom, torch.ones_like(denom)), torch.full_like(cross, math.nan))
-
-
-def _counts(n_units: int, n_boot: int, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randint(n_units, (n_boot, n_units), generator=gen)
-    return torch.zeros(n_boot, n_units, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(n_boot, n_units, dtype=torch.float64))  # (n_boot, U)
-
-
-def paired_bootstrap(cross: Tensor, self_terms: Tensor, blocks: Sequence[tuple[Sequence[int], Sequence[int]]],
-                     differences: Sequence[tuple[int, int]] = (), *, n_boot: int = 1000, level: float = 0.95,
-                     seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
-    """Percentile-bootstrap intervals of CKA blocks and of differences between blocks.
+def paired_jackknife(estimate: np.ndarray, replicates: Tensor | None,
+                     blocks: Sequence[tuple[Sequence[int], Sequence[int]]],
+                     differences: Sequence[tuple[int, int]] = (), *, level: float = 0.95,
+                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Jackknife intervals of CKA blocks and of differences between blocks (paired: replicate g leaves
+    the same unit out of every block).
 
     Args:
-        cross: (U, L, L) per-unit cross HSIC terms; self_terms: (U, L) per-unit self terms.
-        blocks: (rows, cols) index lists into L; block k's CKA is ``CKA[rows][:, cols]``.
-        differences: pairs (k, m) of blocks of equal shape: intervals of ``block k - block m``.
+        estimate: (L, L) CKA over all units; replicates: (G, L, L) leave-one-out replicates (None: no
+            interval, NaN bounds).
+        blocks: (rows, cols) index lists; block k is ``estimate[rows][:, cols]``.
+        differences: pairs (k, m) of equally shaped blocks: intervals of ``block k - block m``.
 
     Returns:
-        ([(low, high) per block], [(low, high) per difference]), float64 arrays of the block shapes;
-        every replicate resamples the same units for all blocks (paired).
+        ([(low, high) per block], [(low, high) per difference]): the bias-corrected jackknife interval
+        of the metrics package (:func:`~cka_lab.metrics.cka.jackknife_interval`), float64 arrays.
     """
-    n_units, n_keys = self_terms.shape
-    if n_units < MIN_UNITS:
-        nan = [(np.full((len(r), len(c)), np.nan),) * 2 for r, c in blocks]
-        return nan, [nan[k] for k, _ in differences]
-    counts = _counts(n_units, n_boot, seed)
-    boot_self = counts @ self_terms  # (n_boot, L)
-    alpha = (1 - level) / 2
-    q = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
-    reps = []
-    out_blocks = []
-    for rows, cols in blocks:
-        r, c = torch.as_tensor(list(rows)), torch.as_tensor(list(cols))
-        sub = cross[:, r][:, :, c].reshape(n_units, -1)  # (U, R*C)
-        num = (counts @ sub).reshape(n_boot, len(r), len(c))
-        den = (boot_self[:, r].unsqueeze(-1) * boot_self[:, c].unsqueeze(-2)).clamp_min(0).sqrt()
-        rep = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(num, math.nan))
-        reps.append(rep)
-        low, high = torch.nanquantile(rep, q, dim=0)
-        out_blocks.append((low.numpy(), high.numpy()))
+    est = torch.as_tensor(np.asarray(estimate, dtype=np.float64))
+
+    def sub(x: Tensor, rows, cols) -> Tensor:
+        return x[..., list(rows), :][..., list(cols)]
+
+    def interval(e: Tensor, r: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        if r is None or r.shape[0] < 2:
+            nan = np.full(tuple(e.shape), np.nan)
+            return nan, nan.copy()
+        low, high, _ = jackknife_interval(e, r, level)
+        return low.numpy(), high.numpy()
+
+    out_blocks = [interval(sub(est, r, c), None if replicates is None else sub(replicates, r, c)) for r, c in blocks]
     out_diffs = []
     for k, m in differences:
-        low, high = torch.nanquantile(reps[k] - reps[m], q, dim=0)
-        out_diffs.append((low.numpy(), high.numpy()))
+        (rk, ck), (rm, cm) = blocks[k], blocks[m]
+        e = sub(est, rk, ck) - sub(est, rm, cm)
+        r = None if replicates is None else sub(replicates, rk, ck) - sub(replicates, rm, cm)
+        out_diffs.append(interval(e, r))
     return out_blocks, out_diffs
 
 
-def half_split(n_units: int) -> tuple[slice, slice]:
-    """The two disjoint probe draws: the first ``ceil(U/2)`` units and the rest."""
-    h = (n_units + 1) // 2
-    return slice(0, h), slice(h, n_units)
-
-
-def probe_draw_control(cross: Tensor, self_terms: Tensor, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
-    """``|CKA(first half of the crops) - CKA(second half)|`` of one block (see the module docstring);
-    NaN with fewer than 2 units."""
-    n_units = self_terms.shape[0]
-    r, c = torch.as_tensor(list(rows)), torch.as_tensor(list(cols))
-    if n_units < 2:
-        return np.full((len(r), len(c)), np.nan)
-    maps = []
-    for part in half_split(n_units):
-        m = cka_from_terms(cross[part].sum(0), self_terms[part].sum(0))
-        maps.append(m[r][:, c])
-    return (maps[0] - maps[1]).abs().numpy()
+def probe_draw_control(halves: tuple[np.ndarray, np.ndarray] | None, rows: Sequence[int],
+                       cols: Sequence[int]) -> np.ndarray | None:
+    """``|CKA(first draw) - CKA(second draw)|`` of one block, the two draws being disjoint halves of the
+    crops (even and odd resampling units); None without two draws."""
+    if halves is None:
+        return None
+    r, c = list(rows), list(cols)
+    return np.abs(halves[0][np.ix_(r, c)] - halves[1][np.ix_(r, c)])
 
 
 @dataclass

@@ -127,8 +127,13 @@ def write_contrast(result, out: Path) -> list[Path]:
                                    index=False))
     written.append(_save_table(_with_protocol(result.stage_table(), result), out / "stages.csv", index=False))
     if result.attention_a is not None:
-        fig = plot_attention_distance(result.attention, title=f"attention distance per block (N={result.cross.n_samples})")
+        fig = plot_attention_distance(result.attention, title=f"attention locality per block (N={result.cross.n_samples})")
         written.append(save_figure(fig, out / "attention_distance.png"))
+        from cka_lab.plots.attention import plot_locality
+
+        fig = plot_locality(result.attention_layers, title=f"attention against uniform attention per stage "
+                                                           f"(N={result.cross.n_samples})")
+        written.append(save_figure(fig, out / "attention_locality.png"))
         written.append(_save_table(result.attention.assign(n_samples=result.cross.n_samples), out / "attention_heads.csv",
                                    index=False))
         written.append(_save_table(result.attention_layers.assign(n_samples=result.cross.n_samples),
@@ -178,10 +183,11 @@ def print_contrast(result) -> None:
                   f"largest at ({eff['layer_i']}, {eff['layer_j']}): {eff['difference']:+.3f}")
         else:
             print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
-    if "attention_distance_a" in s:
-        da = ", ".join(f"{v:.1f}" for v in s["attention_distance_a"].values())
-        db = ", ".join(f"{v:.1f}" for v in s["attention_distance_b"].values())
-        print(f"  attention distance per stage (px): {result.name_a} [{da}]  {result.name_b} [{db}]")
+    if result.attention_stages_a is not None:
+        from cka_lab.metrics.attention import attention_findings
+
+        for line in attention_findings(result.attention_layers):
+            print(f"  {line}")
 
 
 def run(args: argparse.Namespace) -> int:

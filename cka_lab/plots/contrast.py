@@ -73,10 +73,11 @@ def attention_curves(attention: pd.DataFrame) -> pd.DataFrame:
     """Per model, block (in depth order) and direction: mean attention distance over heads, and the
     lowest and highest head. ``attention`` has the columns of ``AttentionDistance.compute()`` and a
     ``model`` column."""
-    need = {"model", "layer", "block", "direction", "head", "mean"}
+    value = "locality" if "locality" in attention.columns else "mean"
+    need = {"model", "layer", "block", "direction", "head", value}
     if missing := need - set(attention.columns):
         raise CkaLabError(f"attention table lacks columns {sorted(missing)}")
-    g = attention.groupby(["model", "layer", "block", "direction"], sort=False)["mean"]
+    g = attention.groupby(["model", "layer", "block", "direction"], sort=False)[value]
     out = g.agg(mean="mean", head_min="min", head_max="max").reset_index()
     out = out.sort_values(["layer", "block", "direction"], kind="stable")  # models keep their input order
     order = out[["layer", "block"]].drop_duplicates().sort_values(["layer", "block"])
@@ -91,10 +92,13 @@ def plot_attention_distance(
     title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """Mean attention distance (input pixels) per block, one line per model, band = range over heads.
+    """Attention locality (distance / distance of uniform attention in the same windows and masks) per
+    block, one line per model, band = range over heads; the dashed line at 1 is uniform attention. A
+    table without ``locality`` (the former format) is drawn as mean distance in input pixels.
 
     Two panels: horizontal-strip and vertical-strip attention. Stage boundaries are marked.
     """
+    relative = "locality" in attention.columns
     curves = attention_curves(attention)
     models = list(dict.fromkeys(attention["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
@@ -110,13 +114,15 @@ def plot_attention_distance(
             ax.plot(c["depth"], c["mean"], color=palette[model], marker="o", markersize=3, linewidth=1.6, label=model)
         for edge in stage_edges:
             ax.axvline(edge - 0.5, color="0.75", linewidth=0.8, zorder=0)
+        if relative:
+            ax.axhline(1.0, color="0.4", linestyle="--", linewidth=0.9, zorder=0)
         ax.set_xlim(-0.5, n_depth - 0.5)
         ax.set_xticks(range(0, n_depth, max(1, n_depth // 12)))
         ax.set_xlabel("transformer block (depth)")
         ax.set_title(f"{direction} strip windows", fontsize=11)
         ax.grid(axis="y", color="0.92")
         sns.despine(ax=ax)
-    axes[0].set_ylabel("mean attention distance (input px)")
+    axes[0].set_ylabel("locality (distance / uniform distance)" if relative else "mean attention distance (input px)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=8.5, frameon=False,
                title="line: mean over heads\nband: range over heads", title_fontsize=8)

@@ -129,14 +129,13 @@ def findings(c: Contrast) -> list[str]:
 
 
 def attention_findings(c: Contrast) -> list[str]:
-    """Attention statements: the measured distances only; locality is judged only against a baseline."""
-    if c.attention_a is None or c.attention_b is None:
+    """Attention statements from the stage tables: a locality or sharpness sentence only where the
+    interval of the normalised effect excludes uniform attention (the metrics package's findings)."""
+    if c.attention_stages_a is None or c.attention_stages_b is None:
         return []
-    s = c.summary()
-    la, lb = s["attention_distance_a"], s["attention_distance_b"]
-    per = ", ".join(f"stage {k}: {la[k]:.2f} vs {lb[k]:.2f}" for k in la if k in lb)
-    return [f"Mean attention distance in input pixels ({c.name_a} vs {c.name_b}): {per}. Without a uniform-attention "
-            "baseline these numbers describe the window geometry; no statement on locality is made from them."]
+    from cka_lab.metrics.attention import attention_findings as stage_findings
+
+    return stage_findings(c.attention_layers)
 
 
 def _text_pages(title: str, paragraphs: Sequence[str], width: int = 125) -> list[Figure]:
@@ -240,13 +239,21 @@ def contrast_pages(c: Contrast) -> list[Figure]:
         suptitle=f"linear CKA across models ({what})",
     ))
     if c.attention_a is not None:
-        pages.append(plot_attention_distance(c.attention, title=f"{c.name_a} vs {c.name_b}: attention distance per block "
+        pages.append(plot_attention_distance(c.attention, title=f"{c.name_a} vs {c.name_b}: attention locality per block "
                                                                 f"(N={c.cross.n_samples})"))
+        from cka_lab.plots.attention import plot_locality
+
+        pages.append(plot_locality(c.attention_layers, title=f"{c.name_a} vs {c.name_b}: attention against uniform "
+                                                             f"attention per stage (N={c.cross.n_samples})"))
     tables = [("CKA per stage (within-stage mean off the diagonal; with later stages; same layer across models)",
                c.stage_table())]
     if c.attention_a is not None:
-        tables.append(("Attention distance per stage (input px): mean, range over heads, share of attention within r px",
-                       c.attention_layers))
+        cols = ["model", "layer", "kind", "direction", "distance", "uniform_distance", "locality", "locality_lower",
+                "locality_upper", "entropy_rel", "entropy_rel_lower", "entropy_rel_upper"]
+        t = c.attention_layers
+        tables.append(("Attention per stage, plain and shifted windows apart: distance (input px) against uniform "
+                       "attention in the same windows; locality = distance / uniform, entropy_rel = entropy / uniform, "
+                       "with intervals", t[[x for x in cols if x in t.columns]]))
     pages.append(_table_page(f"{c.name_a} vs {c.name_b}: numbers ({what})", tables))
     return pages
 
