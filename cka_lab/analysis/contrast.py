@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from cka_lab.errors import CkaLabError
 
 from .compare import Comparison, probed_patch, short_layer_name, stage_starts
-from .controls import Decision, decide
+from .controls import MIN_UNITS, Decision, decide
 from .measure import measure
 from .probing import ProbedModel, prepare_probe
 from .spec import AnalysisSpec
@@ -79,7 +79,10 @@ class Contrast:
         d = self.difference
         low = self.difference_low if self.difference_low is not None else np.full_like(d, np.nan)
         high = self.difference_high if self.difference_high is not None else np.full_like(d, np.nan)
-        return decide(d, low, high, self.controls())
+        dec = decide(d, low, high, self.controls())
+        if self.cross.n_units < MIN_UNITS:  # too few units for an interval to mean anything
+            dec.stated[...] = False
+        return dec
 
     @property
     def comparable(self) -> bool:
@@ -158,7 +161,8 @@ class Contrast:
         names = [short_layer_name(n) for n in self.within_a.layers_a]
         off = ~np.eye(len(names), dtype=bool)
         stated = dec.stated & off
-        out = {"stated_cells": int(stated.sum()), "cells": int(off.sum())}
+        out = {"stated_cells": int(stated.sum()), "cells": int(off.sum()), "n_units": self.cross.n_units,
+               "min_units": MIN_UNITS}
         if stated.any():
             idx = np.unravel_index(np.argmax(np.where(stated, np.abs(dec.effect), -np.inf)), stated.shape)
             out["decidable"] = True

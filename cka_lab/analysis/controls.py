@@ -31,12 +31,17 @@ from cka_lab.metrics.cka import jackknife_interval
 
 __all__ = [
     "Decision",
+    "MIN_UNITS",
     "decide",
     "paired_jackknife",
     "probe_draw_control",
     "config_key",
     "seed_pair",
 ]
+
+
+MIN_UNITS = 8
+"""Fewest resampling units (jackknife units or groups) for which a finding is stated at all."""
 
 
 def paired_jackknife(estimate: np.ndarray, replicates: Tensor | None,

@@ -180,14 +180,14 @@ def print_contrast(result) -> None:
     if eff:
         if eff["decidable"]:
             print(f"  {eff['stated_cells']} of {eff['cells']} layer pairs differ beyond their interval and the controls; "
-                  f"largest at ({eff['layer_i']}, {eff['layer_j']}): {eff['difference']:+.3f}")
+                  f"largest at ({eff['layer_i']}, {eff['layer_j']}): {eff['difference']:+.4f}")
         else:
             print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
     if result.attention_stages_a is not None:
-        from cka_lab.metrics.attention import attention_findings
-
-        for line in attention_findings(result.attention_layers):
-            print(f"  {line}")
+        t = result.attention_layers
+        beyond = ((t["locality_lower"] > 1) | (t["locality_upper"] < 1)).sum()
+        print(f"  attention: {int(beyond)} of {len(t)} stage/kind/direction groups have a locality interval that "
+              "excludes uniform attention (see attention_layers.csv and the findings)")
 
 
 def run(args: argparse.Namespace) -> int:

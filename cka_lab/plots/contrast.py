@@ -56,6 +56,10 @@ def plot_cka_difference(
             raise CkaLabError(f"stated must have the shape of the difference {d.shape}, got {mask.shape}")
         head += (f"\n\u25cf: {int(mask.sum())} cells beyond their interval and the controls" if mask.any()
                  else "\nno cell exceeds its interval and the controls: not decidable at this scale")
+    import textwrap
+
+    width = max(30, int((w + 2.6) * 9))  # characters that fit the figure at the title's font size
+    head = "\n".join(part for line in head.split("\n") for part in textwrap.wrap(line, width) or [""])
     panel = HeatmapPanel(d, layers, layers, name_a=f"{name_a} / {name_b}", name_b=f"{name_a} / {name_b}",
                          title=head, stages_a=stages, stages_b=stages)
     _draw_panel(ax, panel, -lim, lim, "RdBu_r", annotate)

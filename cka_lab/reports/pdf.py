@@ -72,7 +72,7 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def _interval(low: float, high: float) -> str:
-    return "[interval n/a]" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:+.3f}, {high:+.3f}]"
+    return "[interval n/a]" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:+.4f}, {high:+.4f}]"
 
 
 def findings(c: Contrast) -> list[str]:
@@ -104,8 +104,13 @@ def findings(c: Contrast) -> list[str]:
             more = c.name_a if e["difference"] > 0 else c.name_b
             out.append(
                 f"{e['stated_cells']} of {e['cells']} layer pairs differ by more than their interval and every control. "
-                f"Largest at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.3f} {_interval(e['low'], e['high'])}, "
-                f"control {_fmt(e['control'])}: {more} treats these layers as more alike."
+                f"Largest at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f} {_interval(e['low'], e['high'])}, "
+                f"control {_fmt(e['control'], 4)}: {more} treats these layers as more alike."
+            )
+        elif e["n_units"] < e["min_units"]:
+            out.append(
+                f"Not decidable at this scale: {e['n_units']} resampling units, fewer than the {e['min_units']} an "
+                f"interval needs here. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f}."
             )
         else:
             out.append(
@@ -135,7 +140,16 @@ def attention_findings(c: Contrast) -> list[str]:
         return []
     from cka_lab.metrics.attention import attention_findings as stage_findings
 
-    return stage_findings(c.attention_layers)
+    table = c.attention_layers
+    out = []
+    for line in stage_findings(table):
+        if line.startswith("Indistinguishable from uniform attention"):
+            n = line.count("locality ")
+            line = (f"Attention in {n} of {len(table)} (model, stage, window kind, strip direction) groups is "
+                    "indistinguishable from uniform attention in the same windows and masks: its locality and entropy "
+                    "intervals include 1 (numbers on the table page). No locality statement is made for them.")
+        out.append(line)
+    return out
 
 
 def _text_pages(title: str, paragraphs: Sequence[str], width: int = 125) -> list[Figure]:
