@@ -128,7 +128,8 @@ class UnitCKA:
             halves = tuple(part.compute().cpu().numpy() for part in self.parts)
         total = MinibatchCKA(self.keys, self.keys, keep_batches=True, unit_size=self.unit_size)
         for part in self.parts:
-            total.merge(part)
+            if part.n_units:
+                total.merge(part)
         const = total.constant_layers()[0]
         replicates = None
         if total.n_units >= 2:

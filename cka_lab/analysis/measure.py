@@ -166,8 +166,9 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
                             p.feed(batch, spec.probe.seed)
                     yield {k: v.clone() for k, v in _keyed(exts).items()}
 
+        budget = {"max_bytes": spec.max_bytes} if spec.max_bytes else {}
         est = full_keyed_cka(keys, run, n_samples=n_total, feature_numel=numel, unit_size=unit,
-                             distributed=world > 1)
+                             distributed=world > 1, **budget)
         att = [None] * 4
         if attention:
             with ExitStack() as stack:

@@ -82,6 +82,8 @@ class AnalysisSpec:
         controls: compute the probe-draw control (and the seed-to-seed one where it applies).
         unit_size: crops per resampling unit of the confidence intervals (None: the estimator's default).
         confidence: level of the intervals.
+        max_bytes: memory budget of biased-full (features kept + N x N Grams; None: the metrics
+            package's 4 GiB). A larger budget means fewer passes over the crops.
     """
 
     probe: ProbeSpec = field(default_factory=ProbeSpec)
@@ -92,6 +94,7 @@ class AnalysisSpec:
     controls: bool = True
     unit_size: int | None = None
     confidence: float = 0.95
+    max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.probe, ProbeSpec):
@@ -114,6 +117,8 @@ class AnalysisSpec:
         object.__setattr__(self, "features", kind)
         if self.unit_size is not None:
             _positive("unit_size", self.unit_size)
+        if self.max_bytes is not None:
+            _positive("max_bytes", self.max_bytes)
         if not 0 < self.confidence < 1:
             raise CkaLabError(f"confidence must be in (0, 1), got {self.confidence}")
 

@@ -88,6 +88,9 @@ def add_analysis_args(p: argparse.ArgumentParser, *, n_samples: int = 128) -> No
                    help="crops per forward batch (default 32; the probe inputs do not depend on it)")
     p.add_argument("--unit-size", type=int, default=None,
                    help="crops per resampling unit of the intervals (default 8)")
+    p.add_argument("--max-gib", type=float, default=None,
+                   help="memory budget of biased-full in GiB (default 4): features of one pass + all N x N Grams; "
+                        "more memory, fewer passes over the crops")
     p.add_argument("--seed", type=int, default=0, help="seed of the crop positions and noise (default 0)")
     add_device_arg(p)
 
@@ -104,6 +107,7 @@ def spec_from_args(args: argparse.Namespace, *, attention: bool = False, control
                         batch_size=args.batch_size),
         layers=layers, features=args.features, estimator=args.estimator, attention=attention,
         controls=controls, unit_size=args.unit_size,
+        max_bytes=None if args.max_gib is None else max(1, int(args.max_gib * 2**30)),
     )
 
 

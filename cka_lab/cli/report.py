@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from cka_lab.cli._common import writable_dir
@@ -40,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if len(args.ckpts) < 2 or len(args.ckpts) % 2:
         raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
     out = Path(args.out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        _check_out(out)
     spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
     for ck in args.ckpts:
         if not Path(ck).is_file():
             raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
     with Session(args.device) as session:
-        if session.writes:
-            _check_out(out)
         pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
         contrasts = []
         for a, b in pairs:

@@ -64,9 +64,10 @@ def test_attention_distances_are_measured_for_both_models(contrast):
     assert set(att["model"]) == {"a", "b"}
     # EDT-T: 4 stages x 6 blocks x 2 strip directions x 6 heads (each direction has all 6), per model
     assert len(att) == 2 * 4 * 6 * 2 * 6
-    layers = contrast.attention_layers
-    assert list(layers.columns[:3]) == ["model", "layer", "mean_distance"]
-    assert (layers["head_min"] <= layers["mean_distance"]).all() and (layers["mean_distance"] <= layers["head_max"]).all()
+    layers = contrast.attention_layers  # per model, stage, window kind and strip direction, with the baseline
+    assert list(layers.columns[:4]) == ["model", "layer", "kind", "direction"]
+    assert len(layers) == 2 * 4 * 2 * 2
+    np.testing.assert_allclose(layers["locality"], layers["distance"] / layers["uniform_distance"], rtol=1e-9)
 
 
 def test_stage_table_and_summary_hold_the_quoted_numbers(contrast):
@@ -75,7 +76,8 @@ def test_stage_table_and_summary_hold_the_quoted_numbers(contrast):
     np.testing.assert_allclose(t["cross_model_same_layer"][:4], np.diag(contrast.cross.matrix))
     s = contrast.summary()
     assert s["mean_cross_same_layer_cka"] == pytest.approx(np.mean(np.diag(contrast.cross.matrix)))
-    assert set(s["attention_distance_a"]) == {0, 1, 2, 3}
+    assert {r["layer"] for r in s["attention_a"]} == {0, 1, 2, 3}
+    assert s["protocol"] == "unbiased-minibatch CKA, layers body.layers.*, update features, N=8"
 
 
 def test_a_same_task_contrast_refuses_models_probed_on_different_heads(batches):

@@ -105,7 +105,7 @@ def test_a_two_process_torchrun_contrast_equals_one_process(ckpts, tmp_path):
     args = [str(ckpts / "scratch.pt"), str(ckpts / "pretrained.pt"), "--no-attention", "--layers", "body.layers.*",
             "--n-samples", "16", "--batch-size", "4", "--unit-size", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CKA_LAB_NO_PROGRESS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "cka_lab", "contrast", *args, "--out", str(tmp_path / "two")], check=True, env=env,
                    capture_output=True)
     assert main(["contrast", *args, "--out", str(tmp_path / "one")]) == 0
