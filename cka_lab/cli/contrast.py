@@ -184,10 +184,12 @@ def print_contrast(result) -> None:
         else:
             print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
     if result.attention_stages_a is not None:
+        from cka_lab.metrics.attention import attention_findings
+
         t = result.attention_layers
-        beyond = ((t["locality_lower"] > 1) | (t["locality_upper"] < 1)).sum()
-        print(f"  attention: {int(beyond)} of {len(t)} stage/kind/direction groups have a locality interval that "
-              "excludes uniform attention (see attention_layers.csv and the findings)")
+        stated = [f for f in attention_findings(t) if not f.startswith(("Indistinguishable", "No interval"))]
+        print(f"  attention: {len(stated)} of {len(t)} (model, stage, window kind, direction) groups differ from "
+              "uniform attention beyond their interval (attention_layers.csv)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ def attention_findings(c: Contrast) -> list[str]:
     out = []
     for line in stage_findings(table):
         if line.startswith("Indistinguishable from uniform attention"):
-            n = line.count("locality ")
+            n = line.count("(locality ") - 1  # one per group; the sentence's own "(locality and entropy ...)"
             line = (f"Attention in {n} of {len(table)} (model, stage, window kind, strip direction) groups is "
                     "indistinguishable from uniform attention in the same windows and masks: its locality and entropy "
                     "intervals include 1 (numbers on the table page). No locality statement is made for them.")
