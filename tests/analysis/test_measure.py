@@ -165,3 +165,27 @@ def test_two_gloo_processes_give_the_one_process_result(estimator):
     np.testing.assert_allclose(low, one.difference_ci[0], atol=1e-9, equal_nan=True)
     np.testing.assert_allclose(high, one.difference_ci[1], atol=1e-9, equal_nan=True)
     np.testing.assert_allclose(control, one.control_a, atol=1e-9)
+
+
+def test_a_seed_pair_among_the_contrasts_gives_the_seed_to_seed_control():
+    from cka_lab.analysis.compare import Comparison
+    from cka_lab.analysis.contrast import Contrast, attach_seed_controls
+
+    def comp(name, value):
+        m = np.full((2, 2), value)
+        np.fill_diagonal(m, 1.0)
+        return Comparison(name, name, "SRx2_EDTT", "SRx2_EDTT", "x2", "x2", ["l0", "l1"], ["l0", "l1"], m, 64, 8, 48, "", n_units=8)
+
+    def contrast(a, va, b, vb):
+        return Contrast(a, b, comp(a, va), comp(b, vb), comp(a, 0.5))
+
+    cfg = "[run]\nseed = {s}\n[model]\narch = 'SRx2_EDTT'\n"
+    metas = {"s0": {"config_toml": cfg.format(s=0)}, "s1": {"config_toml": cfg.format(s=1)},
+             "pre": {"config_toml": cfg.format(s=0) + "[finetune]\ninit = 'p.pt'\n"}}
+    first, second = contrast("s0", 0.9, "pre", 0.7), contrast("s0", 0.9, "s1", 0.8)
+    attach_seed_controls([first, second], metas)
+    np.testing.assert_allclose(first.seed_control, [[0.0, 0.1], [0.1, 0.0]])
+    assert first.seed_control_label == "s0 / s1"
+    # the scratch-vs-pretrained difference (0.2) clears the seed control (0.1) only where the interval allows
+    first.difference_low, first.difference_high = np.full((2, 2), 0.15), np.full((2, 2), 0.25)
+    assert first.difference_decision().stated[0, 1]
