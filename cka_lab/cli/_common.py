@@ -134,7 +134,7 @@ def spec_from_args(args: argparse.Namespace, *, attention: bool = False, control
     from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
 
     layers = args.layers
-    if isinstance(layers, str) and "," in layers:
+    if isinstance(layers, str) and ("," in layers or not layers.strip()):
         layers = tuple(parse_layers(layers))  # an empty entry ('a,,b') is refused, never dropped
     return AnalysisSpec(
         probe=ProbeSpec(data=args.data, patch=args.patch, n_samples=args.n_samples, seed=args.seed,

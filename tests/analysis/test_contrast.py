@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
-from cka_lab.models.edt import explicit_attention
 import pytest
 import torch
 from torch import nn
@@ -14,6 +12,7 @@ from cka_lab.analysis.contrast import contrast_models
 from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
 from cka_lab.errors import CkaLabError
 from cka_lab.models import create_edt
+from cka_lab.models.edt import explicit_attention
 
 
 @pytest.fixture(scope="module")
