@@ -15,8 +15,9 @@ __all__ = ["measure_contrast", "protocol_label"]
 
 def protocol_label(spec: StudySpec) -> str:
     a = spec.analysis
-    return (f"CKA {a.estimator}, layers {a.layers}, {a.features} features, N = {a.n_samples} crops of "
-            f"{a.patch} px (bundled probe images, seed 0)")
+    size = f"{a.patch} px" if a.patch else "each model's training size"
+    return (f"{analysis_spec(spec).protocol}, N = {a.n_samples} crops at {size} "
+            "(bundled probe images, seed 0, noise drawn per crop)")
 
 
 def _attention_rows(df: pd.DataFrame | None, model: str) -> list[dict]:
@@ -31,25 +32,33 @@ def _attention_rows(df: pd.DataFrame | None, model: str) -> list[dict]:
     return out
 
 
+def analysis_spec(spec: StudySpec):
+    """The :class:`~cka_lab.analysis.spec.AnalysisSpec` of every contrast of the study."""
+    from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
+
+    a = spec.analysis
+    probe = ProbeSpec(patch=a.patch or None, n_samples=a.n_samples, seed=0, batch_size=a.batch_size)
+    return AnalysisSpec(probe=probe, layers=a.layers, features=a.features or None, estimator=a.estimator,
+                        attention=a.attention, controls=True)
+
+
 def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu") -> ContrastRecord:
-    from cka_lab.analysis.compare import probe_loader
     from cka_lab.analysis.contrast import contrast_models
     from cka_lab.models import load_model
 
-    a = spec.analysis
     dev = torch.device(device)
     model_a = load_model(paths.model(plan.run_a), device=dev)
     model_b = load_model(paths.model(plan.run_b), device=dev)
-    batches, label = probe_loader(None, patch=a.patch, n_samples=a.n_samples, seed=0, batch_size=a.batch_size)
-    c = contrast_models(model_a, model_b, batches, task_a=plan.task_a, task_b=plan.task_b, name_a=plan.run_a,
-                        name_b=plan.run_b, features=a.features, attention=a.attention, device=dev, progress=False,
-                        data_label=label)
+    c = contrast_models(model_a, model_b, analysis_spec(spec), task_a=plan.task_a, task_b=plan.task_b,
+                        name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False)
     cross = np.asarray(c.cross.matrix, dtype=np.float64)
-    diag = np.diag(cross) if cross.shape[0] == cross.shape[1] else np.full(cross.shape[0], np.nan)
+    square = cross.shape[0] == cross.shape[1]
+    diag = np.diag(cross) if square else np.full(cross.shape[0], np.nan)
     lo = hi = float("nan")
-    if getattr(c.cross, "ci_low", None) is not None and cross.shape[0] == cross.shape[1]:
-        lo = float(np.nanmean(np.diag(np.asarray(c.cross.ci_low))))
-        hi = float(np.nanmean(np.diag(np.asarray(c.cross.ci_high))))
+    if c.cross.ci_low is not None and square:
+        lo = float(np.nanmean(np.diag(np.asarray(c.cross.ci_low, dtype=np.float64))))
+        hi = float(np.nanmean(np.diag(np.asarray(c.cross.ci_high, dtype=np.float64))))
+    control = float(np.nanmean(c.control_a)) if c.control_a is not None else float("nan")
     return ContrastRecord(
         plan=plan,
         layers=list(c.cross.layers_a),
@@ -61,5 +70,6 @@ def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, 
         same_layer_mean=float(np.nanmean(diag)) if np.isfinite(diag).any() else float("nan"),
         same_layer_lower=lo,
         same_layer_upper=hi,
+        probe_control_a=control,
         attention=_attention_rows(c.attention_a, plan.run_a) + _attention_rows(c.attention_b, plan.run_b),
     )

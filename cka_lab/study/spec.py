@@ -158,12 +158,12 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    patch: int = 48
+    patch: int = 0  # 0: each model at its training size (SR LR 48 px, downsampling DN 192 px for EDT-T)
     n_samples: int = 128
     batch_size: int = 16
     estimator: str = "unbiased-minibatch"
     layers: str = "default"
-    features: str = "update"
+    features: str = ""  # "" : the layer set's default (update for default, output for paper)
     attention: bool = True
 
 
