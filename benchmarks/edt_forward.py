@@ -1,8 +1,9 @@
-"""EDT forward time per input size, eager vs ``torch.compile``, for EDT-T and EDT-B (SR x2 head).
+"""EDT forward time per input size: explicit vs fused attention, eager vs ``torch.compile`` (SR x2 head).
 
 Prints one table per device (CPU, and CUDA when a GPU is present) measured in this run:
-median milliseconds per forward for eager mode and the compiled model, and their ratio
-(compiled / eager; below 1 means compilation pays off). Padded sizes are multiples of 24.
+median milliseconds per forward with explicit attention maps (``explicit_attention()``), with the
+default fused attention (eager), and for the compiled model; and the ratios explicit / fused (above 1:
+fused is faster) and compiled / eager (below 1: compilation pays off). Padded sizes are multiples of 24.
 
     python benchmarks/edt_forward.py                 # T and B, sizes 48 96 192
     python benchmarks/edt_forward.py --sizes 48 96 --models SRx2_EDTT --no-compile
@@ -17,6 +18,7 @@ import time
 import torch
 
 from cka_lab.models import create_edt
+from cka_lab.models.edt import explicit_attention
 
 
 def _sync(device: torch.device) -> None:
@@ -53,7 +55,8 @@ def main() -> None:
         device = torch.device(dev)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"\n== {name} ==")
-        print(f"{'model':<12} {'input':>9} {'eager ms':>10} {'compiled ms':>12} {'compiled/eager':>15}")
+        print(f"{'model':<12} {'input':>9} {'explicit ms':>12} {'fused ms':>10} {'expl/fused':>11} "
+              f"{'compiled ms':>12} {'compiled/eager':>15}")
         for arch in args.models:
             torch.manual_seed(0)
             model = create_edt(arch).to(device).eval()
@@ -65,12 +68,15 @@ def main() -> None:
             for size in args.sizes:
                 x = torch.rand(1, 3, size, size, device=device)
                 reps = args.repeats if size <= 96 or device.type == "cuda" else max(2, args.repeats // 2)
+                with explicit_attention():
+                    t_x = time_forward(eager, x, reps, warmup=1)
                 t_e = time_forward(eager, x, reps, warmup=1)
+                head = f"{arch:<12} {size:>4}x{size:<4} {t_x * 1e3:>12.1f} {t_e * 1e3:>10.1f} {t_x / t_e:>10.2f}x"
                 if compiled is not None:
                     t_c = time_forward(compiled, x, reps, warmup=2)  # first calls compile
-                    print(f"{arch:<12} {size:>4}x{size:<4} {t_e * 1e3:>10.1f} {t_c * 1e3:>12.1f} {t_c / t_e:>14.2f}x")
+                    print(f"{head} {t_c * 1e3:>12.1f} {t_c / t_e:>14.2f}x")
                 else:
-                    print(f"{arch:<12} {size:>4}x{size:<4} {t_e * 1e3:>10.1f} {'-':>12} {'-':>15}")
+                    print(f"{head} {'-':>12} {'-':>15}")
 
 
 if __name__ == "__main__":

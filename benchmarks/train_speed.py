@@ -1,16 +1,22 @@
-"""Training throughput (patches/s) of EDT-T and EDT-B, and the share of time spent loading data.
+"""Training throughput and peak memory of EDT-T, explicit vs fused attention, as ratios measured in one run.
 
-    python benchmarks/train_speed.py                       # CPU, and CUDA when a GPU is present
-    python benchmarks/train_speed.py --devices cpu --archs SRx2_EDTT --threads 1 2 --workers 0 1
+    python benchmarks/train_speed.py                              # CPU: SR x2 and DN sigma25, fp32
+    python benchmarks/train_speed.py --device cuda                # the same on the GPU (fp32 and bf16)
+    python benchmarks/train_speed.py --batch 4 --steps 2 --precision fp32 bf16 --compile
 
-Each measurement builds the model and the data exactly as ``cka-lab train`` does (the real patch
-sets and ``StepBatches`` loader), runs ``--warmup`` steps, then times ``--steps`` steps of
-forward + L1 loss + backward + Adam. ``data`` is the time spent waiting for the next batch, as a
-share of the step time. Patches/s counts every head's patches (batch x heads per step).
+One training step is what ``cka-lab train`` does per iteration: forward of one batch per head, L1 loss,
+backward, Adam. The shapes are those of the bundled configs (``checkpoints/configs``): SR x2 48 px LR
+patches (``edtt_srx2_scratch``), DN sigma25 192 px noisy patches (48 px at the body, ``edtt_dng25_scratch``),
+16 patches per step unless ``--batch``. Inputs are random: data loading is not what is compared.
 
-Training images: ``[--data-root]/train/Sun_Hays80`` (reduce 2) when present (``../shared/data``
-by default), else the images bundled with the package (Set5 HR), so the script also runs on a
-machine without the shared data.
+Every (model, path, precision) runs in its own fresh process, so that its peak memory is its own: peak
+RSS on the CPU (``ru_maxrss``, the whole process, model and Python included), ``max_memory_allocated``
+on CUDA. The processes alternate (explicit, fused, explicit, fused, ... for ``--rounds``) and each
+reports its fastest step, so that a load that comes and goes hits both paths alike. The ratios printed
+are fused / explicit (speed) and explicit / fused (memory), from this run only.
+
+The float32 GEMM rate of the machine (a 2048^3 matmul, best of 3) is printed first, to put the numbers
+in context. Targets of issue 12: CPU training >= 3x the explicit path; GPU peak memory <= 1/3 of it.
 """
 
 from __future__ import annotations
@@ -20,131 +26,186 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see cka_lab/__init__.py)
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cka_lab.data.probes import ASSETS_DIR  # noqa: E402
-from cka_lab.train.batches import StepBatches, build_patch_sets, step_loader  # noqa: E402
-from cka_lab.train.config import parse_config  # noqa: E402
-from cka_lab.train.loop import build_model  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's cka_lab, also in the child processes
+
+# arch, LR/noisy input side, output scale: the bundled from-scratch configs
+MODELS = {
+    "SRx2_EDTT": (48, 2),  # edtt_srx2_scratch: 48 px LR patches -> 96 px
+    "DNg25_EDTT": (192, 1),  # edtt_dng25_scratch: 192 px noisy patches (48 px at the body)
+}
 
 
-def _sources(data_root: Path) -> str:
-    sun = data_root / "train" / "Sun_Hays80"
-    if sun.is_dir():
-        return f'[{{path = "{sun}", reduce = 2}}]'
-    return f'["{ASSETS_DIR / "sr_hr"}"]'
+@dataclass(frozen=True)
+class Spec:
+    """One measurement: a model, an attention path, a precision, on one device."""
+
+    arch: str
+    path: str  # "explicit" | "fused"
+    precision: str  # "fp32" | "bf16"
+    device: str
+    batch: int
+    steps: int
+    warmup: int
+    threads: int
+    compile: bool = False
 
 
-def measure(arch: str, device: str, batch: int, patch: int, steps: int, warmup: int, threads: int,
-            workers: int, data_root: Path, amp: bool) -> dict:
-    text = f"""
-[run]
-device = "{device}"
-amp = {str(amp).lower()}
-[model]
-arch = "{arch}"
-[data]
-patch_size = {patch}
-num_workers = {workers}
-sr = {_sources(data_root)}
-dn = {_sources(data_root)}
-[schedule]
-batch_size = {batch}
-"""
-    cfg = parse_config(text)
-    if threads:
-        torch.set_num_threads(threads)
+def gemm_gflops(n: int = 2048, device: str = "cpu") -> float:
+    """float32 ``n x n @ n x n`` rate in GFLOP/s (best of 3 after one warm-up)."""
     dev = torch.device(device)
-    model = build_model(cfg).to(dev).train()
-    t0 = time.perf_counter()
-    data = build_patch_sets(cfg, model.config)
-    prep = time.perf_counter() - t0
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
-    amp_dtype = None
-    if amp and dev.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    loader = step_loader(StepBatches(data.sets, batch, 0), 0, warmup + steps, workers, pin_memory=dev.type == "cuda")
-    n_heads = len(model.tasks)
-    data_time = step_time = 0.0
-    it = iter(loader)
-    for i in range(warmup + steps):
+    a = torch.rand(n, n, device=dev)
+    b = torch.rand(n, n, device=dev)
+    best = float("inf")
+    for i in range(4):
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t_a = time.perf_counter()
-        step = next(it)
-        t_b = time.perf_counter()
-        xs = [x.to(dev, non_blocking=True) for x, _ in step]
-        ys = [y.to(dev, non_blocking=True) for _, y in step]
-        with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-            outs = model(xs)
-        loss = torch.stack([F.l1_loss(o.float(), y) for o, y in zip(outs, ys)]).mean()
+        t0 = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def measure(spec: Spec) -> dict:
+    """Run ``spec`` in this process: fastest and median seconds per step, patches/s, peak memory."""
+    from cka_lab.models import create_edt
+    from cka_lab.models.edt import bf16_autocast, compile_for_training
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    dev = torch.device(spec.device)
+    side, scale = MODELS[spec.arch]
+    torch.manual_seed(0)
+    model = create_edt(spec.arch, image_size=48).to(dev).train()
+    model.set_fused_attn(spec.path == "fused")
+    net = compile_for_training(model) if spec.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(spec.batch, 3, side, side, generator=g).to(dev)
+    y = torch.rand(spec.batch, 3, side * scale, side * scale, generator=g).to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for i in range(spec.warmup + spec.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ctx = bf16_autocast(dev) if spec.precision == "bf16" else torch.autocast(dev.type, enabled=False)
+        with ctx:
+            out = net([x])[0]
+        loss = F.l1_loss(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss.item()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t_c = time.perf_counter()
-        if i >= warmup:
-            data_time += t_b - t_a
-            step_time += t_c - t_a
-    patches = steps * batch * n_heads
+        if i >= spec.warmup:
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev)
+        mem_kind = "cuda max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        mem_kind = "peak RSS"
+    times.sort()
     return {
-        "arch": arch,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-        "batch_per_head": batch,
-        "heads": n_heads,
-        "patch": patch,
-        "workers": workers,
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-        "sec_per_step": step_time / steps,
-        "patches_per_s": patches / step_time,
-        "data_share": data_time / step_time,
-        "data_prep_s": prep,
+        **asdict(spec),
+        "sec_per_step": times[0],
+        "median_sec_per_step": times[len(times) // 2],
+        "patches_per_s": spec.batch / times[0],
+        "peak_bytes": peak,
+        "memory": mem_kind,
+        "loss": float(loss),
     }
+
+
+def run_child(spec: Spec) -> dict:
+    """``measure(spec)`` in a fresh Python process (its own peak memory), returning its result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(spec))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"measurement {spec} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_mem(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archs", nargs="+", default=["SRx2_EDTT", "SRx2_EDTB"])
-    p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
-    p.add_argument("--batch", type=int, default=None, help="patches per head per step (default: 4 on CPU, 16 on CUDA)")
-    p.add_argument("--patch", type=int, default=48)
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on CUDA)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--archs", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--batch", type=int, default=16, help="patches per step (bundled configs: 16)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: 2 on CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, nargs="+", default=[0], help="CPU threads to try (0: torch default)")
-    p.add_argument("--workers", type=int, nargs="+", default=[0], help="DataLoader workers to try")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--json", action="store_true", help="print one JSON line per measurement")
+    p.add_argument("--rounds", type=int, default=1, help="alternations explicit/fused; the fastest step of all counts")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="default: fp32 on CPU, fp32 and bf16 on CUDA")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile'd fused training")
+    p.add_argument("--json", action="store_true", help="also print one JSON line per measurement")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, CUDA: "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
-          f"data: {'Sun_Hays80' if (args.data_root / 'train' / 'Sun_Hays80').is_dir() else 'bundled Set5 HR'}")
-    for device in devices:
-        batch = args.batch or (16 if device == "cuda" else 4)
-        steps = args.steps or (30 if device == "cuda" else 3)
-        for arch in args.archs:
-            for threads in (args.threads if device == "cpu" else [0]):
-                for workers in args.workers:
-                    r = measure(arch, device, batch, args.patch, steps, args.warmup, threads, workers,
-                                args.data_root, not args.no_amp)
-                    if args.json:
-                        print(json.dumps(r))
-                    else:
-                        print(f"{r['arch']:<14} {r['device']:<28} batch {r['batch_per_head']}x{r['heads']} "
-                              f"patch {r['patch']} workers {r['workers']} amp {r['amp']:<5} "
-                              f"{r['sec_per_step']:7.3f} s/step  {r['patches_per_s']:8.2f} patches/s  "
-                              f"data {100 * r['data_share']:4.1f}%  (data prep {r['data_prep_s']:.1f} s)")
+    if args.child:
+        print(json.dumps(measure(Spec(**json.loads(args.child)))))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = args.steps or (20 if args.device == "cuda" else 2)
+    precisions = args.precision or (["fp32", "bf16"] if args.device == "cuda" else ["fp32"])
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}; {name}; {os.cpu_count()} cores, load average {load:.1f}; "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"float32 GEMM 2048^3: {gemm_gflops(2048, args.device):.0f} GFLOP/s on {args.device}")
+    print(f"batch {args.batch} patches/step, {steps} timed steps after {args.warmup} warm-up per process, "
+          f"{args.rounds} round(s)\n")
+    variants = [(prec, path, False) for prec in precisions for path in ("explicit", "fused")]
+    if args.compile:
+        variants += [(prec, "fused", True) for prec in precisions]
+    header = f"{'model':<11} {'precision':<9} {'attention':<16} {'s/step':>8} {'patches/s':>10} {'peak memory':>12}"
+    for arch in args.archs:
+        print(header)
+        best: dict[tuple, dict] = {}
+        for _ in range(args.rounds):
+            for prec, path, comp in variants:
+                spec = Spec(arch, path, prec, args.device, args.batch, steps, args.warmup, args.threads, comp)
+                r = run_child(spec)
+                key = (prec, path, comp)
+                if key not in best or r["sec_per_step"] < best[key]["sec_per_step"]:
+                    best[key] = r
+        for (prec, path, comp), r in best.items():
+            label = path + (" + compile" if comp else "")
+            print(f"{arch:<11} {prec:<9} {label:<16} {r['sec_per_step']:8.3f} {r['patches_per_s']:10.2f} "
+                  f"{_fmt_mem(r['peak_bytes']):>12}")
+            if args.json:
+                print(json.dumps(r))
+        base = best[(precisions[0], "explicit", False)]
+        for (prec, path, comp), r in best.items():
+            if (prec, path, comp) == (precisions[0], "explicit", False):
+                continue
+            label = f"{prec} {path}" + (" + compile" if comp else "")
+            print(f"  {label:<24} vs {precisions[0]} explicit: speed x{base['sec_per_step'] / r['sec_per_step']:.2f}, "
+                  f"peak memory 1/{base['peak_bytes'] / r['peak_bytes']:.2f} ({r['memory']})")
+        print()
 
 
 if __name__ == "__main__":

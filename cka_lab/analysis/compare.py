@@ -169,9 +169,10 @@ def _check_patch(model: nn.Module, task: str, patch: int) -> None:
     cfg.head(task)
     m = cfg.pad_multiple(task)
     if patch % m:
+        lo, hi = patch // m * m, (patch // m + 1) * m
         raise CkaLabError(
             f"probe patch {patch} is not a multiple of {m}, which the {task} head of {cfg.name} needs: "
-            f"use --patch {max(m, patch // m * m)} or {(patch // m + 1) * m}"
+            f"use --patch {f'{lo} or {hi}' if lo else hi}"
         )
 
 

@@ -16,7 +16,7 @@ from cka_lab import __version__
 from cka_lab.errors import run_reporting_errors
 
 # Order here is the order shown by ``cka-lab --help``.
-SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "evaluate", "contrast", "report", "study")
+SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "plot-log", "evaluate", "contrast", "report", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"cka_lab.cli.{name}")
+            module = importlib.import_module(f"cka_lab.cli.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:  # a subcommand not built yet
-            if exc.name == f"cka_lab.cli.{name}":
+            if exc.name == f"cka_lab.cli.{name.replace('-', '_')}":
                 continue
             raise
         module.add_parser(sub)
@@ -44,7 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return run_reporting_errors(args.func, args)
+    from cka_lab.cli._common import remove_created_dirs
+
+    code = 1
+    try:
+        code = run_reporting_errors(args.func, args)
+    finally:
+        if code != 0:  # a failed command leaves no empty output folder behind
+            remove_created_dirs()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

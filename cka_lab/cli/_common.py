@@ -53,13 +53,47 @@ def probe_tasks(spec: str | None, model_a, model_b) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+_CREATED: list[Path] = []  # folders writable_dir made in this process: removed if a command fails and leaves them empty
+
+
 def writable_dir(out: Path) -> Path:
-    """Create ``out`` and prove it can be written, or fail in one line before any work is done."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CkaLabError(f"cannot write to output folder {str(out)!r} ({exc.strerror}): choose another --out") from None
+    """Create ``out`` and prove it can be written, or fail in one line before any work is done.
+
+    Folders it creates are removed again (if still empty) when the command fails: see
+    :func:`remove_created_dirs`.
+    """
+    from cka_lab.io import check_writable_dir
+
+    _CREATED.extend(check_writable_dir(out))  # a random-named O_EXCL | O_NOFOLLOW probe: never through a link
     return out
+
+
+def remove_created_dirs() -> None:
+    """Remove the folders :func:`writable_dir` created, where they are still empty (after a failure)."""
+    from cka_lab.io import remove_empty_dirs
+
+    remove_empty_dirs(_CREATED)
+    _CREATED.clear()
+
+
+def parse_layers(spec: str | None) -> list[str] | None:
+    """``--layers``: comma-separated names/globs -> a list; ``None`` (flag absent) -> the default layers.
+
+    An empty value or an empty entry (``--layers ''``, ``a,,b``) is refused, not read as "the default".
+    """
+    if spec is None:
+        return None
+    names = [s.strip() for s in spec.split(",")]
+    if not all(names):
+        raise CkaLabError(f"--layers {spec!r} has an empty name: give comma-separated module names or glob "
+                          "patterns, or leave --layers out for the default (every transformer block)")
+    return names
+
+
+def check_probe_args(args: argparse.Namespace) -> None:
+    """``--patch``, ``--n-samples``: positive when given (0 is refused, never read as "the default")."""
+    if getattr(args, "patch", None) is not None and args.patch < 1:
+        raise CkaLabError(f"--patch must be a positive crop size in pixels, got {args.patch} "
+                          "(leave it out for the default: 48, or 96 for a downsampling head)")
+    if getattr(args, "n_samples", 1) < 1:
+        raise CkaLabError(f"--n-samples must be >= 1, got {args.n_samples}")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
+from cka_lab.cli._common import (
+    add_device_arg,
+    check_probe_args,
+    parse_layers,
+    probe_tasks,
+    resolve_device,
+    writable_dir,
+)
+from cka_lab.io import write_csv, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +53,16 @@ def run(args: argparse.Namespace) -> int:
     from cka_lab.models import load_model
     from cka_lab.plots import plot_cka_heatmap, save_figure
 
+    check_probe_args(args)
+    parse_layers(args.layers)
     device = resolve_device(args.device)
     out = writable_dir(Path(args.out))
     model_a = load_model(args.ckpt_a, arch=args.arch_a)
     model_b = load_model(args.ckpt_b, arch=args.arch_b)
     task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    patch = args.patch or max(48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    patch = args.patch if args.patch is not None else max(
+        48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
+    layers = parse_layers(args.layers)
     batches, label = probe_loader(
         args.data, patch=patch, n_samples=args.n_samples, seed=args.seed, batch_size=args.batch_size
     )
@@ -72,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for ext in ("png", "svg"):
         save_figure(fig, out / f"cka.{ext}")
-    result.table().to_csv(out / "cka.csv")
+    write_csv(out / "cka.csv", result.table())
     if result.ci_low is not None:
-        result.long_table().to_csv(out / "cka_long.csv", index=False)
+        write_csv(out / "cka_long.csv", result.long_table(), index=False)
     summary = result.summary()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_json(out / "summary.json", summary)  # strict JSON: NaN written as null
     _print_summary(result, summary, out)
     return 0
 

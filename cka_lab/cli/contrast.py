@@ -4,10 +4,17 @@ attention distances -- as figures and tables in one folder."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from cka_lab.cli._common import add_device_arg, probe_tasks, resolve_device, writable_dir
+from cka_lab.cli._common import (
+    add_device_arg,
+    check_probe_args,
+    parse_layers,
+    probe_tasks,
+    resolve_device,
+    writable_dir,
+)
+from cka_lab.io import write_csv, write_json
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
@@ -58,8 +65,9 @@ def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, progress
     model_a = load_model(ckpt_a)
     model_b = load_model(ckpt_b)
     task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    patch = args.patch or max(48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
-    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    patch = args.patch if args.patch is not None else max(
+        48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
+    layers = parse_layers(args.layers)
     batches, label = probe_loader(args.data, patch=patch, n_samples=args.n_samples, seed=args.seed,
                                   batch_size=args.batch_size)
     name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
@@ -103,26 +111,26 @@ def write_contrast(result, out: Path) -> list[Path]:
         suptitle=f"linear CKA across models ({what})",
     )
     written.append(save_figure(fig, out / "cka_cross.png"))
-    result.within_a.table().to_csv(out / "cka_a.csv")
-    result.within_b.table().to_csv(out / "cka_b.csv")
-    result.cross.table().to_csv(out / "cka_cross.csv")
+    write_csv(out / "cka_a.csv", result.within_a.table())
+    write_csv(out / "cka_b.csv", result.within_b.table())
+    write_csv(out / "cka_cross.csv", result.cross.table())
     written += [out / "cka_a.csv", out / "cka_b.csv", out / "cka_cross.csv"]
     if result.comparable:
         fig = plot_cka_difference(result.difference, short, name_a=result.name_a, name_b=result.name_b, stages=st_a)
         written.append(save_figure(fig, out / "cka_difference.png"))
         from cka_lab.plots import cka_table
 
-        cka_table(result.difference, result.within_a.layers_a, result.within_a.layers_a).to_csv(out / "cka_difference.csv")
+        write_csv(out / "cka_difference.csv", cka_table(result.difference, result.within_a.layers_a, result.within_a.layers_a))
         written.append(out / "cka_difference.csv")
-    result.stage_table().to_csv(out / "stages.csv", index=False)
+    write_csv(out / "stages.csv", result.stage_table(), index=False)
     written.append(out / "stages.csv")
     if result.attention_a is not None:
         fig = plot_attention_distance(result.attention, title="attention distance per block")
         written.append(save_figure(fig, out / "attention_distance.png"))
-        result.attention.to_csv(out / "attention_heads.csv", index=False)
-        result.attention_layers.to_csv(out / "attention_layers.csv", index=False)
+        write_csv(out / "attention_heads.csv", result.attention, index=False)
+        write_csv(out / "attention_layers.csv", result.attention_layers, index=False)
         written += [out / "attention_heads.csv", out / "attention_layers.csv"]
-    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str))
+    write_json(out / "summary.json", result.summary())  # strict JSON: NaN written as null
     written.append(out / "summary.json")
     return written
 
@@ -141,6 +149,8 @@ def print_contrast(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_probe_args(args)
+    parse_layers(args.layers)
     out = writable_dir(Path(args.out))
     result = run_contrast(args.ckpt_a, args.ckpt_b, args)
     written = write_contrast(result, out)

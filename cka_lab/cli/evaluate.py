@@ -12,6 +12,7 @@ import argparse
 import json
 
 from cka_lab.cli._common import add_device_arg, add_model_args, resolve_device
+from cka_lab.cli.restore import add_tile_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="P",
                    help="centre-crop every input to at most PxP pixels (faster; not comparable to full-image numbers)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_tile_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -35,18 +37,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cka_lab.data.datasets import eval_pairs
     from cka_lab.errors import CkaLabError
+    from cka_lab.io import strict_json
     from cka_lab.metrics.quality import task_metric_settings
     from cka_lab.models import load_model
+    from cka_lab.models.tiling import check_tile_args, plan_tiles, restore_tiled
     from cka_lab.train.validate import evaluate_pairs
 
     if args.max_images < 0 or args.crop < 0:
         raise CkaLabError("--max-images and --crop must be >= 0")
+    check_tile_args(args.tile, args.tile_overlap)
     device = resolve_device(args.device)
     y_channel, border = task_metric_settings(args.task)
     model = load_model(args.ckpt, arch=args.arch, device=device)
     model.config.head(args.task)
     pairs = eval_pairs(args.dataset, args.task, max_images=args.max_images, crop=args.crop)
-    score = evaluate_pairs(model, pairs, args.task, device)
+
+    def restore(x):  # whole image if it fits, else tiles (bounded memory); the same result within 1e-4
+        plan = plan_tiles(model.config, args.task, *x.shape[-2:], tile=args.tile, overlap=args.tile_overlap,
+                          device=device)
+        return restore_tiled(model, x, args.task, plan)
+
+    score = evaluate_pairs(model, pairs, args.task, device, restore=restore)
     result = {
         "ckpt": str(args.ckpt),
         "arch": model.config.name,
@@ -60,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(score.seconds, 3),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(strict_json(result), indent=2, allow_nan=False))
         return 0
     for s in score.per_image:
         print(f"{s.name:<24} PSNR {s.psnr:7.3f} dB  SSIM {s.ssim:.4f}")

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def describe(ckpt_path: str, arch: str | None = None) -> dict:
     from cka_lab.models import load_model
+    from cka_lab.models.checkpoint import PROVENANCE_KEYS
 
     model = load_model(ckpt_path, arch=arch)
     cfg = model.config
@@ -35,7 +36,9 @@ def describe(ckpt_path: str, arch: str | None = None) -> dict:
         "num_feat": cfg.num_feat,
         "upsampler": cfg.upsampler if cfg.scales else None,
         "train_patch_body": cfg.image_size,
-        "provenance": {k: v for k, v in info.items() if k not in ("path", "format")},
+        # what wrote the weights (None: not recorded, e.g. an official file or one saved before cka_lab recorded it)
+        "saved_with": {k: info.get(k) for k in PROVENANCE_KEYS},
+        "provenance": {k: v for k, v in info.items() if k not in ("path", "format", *PROVENANCE_KEYS)},
     }
 
 
@@ -52,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"  parameters    {d['parameters']:,} ({format_count(d['parameters'])})")
     print(f"  body          embed {d['embed_dim']}, depths {d['depths']}, heads {d['num_heads']}, "
           f"head/tail width {d['num_feat']}" + (f", upsampler {d['upsampler']}" if d["upsampler"] else ""))
+    sw = d["saved_with"]
+    if any(v is not None for v in sw.values()):
+        commit = sw["git_commit"][:12] if sw["git_commit"] else "no git checkout"
+        print(f"  saved with    torch {sw['torch'] or '?'}, cka_lab {sw['cka_lab'] or '?'} ({commit}), "
+              f"on {sw['device'] or '?'}, {sw['precision'] or '?'}")
+    else:
+        print("  saved with    not recorded (torch/cka_lab versions, commit, device and precision are unknown)")
     for key, value in d["provenance"].items():
         print(f"  {key:<13} {value}")
     return 0

@@ -35,10 +35,18 @@ def run(args: argparse.Namespace) -> int:
     from cka_lab.features import list_layers
     from cka_lab.models import load_model
 
+    from cka_lab.errors import CkaLabError
+
+    if args.size is not None and args.size < 1:
+        raise CkaLabError(f"--size must be a positive side in pixels, got {args.size} "
+                          "(leave it out for the head's padding multiple)")
     model = load_model(args.ckpt, arch=args.arch)
     task = args.task or model.tasks[0]
-    size = args.size or model.config.pad_multiple(task)
     model.config.head(task)
+    size = args.size if args.size is not None else model.config.pad_multiple(task)
+    if size % model.config.pad_multiple(task):
+        raise CkaLabError(f"--size {size} is not a multiple of {model.config.pad_multiple(task)}, "
+                          f"which the {task} head needs")
     df = list_layers(_TaskView(model, task), torch.rand(1, 3, size, size))
     df = df[df["name"] != "model"].copy()
     df["name"] = df["name"].str.removeprefix("model.")
@@ -48,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{model.name}, task {task}, input 1x3x{size}x{size}: {len(df)} modules")
     print(df[["name", "class", "output_shape"]].to_string(index=False))
     if args.csv:
-        df.to_csv(args.csv, index=False)
+        from cka_lab.io import write_csv
+
+        write_csv(args.csv, df, index=False)
     return 0

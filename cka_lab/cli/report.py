@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cka_lab.cli._common import writable_dir
+from cka_lab.cli._common import check_probe_args, parse_layers, probe_tasks, writable_dir
 from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, run_contrast
 from cka_lab.errors import CkaLabError
 
@@ -25,10 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, ckpts) -> None:
+    from cka_lab.io import check_not_input
+
+    if out.is_dir():
+        raise CkaLabError(f"--out {str(out)!r} is a folder: give a file name ending in .pdf")
     if out.suffix.lower() != ".pdf":
         raise CkaLabError(f"--out {str(out)!r} must be a .pdf file")
-    writable_dir(out.parent)
+    check_not_input(out, [c for c in ckpts if Path(c).exists()])
+    writable_dir(out.parent if str(out.parent) else Path("."))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.ckpts) < 2 or len(args.ckpts) % 2:
         raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
+    check_probe_args(args)
+    parse_layers(args.layers)
     out = Path(args.out)
-    _check_out(out)
+    _check_out(out, args.ckpts)
     for ck in args.ckpts:
         if not Path(ck).is_file():
             raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
     pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
+    models = {ck: load_model(ck) for ck in dict.fromkeys(args.ckpts)}  # every checkpoint read before any pair
+    for a, b in pairs:
+        probe_tasks(args.task, models[a], models[b])  # a task some pair's model lacks: now, not after earlier pairs
     contrasts = []
     for a, b in pairs:
         result = run_contrast(a, b, args)
@@ -52,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for ck in args.ckpts:
         if ck not in seen:
             seen.add(ck)
-            infos.append(model_info(model_label(ck), ck, load_model(ck)))
+            infos.append(model_info(model_label(ck), ck, models[ck]))
     c0 = contrasts[0].cross
     settings = {
         "probe data": c0.data,

@@ -25,18 +25,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="head to use: x2 x3 x4 (SR), g15 g25 g50 (denoise), L H (derain)")
     p.add_argument("--reference", metavar="GT", default=None,
                    help="ground-truth image (or folder) to score the result: PSNR/SSIM by the task's convention")
+    add_tile_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
 
 
+def add_tile_args(p: argparse.ArgumentParser) -> None:
+    """``--tile`` / ``--tile-overlap``, shared by ``restore`` and ``evaluate``."""
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="restore in tiles of PX x PX input pixels (rounded up to the head's multiple); "
+                        "0: the whole image at once; default: tiles only when the whole image would not fit "
+                        "in memory")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="context around each tile in input pixels (default 96); only each tile's core is kept")
+
+
 def _pairs(inp: Path, out: Path, ref: Path | None) -> list[tuple[Path, Path, Path | None]]:
-    from cka_lab.data.images import list_images
+    """Every (input, output, reference) job, checked before any work: names, collisions, inputs never overwritten."""
+    from cka_lab.data.images import IMAGE_EXTENSIONS, list_images
+    from cka_lab.io import check_not_input, same_file
 
     if not inp.exists():
         raise CkaLabError(f"input {str(inp)!r} does not exist")
+    if ref is not None and not ref.exists():
+        raise CkaLabError(f"reference {str(ref)!r} does not exist")
     if inp.is_dir():
         if out.exists() and not out.is_dir():
             raise CkaLabError(f"IN is a folder, so OUT must be a folder too, but {str(out)!r} is a file")
+        if out.exists() and same_file(out, inp):
+            raise CkaLabError(f"OUT {str(out)!r} is the input folder: the results would overwrite the inputs; "
+                              "choose another OUT")
         files = list_images(inp)
         refs: list[Path | None] = [None] * len(files)
         if ref is not None:
@@ -44,33 +62,60 @@ def _pairs(inp: Path, out: Path, ref: Path | None) -> list[tuple[Path, Path, Pat
             if len(ref_files) != len(files):
                 raise CkaLabError(f"{len(files)} inputs but {len(ref_files)} reference images: pair them one to one")
             refs = list(ref_files)
-        return [(f, out / (f.stem + ".png"), r) for f, r in zip(files, refs)]
-    return [(inp, out, ref)]
+        jobs = [(f, out / (f.stem + ".png"), r) for f, r in zip(files, refs)]
+        seen: dict[str, Path] = {}
+        for src, dst, _ in jobs:
+            if dst.name in seen:
+                raise CkaLabError(f"{seen[dst.name].name} and {src.name} would both be written to {dst}: "
+                                  "rename one of them (outputs are named <stem>.png)")
+            seen[dst.name] = src
+    else:
+        if out.is_dir():
+            raise CkaLabError(f"IN is a file, so OUT must be a file name, but {str(out)!r} is a folder")
+        if out.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise CkaLabError(f"OUT {str(out)!r} needs an image suffix: {', '.join(IMAGE_EXTENSIONS)}")
+        jobs = [(inp, out, ref)]
+    for src, dst, r in jobs:
+        check_not_input(dst, [src] + ([r] if r is not None else []))
+    return jobs
 
 
 def run(args: argparse.Namespace) -> int:
-    from cka_lab.data.images import read_image, read_uint8, write_image
+    from cka_lab.data.images import image_size, read_uint8, write_image
+    from cka_lab.io import output_dir
     from cka_lab.metrics.quality import psnr_ssim, task_metric_settings
     from cka_lab.models import load_model
+    from cka_lab.models.tiling import check_pixel_limit, check_tile_args, plan_tiles, restore_tiled_uint8
 
-    device = resolve_device(args.device)
-    model = load_model(args.ckpt, arch=args.arch, device=device)
-    model.config.head(args.task)  # fail early on a task the model has no head for
-    jobs = _pairs(Path(args.input), Path(args.output), Path(args.reference) if args.reference else None)
-    y_channel, border = task_metric_settings(args.task)
-    for src, dst, ref in tqdm(jobs, desc=f"restore {args.task}", unit="img", disable=len(jobs) < 2):
-        x = read_image(src).to(device)
-        with torch.inference_mode():
-            y = model.restore(x, args.task).cpu()
-        write_image(dst, y)
-        line = f"{src} -> {dst} ({x.shape[-2]}x{x.shape[-1]} -> {y.shape[-2]}x{y.shape[-1]})"
-        if ref is not None:
-            gt = read_uint8(ref)
-            if gt.shape[:2] != tuple(y.shape[-2:]):
-                raise CkaLabError(
-                    f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but the result is {y.shape[-2]}x{y.shape[-1]}"
-                )
-            p, s = psnr_ssim(y, gt, crop_border=border, y_channel=y_channel)
-            line += f"  PSNR {p:.2f} dB  SSIM {s:.4f} ({'Y' if y_channel else 'RGB'}, border {border})"
-        tqdm.write(line)
+    out = Path(args.output)
+    jobs = _pairs(Path(args.input), out, Path(args.reference) if args.reference else None)
+    check_tile_args(args.tile, args.tile_overlap)
+    folder = out if Path(args.input).is_dir() else (out.parent if str(out.parent) else Path("."))
+    with output_dir(folder):  # writable (checked without following links); removed again if left empty by a failure
+        device = resolve_device(args.device)
+        model = load_model(args.ckpt, arch=args.arch, device=device)
+        s = model.config.head(args.task).out_scale  # fail early on a task the model has no head for
+        sizes = {}
+        for src, _, ref in jobs:  # every header (and the size limit) is checked before the first forward pass
+            h, w = image_size(src)
+            check_pixel_limit(h, w, s, what=str(src))
+            sizes[src] = (h, w)
+            if ref is not None and image_size(ref) != (h * s, w * s):
+                rh, rw = image_size(ref)
+                raise CkaLabError(f"reference {ref} is {rh}x{rw} but the result of {src.name} will be {h * s}x{w * s}")
+        y_channel, border = task_metric_settings(args.task)
+        for src, dst, ref in tqdm(jobs, desc=f"restore {args.task}", unit="img", disable=len(jobs) < 2):
+            x = read_uint8(src)
+            plan = plan_tiles(model.config, args.task, *x.shape[:2], tile=args.tile, overlap=args.tile_overlap,
+                              device=device)
+            with torch.inference_mode():
+                y = restore_tiled_uint8(model, x, args.task, plan, device)
+            del x
+            write_image(dst, y)
+            line = f"{src} -> {dst} ({sizes[src][0]}x{sizes[src][1]} -> {y.shape[0]}x{y.shape[1]}"
+            line += f", {plan.n_tiles} tiles of {plan.tile} px + {plan.overlap} px overlap)" if not plan.whole else ")"
+            if ref is not None:
+                p, q = psnr_ssim(y, read_uint8(ref), crop_border=border, y_channel=y_channel)
+                line += f"  PSNR {p:.2f} dB  SSIM {q:.4f} ({'Y' if y_channel else 'RGB'}, border {border})"
+            tqdm.write(line)
     return 0

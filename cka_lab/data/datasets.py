@@ -5,6 +5,10 @@ Training patch sets hold their images decoded in memory and draw one sample from
 the generator from (seed, iteration, rank, head) and the data of a run is reproducible and resumable
 without saving loader state (see :mod:`cka_lab.train.batches`).
 
+Images are drawn in proportion to their number of possible patches (every patch of the training
+set equally likely), or, when the sources carry a ``weight``, each source gets its share of the
+patches (:func:`image_weights`).
+
 * :class:`SRPatchSet`: each HR image is modcropped to the scale and downscaled *once* with MATLAB
   bicubic (:func:`cka_lab.data.degrade.imresize`, the convention the official LR files follow);
   a sample is an aligned crop ``LR (3, p, p)`` / ``HR (3, s*p, s*p)`` of the two.
@@ -42,6 +46,8 @@ __all__ = [
     "RainPair",
     "EvalPair",
     "load_images",
+    "patch_counts",
+    "image_weights",
     "read_rain_pairs",
     "augment_arrays",
     "SRPatchSet",
@@ -58,19 +64,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A folder of images; ``reduce`` shrinks each by an integer factor on load (Pillow ``reduce``)."""
+    """A folder of images; ``reduce`` shrinks each by an integer factor on load (Pillow ``reduce``).
+
+    ``weight`` is the source's share of the training patches relative to the other sources' weights
+    (``None``: no fixed share; see :func:`image_weights`).
+    """
 
     path: Path
     reduce: int = 1
+    weight: float | None = None
 
 
 @dataclass(frozen=True)
 class TrainImage:
-    """A decoded training image: ``pixels (H, W, 3)`` uint8 RGB, and the digest of the file's pixels."""
+    """A decoded training image: ``pixels (H, W, 3)`` uint8 RGB, and the digest of the file's pixels.
+
+    ``source`` is the index of its :class:`ImageSource` in the list it was loaded from, and
+    ``source_weight`` that source's ``weight``.
+    """
 
     name: str
     pixels: np.ndarray
     digest: str
+    source: int = 0
+    source_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ def _as_sources(sources: Sequence[ImageSource | str | Path]) -> list[ImageSource
         if isinstance(s, (str, Path)):
             out.append(ImageSource(Path(s)))
         else:
-            out.append(ImageSource(Path(s.path), int(getattr(s, "reduce", 1))))
+            out.append(ImageSource(Path(s.path), int(getattr(s, "reduce", 1)), getattr(s, "weight", None)))
     return out
 
 
@@ -117,14 +134,65 @@ def _reduce(arr: np.ndarray, factor: int) -> np.ndarray:
 
 def load_images(sources: Sequence[ImageSource | str | Path]) -> list[TrainImage]:
     """Decode every image of every source folder (sorted by name), RGB, reduced as the source says."""
+    srcs = _as_sources(sources)
+    weighted = [s.weight is not None for s in srcs]
+    if any(weighted) and not all(weighted):
+        lacking = srcs[weighted.index(False)].path
+        raise CkaLabError(
+            f"image source {lacking} has no weight but others do: give every source of the list a weight, or none "
+            "(then images are drawn in proportion to their number of patches)"
+        )
     images: list[TrainImage] = []
-    for src in _as_sources(sources):
+    for k, src in enumerate(srcs):
         for path in list_images(src.path):
             arr = read_uint8(path, channels=3)
-            images.append(TrainImage(f"{src.path.name}/{path.name}", _reduce(arr, src.reduce), pixel_digest(arr)))
+            images.append(TrainImage(f"{src.path.name}/{path.name}", _reduce(arr, src.reduce), pixel_digest(arr),
+                                     k, src.weight))
     if not images:
         raise CkaLabError("no training image folders given")
     return images
+
+
+def patch_counts(shapes: Sequence[tuple[int, ...]], patch: int) -> np.ndarray:
+    """Number of ``patch x patch`` crops of each image: ``(H - p + 1) * (W - p + 1)``, float64 ``(n,)``."""
+    return np.array([max(0, h - patch + 1) * max(0, w - patch + 1) for h, w, *_ in shapes], dtype=np.float64)
+
+
+def image_weights(counts: np.ndarray, sources: Sequence[int], source_weights: Sequence[float | None]) -> np.ndarray:
+    """Probability of drawing each image, ``(n,)`` float64 summing to 1.
+
+    Without source weights (all ``None``) an image is drawn in proportion to its patch count
+    ``counts[i]``: every possible patch of the whole training set is equally likely. With weights
+    (one per image, equal within a source) source ``s`` gets the share ``w_s / sum(w)`` and its
+    images split that share in proportion to their patch counts.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise CkaLabError("no training image is large enough for one patch")
+    if all(w is None for w in source_weights):
+        return counts / counts.sum()
+    if any(w is None for w in source_weights):
+        raise CkaLabError("give every image source a weight, or none")
+    sources = np.asarray(sources)
+    weights = {int(s): float(w) for s, w in zip(sources, source_weights)}
+    total = sum(weights.values())
+    p = np.zeros_like(counts)
+    for s, w in weights.items():
+        sel = sources == s
+        p[sel] = (w / total) * counts[sel] / counts[sel].sum()
+    return p
+
+
+class _ImageDraw:
+    """Draws an image index with fixed probabilities from one ``rng.random()`` (inverse CDF)."""
+
+    def __init__(self, probabilities: np.ndarray):
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        self.cdf = np.cumsum(self.probabilities)
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        i = int(np.searchsorted(self.cdf, rng.random() * self.cdf[-1], side="right"))
+        return min(i, len(self.cdf) - 1)
 
 
 _RAIN_WORD = re.compile(r"(?i)(no)?rain[-_]?")
@@ -222,13 +290,16 @@ class SRPatchSet:
             self.lr.append(imresize(hr, 1.0 / self.scale))
         if not self.hr:
             raise CkaLabError("SR patch set needs at least one image")
+        counts = patch_counts([a.shape for a in self.lr], self.patch)
+        self._draw = _ImageDraw(image_weights(counts, [im.source for im in images], [im.source_weight for im in images]))
+        self.probabilities = self._draw.probabilities  # (n,) chance of each image per sample
 
     def __len__(self) -> int:
         return len(self.hr)
 
     def locate(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        """Draw ``(image index, top, left)`` of an LR patch."""
-        i = int(rng.integers(len(self.lr)))
+        """Draw ``(image index, top, left)`` of an LR patch (images weighted by :attr:`probabilities`)."""
+        i = self._draw(rng)
         h, w = self.lr[i].shape[:2]
         return i, int(rng.integers(h - self.patch + 1)), int(rng.integers(w - self.patch + 1))
 
@@ -257,12 +328,15 @@ class NoisyPatchSet:
             _check_size(img.name, img.pixels.shape[0], img.pixels.shape[1], self.patch, "")
         if not self.images:
             raise CkaLabError("denoising patch set needs at least one image")
+        counts = patch_counts([a.shape for a in self.images], self.patch)
+        self._draw = _ImageDraw(image_weights(counts, [im.source for im in images], [im.source_weight for im in images]))
+        self.probabilities = self._draw.probabilities  # (n,) chance of each image per sample
 
     def __len__(self) -> int:
         return len(self.images)
 
     def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(rng.integers(len(self.images)))
+        i = self._draw(rng)
         img = self.images[i]
         top = int(rng.integers(img.shape[0] - self.patch + 1))
         left = int(rng.integers(img.shape[1] - self.patch + 1))

@@ -11,12 +11,18 @@ Conventions (the official EDT ones, see ``fixtures/edt/README.md`` §3 and §5):
 * Y channel is the official ``bgr2ycbcr(only_y=True)`` (BT.601, studio swing), in float64 on 0..255
   values, with no rounding.
 
+* 16-bit files, colour or gray, are reduced to 8 bits by keeping each sample's high byte
+  (``v // 256``): what Pillow does when it opens 16-bit colour, done the same way for 16-bit gray.
+* Images larger than :data:`MAX_PIXELS` are refused in one line from their header, before decoding;
+  Pillow's decompression-bomb limit is set to the same number.
+
 Only Pillow is used (no OpenCV).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+import warnings
 from typing import TypeVar
 
 import numpy as np
@@ -24,6 +30,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
+
+#: The largest image cka_lab reads or writes, in pixels (24000 x 24000 = 576 M fits).
+MAX_PIXELS = 600_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # deliberately: Pillow refuses a larger header as a decompression bomb
+
+_SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L")
 
 #: File name suffixes (lower case) that :func:`list_images` picks up and :func:`write_image` writes.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -57,14 +70,22 @@ def _open_uint8(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise CkaLabError(f"expected an image file but got a folder: {path} (pass a file, or use list_images)")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refused, not warned
+            im = Image.open(path)
+        with im:
+            _check_size(path, im.size)
             im.load()
             mode = im.mode
+            if mode in _SIXTEEN_BIT_GRAY or (mode == "I" and im.format == "PNG"):  # PNG 16-bit gray
+                wide = np.array(im)
+                arr = (wide.astype(np.uint32) >> 8).astype(np.uint8)  # the high byte, as Pillow does for colour
+                return np.ascontiguousarray(arr[:, :, None])
             if mode == "P" or mode == "PA":
                 im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
-            elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            elif mode in ("I", "F"):
                 raise CkaLabError(
-                    f"{path} is a {mode} (16-bit or float) image; only 8-bit images are supported "
+                    f"{path} is a {mode} (32-bit integer or float) image; only 8- and 16-bit images are supported "
                     "(convert it to 8-bit first)"
                 )
             elif mode not in _EIGHT_BIT_MODES or _EIGHT_BIT_MODES[mode] is None:
@@ -74,11 +95,24 @@ def _open_uint8(path: str | Path) -> np.ndarray:
                 if target != mode:
                     im = im.convert(target)
             arr = np.array(im, dtype=np.uint8)  # a writable copy
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path, None) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CkaLabError(f"cannot read {path} as an image ({type(exc).__name__}); is it a PNG/TIF/JPG file?") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
+
+
+def _too_large(path: str | Path, size: tuple[int, int] | None) -> CkaLabError:
+    dims = f"{size[0]}x{size[1]} px, " if size else ""
+    return CkaLabError(f"{path} is too large ({dims}over the limit of {MAX_PIXELS / 1e6:.0f} megapixels): "
+                       "split it into parts first")
+
+
+def _check_size(path: str | Path, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_PIXELS:
+        raise _too_large(path, size)
 
 
 def _fit_channels(arr: np.ndarray, channels: int | None, path: str | Path) -> np.ndarray:
@@ -185,9 +219,9 @@ def write_image(path: str | Path, image: torch.Tensor | np.ndarray, *, jpeg_qual
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise CkaLabError(f"write_image needs 1 or 3 channels, got array shape {arr.shape}")
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"quality": int(jpeg_quality)} if fmt == "JPEG" else {}
-    pil.save(path, format=fmt, **kwargs)
+    with atomic_write(path, "wb") as f:  # temp file beside path, fsync, rename: never a half-written image
+        pil.save(f, format=fmt, **kwargs)
     return path
 
 
@@ -255,8 +289,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise CkaLabError(f"image file not found: {path} (check the path)")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path, None) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise CkaLabError(f"cannot read {path} as an image ({type(exc).__name__}); is it a PNG/TIF/JPG file?") from exc
     return h, w

@@ -1,98 +1,70 @@
-"""Attention distance: how far, in input pixels, each EDT attention head looks (Raghu et al. 2021).
+"""Attention statistics of every EDT attention head against uniform attention in the same windows.
 
-For a window attention map ``a`` of shape ``(B*nW, h, N, N)`` (rows: queries, columns: keys, each row
-sums to 1) and the distance ``D[q, k]`` between the positions of query ``q`` and key ``k`` inside their
-window, the attention distance of a query is ``sum_k a[q, k] * D[q, k]``. Per head we report its mean
-over queries and images and its spread (standard deviation over queries and images). Distances are
-Euclidean in the body's token grid times the size of a token in input pixels (1 for SR heads and SF
-models; ``2**depth`` = 4 for the denoise/derain heads that downsample). Horizontal and vertical
-components (``|dx|``, ``|dy|``) are reported too.
+:class:`AttentionDistance` hooks the ``softmax`` of every window-attention module of an EDT and
+accumulates, per crop and head, the sums of the row statistics of
+:mod:`cka_lab.metrics.attention_stats` (attention distance in input pixels, entropy, largest weight)
+together with the exact statistics of uniform attention under the same windows and shifted-window
+masks (:mod:`cka_lab.metrics.attention_baselines`). ``compute()`` gives one row per (layer, block,
+kind, direction, head) with ``locality = distance / uniform_distance`` and
+``entropy_rel = entropy / uniform_entropy`` and their jackknife intervals over crops
+(:mod:`cka_lab.metrics.attention_summary`); ``summary()`` pools heads per layer, kind and direction.
+Plain and shifted blocks (``kind``) are never mixed.
 
-Shifted windows: the block rolls the map before partitioning, so a window at the border holds tokens
-from opposite image borders; the official mask (-100 before the softmax) gives those keys a weight of
-about ``e**-100``, so they add nothing to the sums — the distance inside the rolled window is the true
-distance for every key that gets weight.
+Distances are Euclidean in the body's token grid times the size of a token in input pixels: 1 for SR
+heads (the body runs at the low-resolution input's size) and SF models, ``2**depth`` (4 for the
+official EDTs) for denoise/derain heads that downsample.
 
-Streaming: per head the hook keeps sums of the per-query distance, its square, the ``|dx|``/``|dy|``
-components and the attention mass within each radius, plus a count; no attention map is stored.
+The accumulator follows torchmetrics' protocol (``update / compute / reset``, ``merge`` and a
+distributed ``all_reduce``; ``compute()`` also gathers the crops of all ranks by itself when
+``torch.distributed`` is initialised): its states are per-crop sums, one list per site, concatenated
+across ranks, so N processes sharing the crops give the one-process result.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from cka_lab.errors import CkaLabError
+from cka_lab.metrics.attention_baselines import uniform_attention_stats
+from cka_lab.metrics.attention_findings import attention_findings
+from cka_lab.metrics.attention_stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
+from cka_lab.metrics.attention_summary import HEAD_COLUMNS, SiteInfo, attention_table, locality_summary
 
 __all__ = [
-    "window_offsets",
-    "attention_distance_sums",
     "AttentionDistance",
     "attention_modules",
+    "token_pixel_size",
     "locality_summary",
+    "attention_findings",
+    "attention_row_stats",
+    "attention_distance_sums",
+    "uniform_attention_stats",
+    "window_offsets",
+    "HEAD_COLUMNS",
 ]
 
 _NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attns\.(\d+)$")
 DIRECTIONS = ("horizontal", "vertical")
+_UNIFORM = ("u_dist", "u_entropy", "u_max", "u_dx", "u_dy")
 
 
-def window_offsets(wh: int, ww: int) -> tuple[Tensor, Tensor]:
-    """``(dy, dx)``, each ``(N, N)`` float64, N = wh*ww: key minus query position, row-major tokens."""
-    rows = torch.arange(wh, dtype=torch.float64).repeat_interleave(ww)
-    cols = torch.arange(ww, dtype=torch.float64).repeat(wh)
-    return rows[None, :] - rows[:, None], cols[None, :] - cols[:, None]
-
-
-def attention_distance_sums(
-    attn: Tensor, window: tuple[int, int], pixel_size: float = 1.0, radii: tuple[float, ...] = ()
-) -> dict[str, Tensor]:
-    """Per-head sums over queries of one attention map (the functional core).
-
-    ``attn: (B', h, N, N)`` with ``N = wh*ww`` -> dict of ``(h,)`` float64 tensors: ``n`` (queries),
-    ``dist`` / ``dist_sq`` (sum of per-query mean distance and of its square), ``dx`` / ``dy``
-    (sums of per-query mean |dx|, |dy|) and ``within_<r>`` (sum of the attention mass at distance <= r),
-    all in input pixels.
-    """
-    wh, ww = window
-    if attn.ndim != 4 or attn.shape[-1] != wh * ww or attn.shape[-2] != wh * ww:
-        raise CkaLabError(f"attention map of shape {tuple(attn.shape)} does not fit a {wh}x{ww} window")
-    dy, dx = window_offsets(wh, ww)
-    dy, dx = dy.to(attn.device) * pixel_size, dx.to(attn.device) * pixel_size
-    dist = torch.sqrt(dy**2 + dx**2)
-    # One float32 pass over the map for the per-query distances (needed for the spread), one reduction
-    # over the batch; every other statistic contracts the small (h, N, N) batch sum in float64.
-    a = attn if attn.dtype == torch.float64 else attn.float()
-    per_query = (a * dist.to(a.dtype)).sum(-1).double()  # (B', h, N)
-    a_sum = a.sum(0).double()  # (h, N, N)
-    out = {
-        "n": torch.full((a.shape[1],), float(a.shape[0] * a.shape[2]), dtype=torch.float64, device=a.device),
-        "dist": per_query.sum(dim=(0, 2)),
-        "dist_sq": (per_query**2).sum(dim=(0, 2)),
-        "dx": (a_sum * dx.abs()).sum(dim=(1, 2)),
-        "dy": (a_sum * dy.abs()).sum(dim=(1, 2)),
-    }
-    for r in radii:
-        out[f"within_{r:g}"] = (a_sum * (dist <= r + 1e-9).double()).sum(dim=(1, 2))
-    return {k: v.cpu() for k, v in out.items()}
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Site:
-    name: str
-    layer: int
-    block: int
-    direction: str
-    shifted: bool
+    info: SiteInfo
     window: tuple[int, int]
-    sums: dict[str, Tensor] = field(default_factory=dict)
+    shift: tuple[int, int] | None
+    heads: int
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every window-attention module (one with a ``softmax`` and a ``window``)."""
+    """``(name, module)`` of every EDT window-attention module (one with a ``softmax`` and a ``window``)."""
     return [
         (n, m)
         for n, m in model.named_modules()
@@ -100,19 +72,40 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-class AttentionDistance:
-    """Streaming attention-distance statistics for every EDT attention module, per layer, block and head.
+def token_pixel_size(model: nn.Module, task: str | None = None) -> float:
+    """Input pixels per body token for ``task``: ``2**depth`` for denoise/derain heads that downsample
+    (non-SF models), else 1 (SR: the body runs at the low-resolution input's size)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return 1.0
+    head = cfg.head(task or cfg.tasks[0])
+    return float(2**cfg.depth) if head.kind != "sr" and not cfg.sf else 1.0
 
-    Use as a context manager around forward passes; hooks are removed when the block ends::
+
+_pixel_size = token_pixel_size  # former private name
+
+
+class AttentionDistance(Metric):
+    """Streaming attention statistics of every EDT attention head, with uniform baselines.
+
+    Use as a context manager around forward passes; the hooks are removed when the block ends, also
+    when it raises::
 
         with AttentionDistance(model, task="x2") as ad:
             for x in batches:
                 model.forward_task(x, "x2")
-        df = ad.compute()      # one row per (layer, block, direction, head)
+        heads = ad.compute()      # one row per (layer, block, kind, direction, head)
+        stages = ad.summary()     # one row per (layer, kind, direction), heads pooled
+        attention_findings(stages)
 
-    ``pixel_size`` (input pixels per body token) defaults to the task's: 2**depth for denoise/derain
-    heads that downsample, else 1. ``radii`` (input pixels) set the locality columns ``within_<r>``.
+    ``pixel_size`` (input pixels per body token) defaults to the task's (:func:`token_pixel_size`);
+    ``radii`` (input pixels) set the columns ``within_<r>``; ``confidence`` the interval level.
+    Extra keyword arguments go to :class:`torchmetrics.Metric` (e.g. ``process_group``).
     """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
 
     def __init__(
         self,
@@ -121,104 +114,169 @@ class AttentionDistance:
         task: str | None = None,
         pixel_size: float | None = None,
         radii: tuple[float, ...] = (2, 4, 8),
+        confidence: float = 0.95,
+        **metric_kwargs: Any,
     ):
-        self.model = model
-        self.radii = tuple(radii)
-        self.pixel_size = float(pixel_size) if pixel_size is not None else _pixel_size(model, task)
+        super().__init__(**metric_kwargs)
+        if not 0 < confidence < 1:
+            raise CkaLabError(f"confidence must lie in (0, 1), got {confidence}")
         mods = attention_modules(model)
         if not mods:
             raise CkaLabError(
                 f"{type(model).__name__} has no window-attention modules to measure: attention distance needs an EDT"
             )
-        blocks = dict(model.named_modules())
-        self._sites: list[tuple[_Site, nn.Module]] = []
+        object.__setattr__(self, "model", model)  # not a submodule: the metric's .to() and state_dict leave it alone
+        self.radii = tuple(radii)
+        self.confidence = confidence
+        self.pixel_size = float(pixel_size) if pixel_size is not None else token_pixel_size(model, task)
+        self.stat_keys = ROW_STATS + tuple(f"within_{r:g}" for r in self.radii) + _UNIFORM
+        named = dict(model.named_modules())
+        self._sites: dict[str, _Site] = {}
+        self._attn_modules: list[tuple[str, nn.Module]] = []
         for name, mod in mods:
             layer, block, k = (int(g) for g in _NAME.search(name).groups())
-            parent = blocks.get(name.rsplit(".attns.", 1)[0])
-            shifted = getattr(parent, "shifts", None) is not None
-            self._sites.append((_Site(name, layer, block, DIRECTIONS[k], shifted, tuple(mod.window)), mod))
+            shifts = getattr(named.get(name.rsplit(".attns.", 1)[0]), "shifts", None)
+            kind = "plain" if shifts is None else "shifted"
+            info = SiteInfo(name, layer, block, kind, DIRECTIONS[k])
+            shift = None if shifts is None else tuple(shifts[k])
+            self._sites[name] = _Site(info, tuple(mod.window), shift, mod.num_heads)
+            self._attn_modules.append((name, mod))
+            self.add_state(self._state(name), default=[], dist_reduce_fx="cat")
+        self.set_dtype(torch.float64)
+        self._sizes: dict[str, tuple[int, int]] = {}
         self._handles: list = []
+        self._reduced = False
 
-    # -- hooks -----------------------------------------------------------------------------------
-    def __enter__(self) -> "AttentionDistance":
-        for site, mod in self._sites:
-            self._handles.append(mod.softmax.register_forward_hook(self._hook(site)))
+    @staticmethod
+    def _state(name: str) -> str:
+        return "crops__" + name.replace(".", "_")
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def __enter__(self) -> AttentionDistance:
+        if self._handles:
+            raise CkaLabError("this AttentionDistance is already recording: enter its `with` block only once at a time")
+        try:
+            for name, mod in self._attn_modules:
+                self._handles.append(mod.register_forward_pre_hook(self._size_hook(name), with_kwargs=True))
+                self._handles.append(mod.softmax.register_forward_hook(self._attn_hook(name)))
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Remove every hook (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
 
-    def _hook(self, site: _Site):
-        def hook(_module, _inputs, attn: Tensor) -> None:
-            sums = attention_distance_sums(attn.detach(), site.window, self.pixel_size, self.radii)
-            for key, value in sums.items():
-                site.sums[key] = site.sums[key] + value if key in site.sums else value
+    def _size_hook(self, name: str):
+        def hook(_module, args, kwargs) -> None:
+            qkv = args[0] if args else kwargs["qkv"]  # (3, B, H, W, C)
+            self._sizes[name] = (int(qkv.shape[2]), int(qkv.shape[3]))
 
         return hook
 
-    # -- accumulator -----------------------------------------------------------------------------
-    def reset(self) -> None:
-        for site, _ in self._sites:
-            site.sums = {}
+    def _attn_hook(self, name: str):
+        def hook(_module, _inputs, attn: Tensor) -> None:
+            self.update(name, attn.detach(), self._sizes[name])
+
+        return hook
+
+    # -- accumulator -------------------------------------------------------------------------------
+    def update(self, module: str, attn: Tensor, size: tuple[int, int]) -> None:
+        """Add one attention map of ``module`` (a name of :func:`attention_modules`).
+
+        ``attn: (B*nW, h, N, N)`` softmax output, windows crop-major; ``size = (H, W)`` the body map
+        the windows tile (``nW = H/wh * W/ww``). Appends the per-crop sums of the row statistics and of
+        the uniform baseline for this map size.
+        """
+        site = self._sites.get(module)
+        if site is None:
+            raise CkaLabError(f"{module!r} is not an attention module of this model")
+        if self._reduced:
+            raise CkaLabError("this AttentionDistance was already all-reduced; reset() before accumulating again")
+        (H, W), (wh, ww) = size, site.window
+        if H % wh or W % ww or attn.shape[0] % ((H // wh) * (W // ww)):
+            raise CkaLabError(f"{attn.shape[0]} windows of {wh}x{ww} do not tile whole {H}x{W} crops")
+        crops = attn.shape[0] // ((H // wh) * (W // ww))
+        stats = attention_row_stats(attn, site.window, pixel_size=self.pixel_size, radii=self.radii, crops=crops)
+        u = uniform_attention_stats(site.window, (H, W), site.shift, self.pixel_size)
+        rows = stats["n"]  # (B, h) query rows of each crop
+        uniform = (u.distance, u.entropy, u.max_weight, u.mean_dx, u.mean_dy)
+        stats.update({k: rows * v for k, v in zip(_UNIFORM, uniform)})
+        block = torch.stack([stats[k] for k in self.stat_keys], dim=1)  # (B, K, h)
+        state = getattr(self, self._state(module))
+        if isinstance(state, Tensor):  # after a merge or gather the list state may be one tensor
+            state = [state]
+        state.append(block.flatten())
+        setattr(self, self._state(module), state)
+
+    def _crop_sums(self) -> list[tuple[SiteInfo, dict[str, Tensor]]]:
+        out = []
+        K = len(self.stat_keys)
+        for name, site in self._sites.items():
+            state = getattr(self, self._state(name))
+            if isinstance(state, list):
+                if not state:
+                    continue
+                state = torch.cat(state)
+            if state.numel() == 0:
+                continue
+            crops = state.double().reshape(-1, K, site.heads)  # (C, K, h)
+            out.append((site.info, {k: crops[:, i] for i, k in enumerate(self.stat_keys)}))
+        return out
 
     def compute(self) -> pd.DataFrame:
-        """One row per (layer, block, direction, head): mean/std distance (input px), |dx|, |dy|, locality."""
-        rows = []
-        for site, _ in self._sites:
-            if not site.sums:
-                continue
-            s = site.sums
-            n = s["n"]
-            mean = s["dist"] / n
-            std = (s["dist_sq"] / n - mean**2).clamp_min(0).sqrt()
-            for h in range(n.numel()):
-                row = {
-                    "module": site.name,
-                    "layer": site.layer,
-                    "block": site.block,
-                    "direction": site.direction,
-                    "shifted": site.shifted,
-                    "head": h,
-                    "mean": mean[h].item(),
-                    "std": std[h].item(),
-                    "n": int(n[h].item()),
-                    "mean_dx": (s["dx"][h] / n[h]).item(),
-                    "mean_dy": (s["dy"][h] / n[h]).item(),
-                }
-                for r in self.radii:
-                    row[f"within_{r:g}"] = (s[f"within_{r:g}"][h] / n[h]).item()
-                rows.append(row)
-        if not rows:
-            raise CkaLabError("no attention was recorded: run forward passes inside the `with` block first")
-        return pd.DataFrame(rows)
+        """One row per (layer, block, kind, direction, head); columns :data:`HEAD_COLUMNS` and more
+        (see :func:`~cka_lab.metrics.attention_summary.attention_table`)."""
+        return attention_table(self._crop_sums(), confidence=self.confidence)
 
+    def summary(self, by: tuple[str, ...] = ("layer", "kind", "direction")) -> pd.DataFrame:
+        """Heads pooled per group (``by`` must contain ``kind``), with jackknife intervals over crops."""
+        with self.sync_context(should_sync=self.sync_on_compute):
+            return attention_table(self._crop_sums(), by=by, confidence=self.confidence)
 
-def locality_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per layer (stage): mean attention distance over blocks, directions and heads, its spread over
-    heads, and the mean share of attention within each radius."""
-    within = [c for c in df.columns if c.startswith("within_")]
-    g = df.groupby("layer")
-    out = pd.DataFrame(
-        {
-            "mean_distance": g["mean"].mean(),
-            "head_min": g["mean"].min(),
-            "head_max": g["mean"].max(),
-            "head_std": g["mean"].std(ddof=0),
-            **{c: g[c].mean() for c in within},
-        }
-    )
-    return out.reset_index()
+    def reset(self) -> None:
+        super().reset()
+        self._reduced = False
 
+    def merge(self, other: AttentionDistance) -> AttentionDistance:
+        """Add the crops of ``other`` (an AttentionDistance of the same architecture), in place; returns self."""
+        if not isinstance(other, AttentionDistance) or list(other._sites) != list(self._sites):
+            raise CkaLabError("merge needs two AttentionDistance over the same attention modules")
+        if (other.pixel_size, other.radii) != (self.pixel_size, self.radii):
+            raise CkaLabError("merge needs the same pixel_size and radii on both AttentionDistance")
+        self.merge_state(other)
+        self._computed = None  # torchmetrics' cached compute() result is stale now
+        return self
 
-def _pixel_size(model: nn.Module, task: str | None) -> float:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return 1.0
-    task = task or cfg.tasks[0]
-    head = cfg.head(task)
-    return float(2**cfg.depth) if head.kind != "sr" and not cfg.sf else 1.0
+    def all_reduce(self, group: Any | None = None) -> None:
+        """Gather the crops of every rank of a ``torch.distributed`` group, in place.
+
+        Afterwards every rank holds all crops (in rank order) and ``compute()`` gives the same table
+        everywhere without gathering again. ``compute()`` alone also gathers (and keeps each rank's
+        own crops for further updates), so calling this is optional.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise CkaLabError("torch.distributed is not initialised: call init_process_group first (or use merge)")
+        if self._reduced:
+            raise CkaLabError("this AttentionDistance was already all-reduced; reset() before accumulating again")
+        self.sync(process_group=group, distributed_available=lambda: True)
+        gathered = dict(self.metric_state)
+        self.unsync()
+        for attr, value in gathered.items():
+            setattr(self, attr, value)
+        self._computed = None
+        self._reduced = True
+
+    def sync(self, *args: Any, should_sync: bool = True, **kwargs: Any) -> None:
+        """torchmetrics' sync, skipped once :meth:`all_reduce` has gathered every rank's crops."""
+        super().sync(*args, should_sync=should_sync and not self._reduced, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"AttentionDistance({len(self._sites)} attention modules, pixel_size={self.pixel_size:g})"

@@ -9,15 +9,19 @@ unpickled is refused, never executed.
   ``module.`` prefix are accepted too.
 * cka_lab layout: ``{"format": "cka_lab/1", "arch": <official name>, "model": state_dict,
   "config": {EDTConfig fields}, "meta": {...}, "train": {...}}``. Mask buffers are left out
-  (they are recomputed), which keeps EDT-T files near 4 MB.
+  (they are recomputed), which keeps EDT-T files near 4 MB. ``meta`` always records what wrote the
+  weights (:data:`PROVENANCE_KEYS`): ``torch`` and ``cka_lab`` versions, ``git_commit`` of the cka_lab
+  checkout (None outside a git checkout), ``device`` and ``precision``; the caller's values win, so an
+  exported file keeps those of the training run.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
-import tempfile
+import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ import torch
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import SIZES, EDTConfig, config_from_name
 
@@ -40,6 +45,9 @@ __all__ = [
     "save_checkpoint",
     "atomic_torch_save",
     "is_mask_key",
+    "PROVENANCE_KEYS",
+    "provenance",
+    "git_commit",
 ]
 
 FORMAT = "cka_lab/1"
@@ -88,7 +96,15 @@ def _torch_load(path: Path) -> Any:
         raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({first[:120]})") from None
+        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({_clip(first)})") from None
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "..." when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return (cut if len(cut) > limit // 2 else text[:limit]) + " ..."
 
 
 def _as_state_dict(obj: Any, path: Path) -> "OrderedDict[str, Tensor]":
@@ -128,35 +144,72 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 # --------------------------------------------------------------------------------------------------
 
 
+def _bad(what: str) -> CkaLabError:
+    return CkaLabError(f"not an EDT state dict: {what}")
+
+
 def _heads_in(sd: Mapping[str, Tensor]) -> tuple[list[int], list[int], list[str]]:
     scales, noise, rain = [], [], []
     for key in sd:
         if not key.endswith(".0.weight") or not key.startswith("head_"):
             continue
-        kind, level = key[len("head_") : -len(".0.weight")].split("_", 1)
-        if kind == "sr" and level.startswith("x"):
+        kind, _, level = key[len("head_") : -len(".0.weight")].partition("_")
+        ok = level[1:].isdigit() and int(level[1:]) > 0
+        if kind == "sr" and level.startswith("x") and ok:
             scales.append(int(level[1:]))
-        elif kind == "dn" and level.startswith("g"):
+        elif kind == "dn" and level.startswith("g") and ok:
             noise.append(int(level[1:]))
-        elif kind == "dr":
+        elif kind == "dr" and level in ("L", "H"):
             rain.append(level)
+        else:
+            raise _bad(f"head key {key!r} names no task (expected head_sr_x<scale>, head_dn_g<sigma> or head_dr_L/H)")
     return sorted(scales), sorted(noise), [r for r in ("L", "H") if r in rain]
 
 
+def _shape(sd: Mapping[str, Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must exist and have ``ndim`` dimensions (one line otherwise)."""
+    if key not in sd:
+        raise _bad(f"{key} is missing")
+    shape = tuple(sd[key].shape)
+    if len(shape) != ndim or 0 in shape:
+        raise _bad(f"{key} has shape {shape}, expected a non-empty {ndim}-D tensor")
+    return shape
+
+
+def _indices(keys: Iterable[str], prefix: str, what: str) -> int:
+    """The count of ``prefix<i>.`` entries, which must be numbered 0, 1, ..., n-1 (one line otherwise)."""
+    found = set()
+    for k in keys:
+        if k.startswith(prefix):
+            part = k[len(prefix):].split(".", 1)[0]
+            if not part.isdigit():
+                raise _bad(f"{what} index {part!r} in {k!r} is not a number")
+            found.add(int(part))
+    if not found:
+        raise _bad(f"no {what}s ({prefix}<i>.* keys)")
+    if max(found) != len(found) - 1:
+        missing = next(i for i in range(len(found) + 1) if i not in found)
+        raise _bad(f"{what}s are numbered {min(found)}..{max(found)} but {prefix}{missing} is missing")
+    return len(found)
+
+
 def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
-    """Recover the :class:`EDTConfig` (tasks, size, SF, upsampler, widths) from a state dict's keys and shapes."""
+    """Recover the :class:`EDTConfig` (tasks, size, SF, upsampler, widths) from a state dict's keys and shapes.
+
+    A state dict that is not a whole EDT (a head that names no task, a layer or block index that is not a
+    number or leaves a gap, a weight of the wrong rank, no layers) is refused in one line (CkaLabError).
+    """
     sd = state_dict
     scales, noise, rain = _heads_in(sd)
     if not (scales or noise or rain) or "body.patch_embed.norm.weight" not in sd:
-        raise CkaLabError("not an EDT state dict: no head_<task>.0.weight or body.patch_embed keys found")
-    embed = sd["body.patch_embed.norm.weight"].shape[0]
-    n_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("body.layers."))
+        raise _bad("no head_<task>.0.weight or body.patch_embed keys found")
+    embed = _shape(sd, "body.patch_embed.norm.weight", 1)[0]
+    n_layers = _indices(sd, "body.layers.", "layer")
     depths = tuple(
-        1 + max(int(k.split(".")[5]) for k in sd if k.startswith(f"body.layers.{i}.residual_group.blocks."))
-        for i in range(n_layers)
+        _indices(sd, f"body.layers.{i}.residual_group.blocks.", f"block of layer {i}") for i in range(n_layers)
     )
     first = f"head_sr_x{scales[0]}" if scales else (f"head_dn_g{noise[0]}" if noise else f"head_dr_{rain[0]}")
-    num_feat, in_ch = sd[f"{first}.0.weight"].shape[:2]
+    num_feat, in_ch = _shape(sd, f"{first}.0.weight", 4)[:2]
     depth = sum(1 for k in sd if k.startswith(f"{first}.") and k.endswith(".conv_1.weight"))
     other = f"head_dn_g{noise[0]}" if noise else (f"head_dr_{rain[0]}" if rain else None)
     sf = other is not None and f"{other}.1.conv_down.weight" not in sd
@@ -168,7 +221,7 @@ def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
         raise CkaLabError(
             f"EDT state dict with embed_dim {embed} and depths {depths} matches no EDT size (T/S/B/L)"
         )
-    hidden = sd["body.layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+    hidden = _shape(sd, "body.layers.0.residual_group.blocks.0.mlp.fc1.weight", 2)[0]
     mask = next((v for k, v in sd.items() if is_mask_key(k)), None)
     cfg = config_from_name(
         "_".join([_tasks_name(scales, noise, rain), f"EDT{size}{'SF' if sf else ''}"]),
@@ -178,7 +231,7 @@ def infer_edt(state_dict: Mapping[str, Tensor]) -> EDTConfig:
         upsampler=upsampler,
         mlp_ratio=hidden / embed,
     )
-    if mask is not None:
+    if mask is not None and mask.ndim >= 2:
         n_win, n_tok = mask.shape[0], mask.shape[1]
         side = round((n_win * n_tok) ** 0.5)
         if side * side == n_win * n_tok:
@@ -296,24 +349,41 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     A crash while writing leaves the previous file at ``path`` intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:  # temp file (O_EXCL | O_NOFOLLOW) beside path, fsync, rename
+        f.write(buf.getbuffer())
     return path
+
+
+PROVENANCE_KEYS = ("torch", "cka_lab", "git_commit", "device", "precision")
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout cka_lab is imported from; None when there is none (silently)."""
+    pkg = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if len(out) == 40 and all(c in "0123456789abcdef" for c in out) else None
+
+
+def provenance(model: torch.nn.Module) -> dict[str, Any]:
+    """What is writing these weights: torch and cka_lab versions, git commit, the model's device and dtype."""
+    import cka_lab
+
+    p = next(iter(model.parameters()), None)
+    return {
+        "torch": str(torch.__version__),  # TorchVersion, a str subclass, would not load with weights_only
+        "cka_lab": str(cka_lab.__version__),
+        "git_commit": git_commit(),
+        "device": str(p.device) if p is not None else "cpu",
+        "precision": str(p.dtype).replace("torch.", "") if p is not None else "float32",
+    }
 
 
 def save_checkpoint(
@@ -323,7 +393,10 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a cka_lab checkpoint atomically (mask buffers left out; they are recomputed on load)."""
+    """Write a cka_lab checkpoint atomically (mask buffers left out; they are recomputed on load).
+
+    ``meta`` is stored with :func:`provenance` filled in underneath it (keys the caller gives win).
+    """
     model = getattr(model, "module", model)
     sd = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items() if not is_mask_key(k))
     obj = {
@@ -331,7 +404,7 @@ def save_checkpoint(
         "arch": model.config.name,
         "model": sd,
         "config": model.config.to_dict(),
-        "meta": dict(meta or {}),
+        "meta": {**provenance(model), **dict(meta or {})},
     }
     if train is not None:
         obj["train"] = dict(train)

@@ -19,7 +19,10 @@ N tokens per window, h heads, d head dim.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
+from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
 
 __all__ = [
@@ -39,6 +43,13 @@ __all__ = [
     "SwinBody",
     "window_mask",
     "mirror_pad",
+    "use_fused_attn",
+    "set_fused_attn",
+    "explicit_attention",
+    "sdpa_head_dim",
+    "cpu_bf16_supported",
+    "bf16_autocast",
+    "compile_for_training",
 ]
 
 
@@ -183,12 +194,127 @@ def _cached_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]
     return window_mask(H, W, window, shift).to(device)
 
 
+_FUSED_DEFAULT: bool | None = None  # set_fused_attn() override; None: the CKA_LAB_FUSED_ATTN variable decides
+_FORCE_EXPLICIT = 0  # > 0 inside explicit_attention()
+
+
+def use_fused_attn() -> bool:
+    """The default attention path of new :class:`WindowAttention` modules: fused (SDPA) unless disabled.
+
+    ``CKA_LAB_FUSED_ATTN=0`` in the environment (or :func:`set_fused_attn(False) <set_fused_attn>`)
+    makes new modules compute explicit attention maps. Either path gives the same numbers (to float32
+    rounding); the explicit one is taken anyway whenever something needs the map (see
+    :meth:`WindowAttention.needs_map`).
+    """
+    if _FUSED_DEFAULT is not None:
+        return _FUSED_DEFAULT
+    return os.environ.get("CKA_LAB_FUSED_ATTN", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_fused_attn(enable: bool | None) -> None:
+    """Override the default of :func:`use_fused_attn` for modules built from now on (None: back to the env)."""
+    global _FUSED_DEFAULT
+    _FUSED_DEFAULT = None if enable is None else bool(enable)
+
+
+@contextmanager
+def explicit_attention():
+    """Inside this block every :class:`WindowAttention` computes (and passes through ``softmax``) its maps."""
+    global _FORCE_EXPLICIT
+    _FORCE_EXPLICIT += 1
+    try:
+        yield
+    finally:
+        _FORCE_EXPLICIT -= 1
+
+
+def sdpa_head_dim(d: int, device: torch.device) -> int:
+    """The head dimension given to SDPA: ``d`` zero-padded to what the fast kernels want (exact).
+
+    CUDA: a multiple of 8 (the flash / memory-efficient kernels' requirement). CPU: 16 when ``d < 16``
+    (EDT-T's 5, EDT-B's 15): torch's CPU flash kernel runs about 2x faster forward + backward at 16
+    than at 5 or 8 (``benchmarks/train_speed.py``), and slower again at 32.
+    """
+    if device.type == "cuda":
+        return -(-d // 8) * 8
+    if device.type == "cpu" and d < 16:
+        return 16
+    return d
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_supported() -> bool:
+    """True when this CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX), checked by a tiny product.
+
+    Without native support bf16 autocast on the CPU is emulated and slower than float32.
+    """
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    if not native:
+        return False
+    try:
+        a = torch.linspace(-1, 1, 64 * 64).view(64, 64)
+        prod = (a.bfloat16() @ a.bfloat16()).float()
+        return bool(torch.allclose(prod, a @ a, rtol=0.05, atol=0.05))
+    except RuntimeError:
+        return False
+
+
+def bf16_autocast(device: torch.device | str):
+    """``torch.autocast`` in bfloat16 for training on ``device`` (CUDA with bf16, or a CPU with native bf16).
+
+    Raises :class:`CkaLabError` in one line where bf16 would be emulated (slow) or unsupported.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise CkaLabError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support: train in float32")
+    elif device.type == "cpu":
+        if not cpu_bf16_supported():
+            raise CkaLabError("this CPU has no native bfloat16 (AVX512-BF16 or AMX): train in float32")
+    else:
+        raise CkaLabError(f"bf16 autocast is offered on cpu and cuda, not {device.type}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for training at one patch size (static shapes; the first steps compile).
+
+    Returns the compiled module (it shares parameters with ``model``; save ``model``, not the result).
+    """
+    return torch.compile(model, dynamic=False)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Hooks registered with ``nn.modules.module.register_module_forward_(pre_)hook`` (they see every module)."""
+    mod = nn.modules.module
+    return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention in non-overlapping ``(wh, ww)`` windows of one channel half, with LePE.
 
     LePE (locally-enhanced positional encoding) is a depthwise 3x3 conv of V applied per window
     (zero padding at window borders) and added to ``attn @ v``. The attention probabilities are the
     output of the ``softmax`` submodule, shape ``(B*nW, h, N, N)``: hook it to analyse attention.
+
+    Two paths give the same result (to float32 rounding), in the manner of timm's ``fused_attn``:
+
+    * fused (``self.fused_attn``, the default, see :func:`use_fused_attn`):
+      ``F.scaled_dot_product_attention`` with ``scale=`` and the shifted-window mask as an additive
+      float mask; the ``(N, N)`` maps are never stored. The head dimension is zero-padded to what the
+      fast kernels want (:func:`sdpa_head_dim`; exact: zeros add nothing to ``q . k`` and the padded
+      output columns are dropped).
+    * explicit: ``softmax(q k^T * scale + mask) @ v`` through the ``softmax`` and ``attn_drop``
+      submodules. Taken whenever :meth:`needs_map` says so: a forward hook or pre-hook on ``softmax``
+      or ``attn_drop`` (or a global module hook), active attention dropout in training,
+      ``fused_attn = False``, or inside :func:`explicit_attention`.
     """
 
     def __init__(self, dim: int, window: tuple[int, int], num_heads: int, attn_drop: float = 0.0):
@@ -198,9 +324,21 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.fused_attn = use_fused_attn()
         self.attn_drop = nn.Dropout(attn_drop)
         self.lepe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.softmax = nn.Softmax(dim=-1)
+
+    def needs_map(self) -> bool:
+        """True when this forward must compute the attention map explicitly (see the class docstring)."""
+        return (
+            not self.fused_attn
+            or _FORCE_EXPLICIT > 0
+            or (self.training and self.attn_drop.p > 0.0)
+            or _has_hooks(self.softmax)
+            or _has_hooks(self.attn_drop)
+            or _global_hooks()
+        )
 
     def _heads(self, x: Tensor) -> Tensor:
         """``(B, H, W, C) -> (B*nW, h, N, d)``."""
@@ -209,6 +347,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, qkv: Tensor, mask: Tensor | None = None) -> Tensor:
         """``qkv: (3, B, H, W, C)``, ``mask: (nW, N, N) | None`` -> ``(B, H, W, C)``."""
+        if self.needs_map():
+            return self._explicit(qkv, mask)
+        return self._fused(qkv, mask)
+
+    def _explicit(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
         _, B, H, W, C = qkv.shape
         wh, ww = self.window
         q = self._heads(qkv[0]) * self.scale  # (B*nW, h, N, d)
@@ -226,6 +369,38 @@ class WindowAttention(nn.Module):
         attn = self.attn_drop(self.softmax(attn))
         x = (attn @ v + lepe).transpose(1, 2).reshape(-1, wh * ww, C)  # (B*nW, N, C)
         return window_reverse(x, wh, ww, H, W)
+
+    def _fused(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """SDPA in a window-major layout ``(nW, B*h, N, d')``, where the ``(nW, N, N)`` mask broadcasts.
+
+        One copy takes q, k and v from the ``(3, B, H, W, C)`` input into that layout, zero-padded to
+        ``d' = sdpa_head_dim(d)``; one copy takes the result back. No ``(N, N)`` map is stored for
+        backward. On the CPU, bfloat16 inputs (autocast) are attended in float32: torch's CPU flash
+        kernel is 2-3x slower in bf16 than in float32 (backward).
+        """
+        _, B, H, W, C = qkv.shape
+        wh, ww = self.window
+        nH, nWw, h, d = H // wh, W // ww, self.num_heads, self.head_dim
+        nW, N = nH * nWw, wh * ww
+        x = qkv.reshape(3, B, nH, wh, nWw, ww, h, d).permute(0, 2, 4, 1, 6, 3, 5, 7)  # (3, nH, nWw, B, h, wh, ww, d)
+        d_pad = sdpa_head_dim(d, qkv.device)
+        cpu_bf16 = qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16
+        dtype = torch.float32 if cpu_bf16 else qkv.dtype
+        if d_pad != d or dtype != qkv.dtype:  # zero columns: q . k and the first d output columns are unchanged
+            buf = qkv.new_zeros((3, nH, nWw, B, h, wh, ww, d_pad), dtype=dtype)
+            buf[..., :d] = x
+        else:
+            buf = x
+        q, k, v = buf.reshape(3, nW, B * h, N, d_pad).unbind(0)
+        # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
+        v_img = x[2].permute(0, 1, 2, 3, 6, 4, 5).reshape(nW * B, C, wh, ww)
+        lepe = self.lepe(v_img)
+        attn_mask = None if mask is None else mask.to(dtype).unsqueeze(1)  # (nW, 1, N, N): broadcast over B*h
+        with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d')
+        o = o.view(nW, B, h, N, d_pad)[..., :d] + lepe.view(nW, B, h, d, N).transpose(-2, -1)  # one pass
+        o = o.view(nH, nWw, B, h, wh, ww, d).permute(2, 0, 4, 1, 5, 3, 6)  # (B, nH, wh, nWw, ww, h, d)
+        return o.reshape(B, H, W, C).to(qkv.dtype)
 
 
 class DropPath(nn.Module):
@@ -289,8 +464,8 @@ class CSwinTransformerBlock(nn.Module):
         self.shifts = ((wh // 2, ww // 2), (ww // 2, wh // 2)) if shift else None
         self.image_size = image_size
         if shift:
-            self.register_buffer("attn_mask_h", window_mask(image_size, image_size, self.windows[0], self.shifts[0]))
-            self.register_buffer("attn_mask_v", window_mask(image_size, image_size, self.windows[1], self.shifts[1]))
+            for name, win, sh in zip(("attn_mask_h", "attn_mask_v"), self.windows, self.shifts):
+                self.register_buffer(name, _cached_mask(image_size, image_size, win, sh, "cpu").clone())
         self.norm1 = nn.LayerNorm(dim)
         # Identity tap: its output is the block's state after the attention residual, ``(B, L, C)``
         # (the EDT authors' CKA layer for attention). No parameters: the state dict is unchanged.
@@ -417,17 +592,6 @@ class SwinBody(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _init_weights(m: nn.Module) -> None:
-    """Swin-style initialisation: truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorm."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
 def _make_head(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
     nf = cfg.num_feat
     down = head.kind != "sr" and not cfg.sf
@@ -459,6 +623,9 @@ def _make_tail(cfg: EDTConfig, head: TaskHead) -> nn.ModuleList:
 class EDT(nn.Module):
     """EDT with one head/tail pair per task around a shared transformer body.
 
+    Weights are initialised by :func:`cka_lab.models.init.init_edt_weights` (Swin-style, the same on
+    every torch version for the same ``torch.manual_seed``).
+
     ``forward(inputs)`` takes one ``(B, 3, H, W)`` tensor per head, in the official head order
     (``self.tasks``: SR scales, then noise levels, then rain levels) and returns one output per head.
     Inputs are in [0, 1]; each head's input must be padded to a multiple of
@@ -470,6 +637,7 @@ class EDT(nn.Module):
         if not cfg.heads:
             raise CkaLabError("an EDT needs at least one task head (SR scale, noise level or rain level)")
         self.config = cfg
+        gen = stable_generator()  # before any submodule draws: PyTorch's own init never reaches the weights
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         for h in cfg.heads:
             self.add_module(f"head_{h.suffix}", _make_head(cfg, h))
@@ -477,7 +645,7 @@ class EDT(nn.Module):
         for h in cfg.heads:
             self.add_module(f"tail_{h.suffix}", _make_tail(cfg, h))
         self.criterion = nn.L1Loss()
-        self.apply(_init_weights)
+        init_edt_weights(self, gen)
 
     # -- properties --------------------------------------------------------------------------------
     @property
@@ -490,6 +658,16 @@ class EDT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def set_fused_attn(self, enable: bool) -> "EDT":
+        """Use fused attention (SDPA) in every window-attention module, or explicit maps everywhere.
+
+        Explicit maps are still taken where :meth:`WindowAttention.needs_map` requires them (hooks).
+        """
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.fused_attn = bool(enable)
+        return self
 
     # -- pieces ------------------------------------------------------------------------------------
     def encode(self, x: Tensor, task: str) -> tuple[Tensor, list[Tensor]]:

@@ -23,6 +23,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write, write_csv
 
 __all__ = [
     "HeatmapPanel",
@@ -64,8 +65,7 @@ def cka_table(
     frame = pd.DataFrame(array, index=pd.Index(list(layers_a), name="layer_a"), columns=list(layers_b))
     frame.columns.name = "layer_b"
     if csv_path is not None:
-        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(csv_path)
+        write_csv(csv_path, frame)
     return frame
 
 
@@ -252,7 +252,8 @@ def plot_cka_heatmap(
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     """Render ``fig`` with the Agg canvas (no global backend change) and write it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches an Agg canvas to this figure only
-    fig.savefig(path, dpi=dpi)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    with atomic_write(path, "wb") as f:  # temp file beside path, fsync, rename
+        fig.savefig(f, dpi=dpi, format=fmt)
     return path

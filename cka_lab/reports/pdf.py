@@ -7,7 +7,6 @@ generated from the measured numbers only, so a report never claims what its data
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import platform
@@ -25,6 +24,7 @@ from matplotlib.figure import Figure
 from cka_lab.analysis.compare import short_layer_name, stage_starts
 from cka_lab.analysis.contrast import Contrast
 from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write
 from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps
 from cka_lab.plots.contrast import plot_attention_distance, plot_cka_difference
 
@@ -242,10 +242,8 @@ def write_report(
     path = Path(path)
     if path.suffix.lower() != ".pdf":
         raise CkaLabError(f"report path {str(path)!r} must end in .pdf")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with PdfPages(tmp, metadata={"Title": title, "Creator": "cka_lab"}) as pdf:
+    with atomic_write(path, "wb") as f:  # a failure (full disk, ...) leaves no half PDF and no temp file
+        with PdfPages(f, metadata={"Title": title, "Creator": "cka_lab"}) as pdf:
             pdf.savefig(title_page(title, models, settings or {}))
             for c in contrasts:
                 for fig in contrast_pages(c):
@@ -256,10 +254,5 @@ def write_report(
                 text += [f"  - {f}" for f in findings(c)]
             for fig in _text_pages("Findings", text):
                 pdf.savefig(fig)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise CkaLabError(f"cannot write report {str(path)!r} ({exc.strerror}): choose another --out") from None
     return path
 

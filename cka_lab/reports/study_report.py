@@ -121,8 +121,9 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
                        curves: Sequence[tuple[str, dict, dict]], locality: pd.DataFrame, protocol: str,
                        hardware: str, study_name: str) -> Path:
     """Write the study PDF atomically (temporary file in the target folder, then rename)."""
-    from cka_lab.study.io import atomic_write_bytes
     import io
+
+    from cka_lab.io import write_bytes
 
     footer = f"study {study_name} -- {protocol} -- {hardware}"
     figs: list[Figure] = [_text_page(f"Pre-training study '{study_name}'", title_lines, footer=footer),
@@ -151,5 +152,5 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
         for f in figs:
             pdf.savefig(f)
             plt.close(f)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_bytes(Path(path), buf.getvalue())
     return Path(path)

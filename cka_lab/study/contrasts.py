@@ -110,10 +110,10 @@ def _unstrict(obj):
 
 
 def save_record(path: Path, record: ContrastRecord) -> None:
-    from cka_lab.study.io import atomic_write_bytes
+    from cka_lab.io import write_bytes
 
     data = _strict(asdict(record))
-    atomic_write_bytes(path, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
+    write_bytes(path, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
 
 
 def load_record(path: Path) -> ContrastRecord:

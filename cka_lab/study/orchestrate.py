@@ -15,7 +15,7 @@ from cka_lab import __version__
 from cka_lab.errors import CkaLabError
 from cka_lab.study.claims import judge_claims
 from cka_lab.study.contrasts import ContrastRecord, run_contrasts
-from cka_lab.study.io import atomic_write_bytes
+from cka_lab.io import write_bytes
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
@@ -88,7 +88,7 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
     claims = pd.DataFrame([{"claim": v.claim, "status": v.status, "evidence": v.evidence} for v in verdicts])
     for name, df in (("scores", scores), ("score_summary", summary), ("gains", gain), ("same_layer_cka", same_layer),
                      ("attention_locality", locality), ("claims", claims)):
-        atomic_write_bytes(paths.tables / f"{name}.csv", df.to_csv(index=False, float_format="%.6g").encode("utf-8"))
+        write_bytes(paths.tables / f"{name}.csv", df.to_csv(index=False, float_format="%.6g").encode("utf-8"))
     protocol = protocol_label(spec)
     heatmaps, curves = [], []
     for target in spec.tasks.targets:

@@ -35,6 +35,7 @@ import torch
 
 from cka_lab import __version__
 from cka_lab.errors import CkaLabError
+from cka_lab.io import write_bytes
 from cka_lab.study.plan import Run, plan_runs, run_config
 from cka_lab.study.spec import StudySpec
 
@@ -78,9 +79,7 @@ class StudyPaths:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from cka_lab.study.io import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
+    write_bytes(path, data)
 
 
 def hardware_description(device: str = "cpu") -> str:

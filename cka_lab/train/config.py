@@ -7,8 +7,8 @@ official EDT training settings)::
     [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
     [data]      root, patch_size, augment, num_workers, sr, dn, dr
     [val]       every, sr, dn, dr, max_images, crop
-    [optim]     lr, betas, weight_decay, milestones, gamma
-    [schedule]  iterations, batch_size, ckpt_every, log_every
+    [optim]     lr, betas, eps, weight_decay, lr_schedule, milestones, gamma, warmup, min_lr
+    [schedule]  iterations, batch_size, ckpt_every, log_every, diagnostics, probe_size
     [finetune]  init, drop, strict
 
 Paths
@@ -54,6 +54,7 @@ __all__ = [
     "config_to_dict",
     "config_differences",
     "RESUMABLE_KEYS",
+    "LR_SCHEDULES",
 ]
 
 
@@ -135,27 +136,47 @@ class ValConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with multi-step decay (official: lr 2e-4, betas 0.9/0.99, halve the lr at milestones).
+    """Adam and its learning-rate schedule (defaults: the official EDT recipe).
 
-    ``milestones`` are iteration numbers; floats below 1 are fractions of ``schedule.iterations``
-    (the official ``[250000, 400000, 450000, 475000]`` of 500k is ``[0.5, 0.8, 0.9, 0.95]``).
+    Official: lr 2e-4, betas (0.9, 0.99), eps 1e-8, no warm-up, multi-step decay halving the lr at
+    the milestones. ``lr_schedule`` is ``"multistep"`` (the lr times ``gamma`` at each milestone) or
+    ``"cosine"`` (from ``lr`` down to ``min_lr`` over the iterations after the warm-up; milestones
+    and gamma unused). ``warmup`` is a linear warm-up: step ``t`` (0-based) runs at
+    ``lr * min(1, (t + 1) / warmup)`` times the decay factor.
+
+    ``milestones`` and ``warmup`` are iteration numbers; floats below 1 are fractions of
+    ``schedule.iterations`` (the official ``[250000, 400000, 450000, 475000]`` of 500k is
+    ``[0.5, 0.8, 0.9, 0.95]``). The schedule is a pure function of the iteration and the config:
+    on ``--resume`` it is rebuilt from the config given (:mod:`cka_lab.train.schedule`).
     """
 
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
     weight_decay: float = 0.0
+    lr_schedule: str = "multistep"
     milestones: tuple[float, ...] = ()
     gamma: float = 0.5
+    warmup: float = 0.0
+    min_lr: float = 0.0
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Length and bookkeeping. ``batch_size`` is per head and per process."""
+    """Length and bookkeeping. ``batch_size`` is per head and per process.
+
+    ``diagnostics`` (on by default) adds to every row of ``train_log.csv``, per stage, the
+    update-to-weight ratios of q, k and v over the log interval and the attention entropy and logit
+    spread on a fixed probe batch of ``probe_size`` training patches per head
+    (:mod:`cka_lab.train.diagnostics`); it does not change the training.
+    """
 
     iterations: int = 1000
     batch_size: int = 4
     ckpt_every: int = 100
     log_every: int = 10
+    diagnostics: bool = True
+    probe_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -187,12 +208,16 @@ class TrainConfig:
     source: Path | None = None
     text: str = ""
 
+    def _iterations(self, value: float) -> int:
+        return int(round(value * self.schedule.iterations)) if isinstance(value, float) and value < 1 else int(value)
+
     def resolved_milestones(self) -> list[int]:
         """Milestones as iteration numbers, sorted."""
-        out = []
-        for m in self.optim.milestones:
-            out.append(int(round(m * self.schedule.iterations)) if isinstance(m, float) and m < 1 else int(m))
-        return sorted(out)
+        return sorted(self._iterations(m) for m in self.optim.milestones)
+
+    def resolved_warmup(self) -> int:
+        """Warm-up length in iterations."""
+        return self._iterations(self.optim.warmup)
 
 
 _SECTIONS: dict[str, type] = {
@@ -217,6 +242,14 @@ RESUMABLE_KEYS = frozenset(
         "schedule.iterations",
         "schedule.ckpt_every",
         "schedule.log_every",
+        "schedule.diagnostics",
+        "schedule.probe_size",
+        # the lr schedule is rebuilt from the config on --resume (the optimizer's own settings are not)
+        "optim.lr_schedule",
+        "optim.milestones",
+        "optim.gamma",
+        "optim.warmup",
+        "optim.min_lr",
         "val.every",
         "val.max_images",
         "val.crop",
@@ -226,6 +259,9 @@ RESUMABLE_KEYS = frozenset(
         "finetune.init",
     }
 )
+
+#: Values of ``optim.lr_schedule``.
+LR_SCHEDULES = ("multistep", "cosine")
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -282,16 +318,22 @@ def _source(value: Any, where: str, base: Path) -> ImageSource:
     if isinstance(value, str):
         return ImageSource(_path(value, where, base))
     if isinstance(value, dict):
-        unknown = [k for k in value if k not in ("path", "reduce")]
+        keys = ("path", "reduce", "weight")
+        unknown = [k for k in value if k not in keys]
         if unknown:
-            raise CkaLabError(f"{where}: unknown key {unknown[0]!r}{_close(unknown[0], ('path', 'reduce'))}; "
-                              "an image source is a path string or {path = \"...\", reduce = 2}")
+            raise CkaLabError(f"{where}: unknown key {unknown[0]!r}{_close(unknown[0], keys)}; "
+                              "an image source is a path string or {path = \"...\", reduce = 2, weight = 1.0}")
         if "path" not in value:
             raise CkaLabError(f"{where}: an image source table needs a 'path'")
         reduce = _scalar(value.get("reduce", 1), int, f"{where}.reduce")
         if reduce < 1:
             raise CkaLabError(f"{where}.reduce must be >= 1, got {reduce}")
-        return ImageSource(_path(value["path"], f"{where}.path", base), reduce)
+        weight = None
+        if "weight" in value:
+            weight = _scalar(value["weight"], float, f"{where}.weight")
+            if not weight > 0:
+                raise CkaLabError(f"{where}.weight must be > 0, got {weight}")
+        return ImageSource(_path(value["path"], f"{where}.path", base), reduce, weight)
     raise CkaLabError(f"{where} must be a path string or a table {{path = ..., reduce = ...}}, got {value!r}")
 
 
@@ -395,6 +437,9 @@ def parse_config(text: str, *, source: Path | None = None, data_root: str | Path
         parts[name] = _section(name, cls, raw.get(name, {}), root if name in ("data", "val") else base)
     parts["data"] = dataclasses.replace(parts["data"], root=root)
     name = parts["run"].name or (source.stem if source else "run")
+    if name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise CkaLabError(f"{where}: [run] name {name!r} must be a plain folder name (no '/', no leading '.'): "
+                          "the run folder is runs/<name>; set [run] out for another place")
     parts["run"] = dataclasses.replace(parts["run"], name=name)
     cfg = TrainConfig(**parts, source=source.resolve() if source else None, text=text)
     _validate(cfg, where)
@@ -422,8 +467,28 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         raise CkaLabError(f"{where}: optim.lr must be > 0, got {o.lr}")
     if not all(0 <= b < 1 for b in o.betas):
         raise CkaLabError(f"{where}: optim.betas must be in [0, 1), got {list(o.betas)}")
+    if not (0 < o.eps < 1):
+        raise CkaLabError(f"{where}: optim.eps must be in (0, 1), got {o.eps}")
+    if o.weight_decay < 0:
+        raise CkaLabError(f"{where}: optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if o.lr_schedule not in LR_SCHEDULES:
+        raise CkaLabError(f"{where}: optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {o.lr_schedule!r}")
     if any(m <= 0 for m in o.milestones):
         raise CkaLabError(f"{where}: optim.milestones must be positive, got {list(o.milestones)}")
+    if any(m >= 1 and m != int(m) for m in o.milestones):
+        raise CkaLabError(f"{where}: optim.milestones must be iterations (whole numbers) or fractions below 1, got {list(o.milestones)}")
+    if o.lr_schedule == "cosine" and o.milestones:
+        raise CkaLabError(f"{where}: optim.milestones apply to lr_schedule = \"multistep\" only (cosine decays smoothly); remove them")
+    if not (0 < o.gamma <= 1):
+        raise CkaLabError(f"{where}: optim.gamma must be in (0, 1], got {o.gamma}")
+    if o.warmup < 0 or (o.warmup >= 1 and o.warmup != int(o.warmup)):
+        raise CkaLabError(f"{where}: optim.warmup must be a number of iterations >= 0 or a fraction below 1, got {o.warmup}")
+    if cfg.resolved_warmup() > s.iterations:
+        raise CkaLabError(f"{where}: optim.warmup ({cfg.resolved_warmup()} iterations) is longer than schedule.iterations ({s.iterations})")
+    if not (0 <= o.min_lr <= o.lr):
+        raise CkaLabError(f"{where}: optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    if not (1 <= s.probe_size <= 64):
+        raise CkaLabError(f"{where}: schedule.probe_size must be in 1..64, got {s.probe_size}")
     if cfg.run.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.run.device):
         raise CkaLabError(f"{where}: run.device must be auto, cpu, cuda or cuda:N, got {cfg.run.device!r}")
 
@@ -444,7 +509,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, ImageSource):
-        return {"path": str(value.path), "reduce": value.reduce}
+        out = {"path": str(value.path), "reduce": value.reduce}
+        if value.weight is not None:
+            out["weight"] = value.weight
+        return out
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -475,8 +543,8 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
         if name == "data":
             sec = dataclasses.replace(
                 sec,
-                sr=tuple(ImageSource(_relative_to(s.path, root), s.reduce) for s in sec.sr),
-                dn=tuple(ImageSource(_relative_to(s.path, root), s.reduce) for s in sec.dn),
+                sr=tuple(dataclasses.replace(s, path=_relative_to(s.path, root)) for s in sec.sr),
+                dn=tuple(dataclasses.replace(s, path=_relative_to(s.path, root)) for s in sec.dn),
                 dr=tuple(_relative_to(p, root) for p in sec.dr),
             )
         elif name == "val":
@@ -487,11 +555,27 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _defaults(section: str) -> dict[str, Any]:
+    cls = _SECTIONS.get(section)
+    if cls is None or cls is ModelConfig:
+        return {}
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+    return out
+
+
 def config_differences(old: dict, new: dict, *, ignore: frozenset[str] = RESUMABLE_KEYS) -> list[str]:
-    """``section.key`` entries whose values differ between two :func:`config_to_dict` results."""
+    """``section.key`` entries whose values differ between two :func:`config_to_dict` results.
+
+    A key missing from one side (a config written before the key existed) counts as its default.
+    """
     diffs = []
     for section in sorted(set(old) | set(new)):
-        a, b = old.get(section, {}), new.get(section, {})
+        defaults = _defaults(section)
+        a = {**defaults, **old.get(section, {})}
+        b = {**defaults, **new.get(section, {})}
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
             if name in ignore:

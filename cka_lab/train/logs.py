@@ -2,9 +2,13 @@
 
 ``train_log.csv``: ``iteration, lr, loss, loss_<task>..., sec_per_iter, data_share, patches_per_s``
 (means over the last ``log_every`` iterations; ``data_share`` is the fraction of the wall time
-spent waiting for batches). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
-On ``--resume`` the rows written after the checkpoint the run resumes from are dropped, so a log
-never holds an iteration twice.
+spent waiting for batches), then with ``schedule.diagnostics`` the per-stage columns
+``s{i}_q_update_ratio, s{i}_k_update_ratio, s{i}_v_update_ratio, s{i}_attn_entropy_rel,
+s{i}_logit_spread`` (:mod:`cka_lab.train.diagnostics`). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
+On ``--resume`` the rows written after the checkpoint the run resumes from are dropped, and a fresh
+run starts new logs (rows of an earlier run that left no checkpoint are dropped), so a log never holds
+an iteration twice. Rows are appended with ``O_APPEND | O_NOFOLLOW`` (a symlink at a log path is
+refused); rewrites go through :func:`cka_lab.io.atomic_write`.
 
 The progress bar (tqdm) is shown only on a terminal, and never when ``CKA_LAB_NO_PROGRESS=1``.
 """
@@ -18,6 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm import tqdm
+
+from cka_lab.errors import CkaLabError
+from cka_lab.io import atomic_write, open_append
 
 __all__ = ["CsvLog", "progress_enabled", "make_progress", "say"]
 
@@ -45,24 +52,39 @@ class CsvLog:
         self.path = Path(path)
         self.columns = list(columns)
 
+    def start(self) -> None:
+        """Begin a new log (the header only), replacing rows an earlier run left in the folder."""
+        with atomic_write(self.path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writeheader()
+
     def truncate_after(self, iteration: int) -> None:
-        """Drop rows with ``iteration`` greater than the given one (used when resuming)."""
+        """Drop rows with ``iteration`` greater than the given one (used when resuming).
+
+        A file with other columns (written by an older version) gets this log's header; columns it
+        lacks stay empty in its old rows.
+        """
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
         keep = [r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
-        if len(keep) == len(rows):
+        if len(keep) == len(rows) and header == self.columns:
             return
-        with self.path.open("w", newline="") as f:
+        with atomic_write(self.path, "w", newline="") as f:  # temp file, fsync, rename
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(keep)
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        try:
+            with open_append(self.path) as f:  # O_APPEND | O_NOFOLLOW: a symlink here is refused
+                w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
+        except OSError as exc:
+            raise CkaLabError(f"cannot write the log {str(self.path)!r} ({exc.strerror}): "
+                              "free some space or choose another --out") from None

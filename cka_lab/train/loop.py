@@ -1,4 +1,4 @@
-"""The training loop: L1 loss on every head every step, Adam, multi-step decay, validation, checkpoints.
+"""The training loop: L1 loss on every head every step, Adam, lr schedule, validation, checkpoints.
 
 One step draws one batch per head (:mod:`cka_lab.train.batches`), runs them through the model in
 one call (in training mode EDT sends heads whose body inputs share a shape through the body as one
@@ -16,6 +16,7 @@ equal those of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from cka_lab.errors import CkaLabError
+from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import config_from_name
 from cka_lab.train.batches import StepBatches, TrainingData, build_patch_sets, check_patch_size, step_loader
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
+from cka_lab.train.diagnostics import TrainingDiagnostics, probe_inputs, progress_text
 from cka_lab.train.distributed import DistEnv, init_distributed
 from cka_lab.train.finetune import init_from_checkpoint
 from cka_lab.train.logs import CsvLog, make_progress, progress_enabled, say
+from cka_lab.train.schedule import build_scheduler
 from cka_lab.train.state import BEST, LAST, capture_rng, read_training_checkpoint, restore_rng, seed_everything
 from cka_lab.train.validate import TaskScore, ValidationSets
 
@@ -83,7 +87,12 @@ def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = Fal
     threads = torch.get_num_threads()
     env = init_distributed(cfg.run.device, cfg.run.threads)
     try:
-        return _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters).run()
+        trainer = _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters)
+        try:
+            return trainer.run()
+        except BaseException:
+            remove_empty_dirs(trainer.created)  # a failed run leaves no empty run folder behind
+            raise
     finally:
         env.close()
         torch.set_num_threads(threads)
@@ -101,6 +110,8 @@ class _Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.best_psnr: float | None = None
         self.last_val: dict[str, TaskScore] = {}
+        self.diag: TrainingDiagnostics | None = None
+        self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _on_main(self, fn: Callable[[], T]) -> T | None:
@@ -157,6 +168,8 @@ class _Trainer:
             "run": self.cfg.run.name,
             "iteration": iteration,
             "config_file": str(self.cfg.source) if self.cfg.source else None,
+            "device": str(self.device),
+            "precision": f"{str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else "float32",
             "val": {t: {"psnr": s.psnr, "ssim": s.ssim, "images": s.images} for t, s in self.last_val.items()},
         }
 
@@ -204,17 +217,20 @@ class _Trainer:
         val = self._on_main(lambda: self._load_val(model, data))
 
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                     weight_decay=cfg.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.resolved_milestones(), cfg.optim.gamma)
+                                     eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         start = 0
         if resume_ckpt is not None:
             st = resume_ckpt.train
             optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
             if scaler is not None and st.get("scaler"):
                 scaler.load_state_dict(st["scaler"])
             start = int(st["iteration"])
+        # The schedule is rebuilt from this config at this iteration (a resumed run with another
+        # schedule.iterations or milestones runs at the new schedule's rate, not the checkpoint's).
+        saved_lr = optimizer.param_groups[0]["lr"]
+        scheduler = build_scheduler(optimizer, cfg, start)
+        if resume_ckpt is not None:
             self.best_psnr = st.get("best_psnr")
             rngs = st.get("rng") or []
             if len(rngs) == env.world_size:
@@ -224,21 +240,34 @@ class _Trainer:
                 if env.is_main:
                     say(f"note: the checkpoint was written by {len(rngs)} processes, this run has {env.world_size}: "
                         "RNG states reseeded (drop-path masks differ from an uninterrupted run)")
+            new_lr = optimizer.param_groups[0]["lr"]
+            if env.is_main and start < self.end and not math.isclose(new_lr, saved_lr, rel_tol=1e-9, abs_tol=0.0):
+                say(f"note: the lr schedule of this config gives lr {new_lr:.3g} at iteration {start} "
+                    f"(the checkpoint's run was at {saved_lr:.3g}); continuing with the config's schedule")
 
         train_log = val_log = None
+        diag = None
+        if env.is_main and cfg.schedule.diagnostics:
+            probe = probe_inputs(data.sets, cfg.schedule.probe_size, cfg.run.seed)
+            diag = TrainingDiagnostics(model, probe, self.device)
+        self.diag = diag
         if env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.created = made_dirs(self.out)
             for stale in self.out.glob(f".{LAST}.*.tmp"):
                 stale.unlink()  # a write that a killed process left half done
             train_log = CsvLog(self.out / "train_log.csv",
                                ["iteration", "lr", "loss"] + [f"loss_{t}" for t in model.tasks]
-                               + ["sec_per_iter", "data_share", "patches_per_s"])
+                               + ["sec_per_iter", "data_share", "patches_per_s"]
+                               + (diag.columns if diag is not None else []))
             val_log = CsvLog(self.out / "val_log.csv", ["iteration", "task", "psnr", "ssim", "images", "seconds"])
             if self.resume:
                 train_log.truncate_after(start)
                 val_log.truncate_after(start)
-            elif cfg.text:
-                (self.out / "config.toml").write_text(cfg.text, encoding="utf-8")
+            else:  # a fresh run: new logs, never rows appended to an old run's
+                train_log.start()
+                val_log.start()
+                if cfg.text:
+                    write_text(self.out / "config.toml", cfg.text)
             self._announce(model, data, start)
 
         net = env.wrap(model)
@@ -319,11 +348,18 @@ class _Trainer:
                 final = iteration == self.end
                 if env.is_main and (iteration % sched.log_every == 0 or final):
                     row = win.row(iteration, lr, tasks)
+                    diag_text = ""
+                    if self.diag is not None:
+                        row.update(self.diag.row())
+                        diag_text = progress_text(row, self.diag.n_stages)
                     train_log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
                     if bar.disable:
                         say(f"[{iteration}/{self.end}] loss {row['loss']:.4f}  lr {lr:.2e}  "
-                            f"{row['patches_per_s']:.1f} patches/s  data {100 * row['data_share']:.0f}%")
+                            f"{row['patches_per_s']:.1f} patches/s  data {100 * row['data_share']:.0f}%"
+                            + (f"\n    {diag_text}" if diag_text else ""))
+                    elif diag_text:
+                        say(f"[{iteration}] {diag_text}")
                     win.reset()
                 if (cfg.val.every and iteration % cfg.val.every == 0) or final:
                     b = self._validate(iteration, model, val, val_log)

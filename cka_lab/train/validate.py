@@ -8,11 +8,12 @@ official test script. Inputs are mirror-padded by :meth:`EDT.restore`.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from cka_lab.data.datasets import EvalPair, eval_pairs, pixel_digest, select_pairs
 from cka_lab.errors import CkaLabError
@@ -42,10 +43,13 @@ class TaskScore:
 
 
 @torch.no_grad()
-def evaluate_pairs(model: EDT, pairs: Sequence[EvalPair], task: str, device: torch.device | str = "cpu") -> TaskScore:
+def evaluate_pairs(model: EDT, pairs: Sequence[EvalPair], task: str, device: torch.device | str = "cpu",
+                   restore: Callable[[Tensor], Tensor] | None = None) -> TaskScore:
     """Restore every pair's input with ``task``'s head and score it against the target.
 
-    The model is put in eval mode for the call and returned to its previous mode afterwards.
+    ``restore`` maps an input ``(1, 3, H, W)`` on ``device`` to its restored image (default
+    ``model.restore(x, task)``; e.g. a tiled restore). The model is put in eval mode for the call and
+    returned to its previous mode afterwards.
     """
     if not pairs:
         raise CkaLabError(f"no images to evaluate task {task}")
@@ -57,7 +61,8 @@ def evaluate_pairs(model: EDT, pairs: Sequence[EvalPair], task: str, device: tor
     scores = []
     try:
         for pair in pairs:
-            out = model.restore(pair.input.to(device), task).float().cpu()
+            x = pair.input.to(device)
+            out = (restore(x) if restore is not None else model.restore(x, task)).float().cpu()
             p, s = psnr_ssim(out, pair.target, crop_border=border, y_channel=y_channel)
             scores.append(ImageScore(pair.name, p, s))
     finally:

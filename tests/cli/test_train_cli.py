@@ -117,3 +117,24 @@ def test_evaluate_errors(capsys, trained, data_dir, tmp_path):
     torch.save(create_edt("DRls_EDTT").state_dict(), path)
     _one_line_error(capsys, ["evaluate", str(path), "--dataset", str(tmp_path / "rain"), "--task", "L"],
                     "unpaired file")
+
+
+def test_plot_log_draws_the_runs_figure(capsys, trained, tmp_path):
+    _, out = trained
+    target = tmp_path / "fig.png"
+    assert main(["plot-log", str(out), "--out", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().out.strip() == str(target)
+    header = (out / "train_log.csv").read_text().splitlines()[0]
+    assert "s0_q_update_ratio" in header and "s3_attn_entropy_rel" in header and "s3_logit_spread" in header
+
+
+def test_plot_log_errors(capsys, trained, tmp_path):
+    _, out = trained
+    _one_line_error(capsys, ["plot-log", str(tmp_path / "nope")], "run folder")
+    _one_line_error(capsys, ["plot-log", str(tmp_path)], "holds no train_log.csv")
+    _one_line_error(capsys, ["plot-log", str(out), "--out", str(tmp_path / "x.txt")], "use a .png, .svg or .pdf")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train_log.csv").write_text("a,b\n1,2\n")
+    _one_line_error(capsys, ["plot-log", str(bad)], "no 'iteration' column")

@@ -80,9 +80,10 @@ def test_every_layer_block_direction_and_head_is_measured_and_hooks_are_removed(
     assert (df["n"] == 2 * 48 * 48).all()
     assert ((df["mean"] > 0) & (df["mean"] < math.hypot(5, 23))).all()
     assert ((df.within_8 >= df.within_4) & (df.within_4 >= df.within_2)).all()
-    assert all(not m._forward_hooks for m in edt_dn.modules())
-    summary = locality_summary(df)
-    assert summary.layer.tolist() == [0, 1, 2, 3]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in edt_dn.modules())
+    summary = locality_summary(df)  # per layer, kind and direction: plain and shifted blocks apart
+    assert summary[["layer", "kind", "direction"]].drop_duplicates().shape[0] == len(summary) == 4 * 2 * 2
+    assert set(summary.kind) == {"plain", "shifted"} and (summary.n_heads == 3 * 6).all()
 
 
 def test_denoising_heads_that_downsample_count_four_input_pixels_per_token(edt_dn):

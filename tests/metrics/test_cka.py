@@ -386,7 +386,7 @@ def test_error_messages_are_one_line():
 @pytest.fixture
 def fresh_kernel_choice():
     """Forget which float32 Gram kernel this process chose, before and after the test."""
-    from cka_lab.metrics import cka
+    from cka_lab.metrics import cka_functional as cka
 
     cka._onednn_linear.cache_clear()
     yield cka

@@ -70,3 +70,26 @@ def test_a_bf16_autocast_training_step_lowers_the_loss_on_a_fixed_batch():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0]  # on the CPU without autocast: 0.087 -> 0.057 in 15 steps
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_fused_attention_on_cuda_pads_the_head_dim_and_equals_the_explicit_path(exact_fp32, shift):
+    """head_dim 5 is zero-padded to 8 for the efficient SDPA kernels: outputs and gradients unchanged."""
+    from cka_lab.models.edt import CSwinTransformerBlock, explicit_attention
+
+    torch.manual_seed(0)
+    blk = CSwinTransformerBlock(60, 6, (6, 24), shift, 2.0, 0.0, 48).cuda().train()
+    x = torch.randn(4, 48 * 48, 60, device="cuda")
+
+    def run():
+        blk.zero_grad(set_to_none=True)
+        out = blk(x, (48, 48))
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in blk.parameters()]
+
+    out_f, g_f = run()
+    with explicit_attention():
+        out_e, g_e = run()
+    assert (out_f - out_e).abs().max().item() <= ATOL * max(1.0, out_e.abs().max().item())
+    for a, b in zip(g_f, g_e):
+        assert (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()

@@ -1,0 +1,142 @@
+"""A training run at a glance: loss, validation PSNR, and whether attention is learning.
+
+:func:`plot_training_log` takes the two CSV logs of a run as DataFrames (``train_log.csv``,
+``val_log.csv``; see :mod:`cka_lab.train.logs`) and draws six panels:
+
+1. training L1 loss (log scale);
+2. validation PSNR per task;
+3. learning rate;
+4. attention entropy relative to uniform per stage, drawn as ``1 - H/Hmax`` on a log scale (0 is
+   uniform attention: it has learnt nothing; the legend gives the last ``H/Hmax``);
+5. logit spread per stage (within-row std of the pre-softmax scores);
+6. q, k and v update-to-weight ratios per log interval (log scale; the mean over stages, the band
+   spanning the stages).
+
+Logs written without diagnostics leave panels 4-6 with a note. Figures are built with
+``matplotlib.figure.Figure`` directly (no pyplot state); save with :func:`cka_lab.plots.save_figure`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cka_lab.errors import CkaLabError
+
+__all__ = ["plot_training_log", "log_stages"]
+
+_STAGE = re.compile(r"^s(\d+)_attn_entropy_rel$")
+_PARTS = {"q": "#1f77b4", "k": "#d62728", "v": "#7f7f7f"}
+
+
+def log_stages(train_log: pd.DataFrame) -> list[int]:
+    """Stages with diagnostic columns in a training log (``s{i}_attn_entropy_rel``), sorted."""
+    return sorted(int(m.group(1)) for c in train_log.columns if (m := _STAGE.match(str(c))))
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _has(df: pd.DataFrame, cols: list[str]) -> bool:
+    return all(c in df.columns for c in cols) and not df[cols].isna().all().all()
+
+
+def plot_training_log(train_log: pd.DataFrame, val_log: pd.DataFrame | None = None, *, title: str = "") -> Figure:
+    """Six panels of a run's logs (see the module docstring). ``train_log`` needs ``iteration`` and ``loss``."""
+    for col in ("iteration", "loss"):
+        if col not in train_log.columns:
+            raise CkaLabError(f"the training log has no {col!r} column: is it a cka-lab train_log.csv?")
+    if train_log.empty:
+        raise CkaLabError("the training log has no rows yet")
+    tl = train_log.sort_values("iteration")
+    it = tl["iteration"].to_numpy()
+    stages = log_stages(tl)
+    palette = sns.color_palette("viridis", max(1, len(stages)))
+
+    fig = Figure(figsize=(14, 7.5), layout="constrained")
+    axes = fig.subplots(2, 3)
+    (ax_loss, ax_val, ax_lr), (ax_ent, ax_spread, ax_upd) = axes
+    if title:
+        fig.suptitle(title, fontsize=13)
+
+    heads = [c for c in tl.columns if c.startswith("loss_")]
+    if len(heads) > 1:
+        for c in heads:
+            ax_loss.plot(it, tl[c], lw=1, alpha=0.7, label=c.removeprefix("loss_"))
+    ax_loss.plot(it, tl["loss"], color="black", lw=1.6, label="mean" if len(heads) > 1 else None)
+    ax_loss.set_yscale("log")
+    ax_loss.set_title("training loss (L1)")
+    if len(heads) > 1:
+        ax_loss.legend(fontsize=8, frameon=False)
+
+    if val_log is not None and not val_log.empty and {"iteration", "task", "psnr"} <= set(val_log.columns):
+        for task, g in val_log.sort_values("iteration").groupby("task", sort=True):
+            ax_val.plot(g["iteration"], g["psnr"], marker="o", ms=4, lw=1.4, label=str(task))
+            last = g.iloc[-1]
+            ax_val.annotate(f"{last['psnr']:.2f}", (last["iteration"], last["psnr"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax_val.set_title("validation PSNR (dB)")
+        ax_val.legend(fontsize=8, frameon=False, title="task", title_fontsize=8)
+    else:
+        ax_val.set_title("validation PSNR (dB)")
+        _note(ax_val, "no validation in this run")
+
+    if "lr" in tl.columns:
+        ax_lr.plot(it, tl["lr"], color="#2ca02c", lw=1.6, drawstyle="steps-post")
+        ax_lr.set_title("learning rate")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax_lr.set_ylim(bottom=0)
+    else:
+        _note(ax_lr, "no lr column")
+
+    ent_cols = [f"s{s}_attn_entropy_rel" for s in stages]
+    ax_ent.set_title("attention focus: 1 - entropy/uniform (0 = uniform)")
+    if stages and _has(tl, ent_cols):
+        for s, color in zip(stages, palette):
+            rel = tl[f"s{s}_attn_entropy_rel"].to_numpy(dtype=float)
+            last = rel[~np.isnan(rel)][-1]
+            ax_ent.plot(it, np.clip(1.0 - rel, 1e-7, None), color=color, lw=1.6, label=f"stage {s}: H/Hmax {last:.6f}")
+        ax_ent.set_yscale("log")
+        ax_ent.legend(fontsize=8, frameon=False, title="last value", title_fontsize=7)
+    else:
+        _note(ax_ent, "no attention diagnostics in this log\n(schedule.diagnostics = true)")
+
+    spread_cols = [f"s{s}_logit_spread" for s in stages]
+    ax_spread.set_title("attention logit spread (std within a row)")
+    if stages and _has(tl, spread_cols):
+        for s, color in zip(stages, palette):
+            ax_spread.plot(it, tl[f"s{s}_logit_spread"], color=color, lw=1.6, label=f"stage {s}")
+        ax_spread.set_ylim(bottom=0)
+        ax_spread.legend(fontsize=8, frameon=False)
+    else:
+        _note(ax_spread, "no attention diagnostics in this log")
+
+    ax_upd.set_title("update / weight per log interval (q, k, v)")
+    upd = {p: [f"s{s}_{p}_update_ratio" for s in stages] for p in _PARTS}
+    if stages and all(_has(tl, cols) for cols in upd.values()):
+        for p, color in _PARTS.items():
+            vals = tl[upd[p]].to_numpy(dtype=float)
+            ax_upd.plot(it, np.nanmean(vals, axis=1), color=color, lw=1.8, label=p)
+            ax_upd.fill_between(it, np.nanmin(vals, axis=1), np.nanmax(vals, axis=1), color=color, alpha=0.18, lw=0)
+        ax_upd.set_yscale("log")
+        ax_upd.legend(fontsize=8, frameon=False, loc="upper right", title="mean over stages\nband: min-max", title_fontsize=7)
+    else:
+        _note(ax_upd, "no update ratios in this log")
+
+    for ax in axes.flat:
+        if ax.has_data():
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("iteration")
+            ax.grid(True, color="0.92", lw=0.8)
+            ax.set_axisbelow(True)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+    return fig
