@@ -35,7 +35,7 @@ import torch
 
 from cka_lab import __version__
 from cka_lab.errors import CkaLabError
-from cka_lab.io import write_bytes
+from cka_lab.io import open_append, write_bytes
 from cka_lab.study.plan import Run, plan_runs, run_config
 from cka_lab.study.spec import StudySpec
 
@@ -173,7 +173,7 @@ def _train_one(spec: StudySpec, paths: StudyPaths, run: Run, device: str, in_pro
     else:
         cmd = [sys.executable, "-m", "cka_lab.train", str(config), "--out", str(out)] + (["--resume"] if resume else [])
         log = paths.runs / f"{run.name}.log"
-        with open(log, "ab") as fh:
+        with open_append(log) as fh:  # O_APPEND | O_NOFOLLOW
             proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_clean_env())
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
