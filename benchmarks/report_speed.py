@@ -63,7 +63,7 @@ def main() -> None:
         sync()
 
     def contrast():
-        out = contrast_models(a, b, batches, name_a="scratch", name_b="finetune", device=dev, progress=False)
+        out = contrast_models(a, b, batches=batches, name_a="scratch", name_b="finetune", device=dev, progress=False)
         sync()
         return out
 

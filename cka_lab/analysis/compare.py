@@ -1,32 +1,38 @@
-"""Layer-by-layer CKA between two models on the same probe images (the engine of ``cka-lab compare``).
+"""Layer-by-layer CKA between two models on the same probe crops (the engine of ``cka-lab compare``).
 
-Both models see the same clean crops; each model's task decides what it is fed: SR heads get the crop
-as their low-resolution input, denoising heads the crop plus seeded Gaussian noise (identical noise
-for identical sigma), derain heads the crop as is (point ``--data`` at rain images for them). Features
-are captured with :class:`~cka_lab.features.FeatureExtractor` and accumulated batch by batch in
-:class:`~cka_lab.metrics.cka.MinibatchCKA`: nothing of size N x N and no feature tensor outlives its batch.
+Both models see the same clean crops (each at its own probe size, see
+:func:`cka_lab.analysis.probing.prepare_probe`); each model's task decides what it is fed (SR heads: the
+crop, denoising heads: the crop plus per-crop seeded noise, derain heads: the crop as is). What is
+measured -- layers, feature kind, estimator -- is one :class:`~cka_lab.analysis.spec.AnalysisSpec`.
+
+    comp = compare_models(a, b, AnalysisSpec(layers="paper", estimator="biased-full"))
+    comp.matrix, comp.ci_low, comp.ci_high, comp.protocol
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from cka_lab.data.degrade import add_gaussian_noise
-from cka_lab.data.probes import bundled_images, probe_batches
-from cka_lab.errors import CkaLabError
-from cka_lab.features import FeatureExtractor, resolve_layers
-from cka_lab.metrics.cka import MinibatchCKA
+from cka_lab.features import resolve_layers
+from cka_lab.features.layersets import DEFAULT_PATTERN
+
+from .measure import measure
+from .probing import (
+    ProbedModel,
+    default_probe_images,
+    model_input,
+    prepare_probe,
+    probe_loader,
+    progress_enabled,
+)
+from .spec import AnalysisSpec
 
 __all__ = [
     "Comparison",
@@ -35,17 +41,13 @@ __all__ = [
     "stage_starts",
     "default_probe_images",
     "model_input",
+    "probe_loader",
     "progress_enabled",
     "short_layer_name",
 ]
 
-DEFAULT_LAYERS = "body.layers.*.residual_group.blocks.*"
+DEFAULT_LAYERS = DEFAULT_PATTERN
 _STAGE = re.compile(r"body\.layers\.(\d+)")
-
-
-def progress_enabled() -> bool:
-    """Progress bars on a terminal, off with ``CKA_LAB_NO_PROGRESS=1``."""
-    return os.environ.get("CKA_LAB_NO_PROGRESS", "") in ("", "0") and sys.stderr.isatty()
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -68,26 +70,21 @@ def stage_starts(layers: Sequence[str]) -> list[int]:
 _BLOCK = re.compile(r"^body\.layers\.(\d+)\.residual_group\.blocks\.(\d+)")
 
 
+_HEAD_TAIL = re.compile(r"^(head|tail)_(?:sr_x\d+|dn_g\d+|dr_\w+)(\..*)?$")
+
+
 def short_layer_name(name: str) -> str:
-    """Compact display name of an EDT layer: ``body.layers.2.residual_group.blocks.3.mlp`` -> ``s2.b3.mlp``."""
+    """Compact display name of an EDT layer: ``body.layers.2.residual_group.blocks.3.mlp`` -> ``s2.b3.mlp``,
+    ``...blocks.3.attn_residual`` -> ``s2.b3.attn``, ``body.layers.2`` -> ``s2``, ``head_sr_x2.1`` -> ``head.1``
+    (the task suffix dropped, so the paper sets of an SR and a denoising model line up)."""
     m = _BLOCK.match(name)
     if m:
-        return f"s{m.group(1)}.b{m.group(2)}{name[m.end():]}"
+        rest = name[m.end():]
+        return f"s{m.group(1)}.b{m.group(2)}{'.attn' if rest == '.attn_residual' else rest}"
+    m = _HEAD_TAIL.match(name)
+    if m:
+        return f"{m.group(1)}{m.group(2)}"
     return name.removeprefix("body.").replace("layers.", "s", 1) if name.startswith("body.layers.") else name
-
-
-def default_probe_images() -> list[Path]:
-    """The images bundled with the package: Set5 HR and McMaster crops (natural, clean content)."""
-    return bundled_images("sr_hr") + bundled_images("clean")
-
-
-def model_input(x: Tensor, task: str, *, seed: int, batch_index: int) -> Tensor:
-    """What a head of ``task`` is fed for the clean crops ``x: (B, 3, P, P)``: noisy for ``g<sigma>``."""
-    if task.startswith("g") and task[1:].isdigit():
-        # the noise is drawn on the CPU, so it is the same whatever device the model runs on
-        g = torch.Generator().manual_seed(seed * 1_000_003 + batch_index * 1_009 + int(task[1:]))
-        return add_gaussian_noise(x.cpu(), float(task[1:]), generator=g).to(x.device)
-    return x
 
 
 @dataclass
@@ -111,6 +108,14 @@ class Comparison:
     ci_high: np.ndarray | None = None
     features: str = "output"
     meta: dict = field(default_factory=dict)
+    estimator: str = "unbiased-minibatch"
+    layer_set: str = "default"
+    n_units: int = 0
+
+    @property
+    def protocol(self) -> str:
+        """What produced the matrix, as every output names it: estimator, layer set, feature kind, N."""
+        return f"{self.estimator} CKA, layers {self.layer_set}, {self.features} features, N={self.n_samples}"
 
     def table(self) -> pd.DataFrame:
         """The matrix as a DataFrame: index ``layers_a``, columns ``layers_b``."""
@@ -149,7 +154,10 @@ class Comparison:
             "patch": self.patch,
             "data": self.data,
             "features": self.features,
-            "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021)",
+            "estimator": self.estimator,
+            "layer_set": self.layer_set,
+            "protocol": self.protocol,
+            "n_units": self.n_units,
             "mean_cka": float(np.nanmean(m)),
             "best_match_of_a": {a: self.layers_b[j] for a, j in zip(self.layers_a, best)},
             **self.meta,
@@ -162,114 +170,53 @@ class Comparison:
         return out
 
 
-def _check_patch(model: nn.Module, task: str, patch: int) -> None:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return
-    cfg.head(task)
-    m = cfg.pad_multiple(task)
-    if patch % m:
-        lo, hi = patch // m * m, (patch // m + 1) * m
-        raise CkaLabError(
-            f"probe patch {patch} is not a multiple of {m}, which the {task} head of {cfg.name} needs: "
-            f"use --patch {f'{lo} or {hi}' if lo else hi}"
-        )
+def _task(model: nn.Module, task: str | None) -> str | None:
+    return task or getattr(getattr(model, "config", None), "tasks", (None,))[0]
 
 
-def _run(model: nn.Module, x: Tensor, task: str | None) -> None:
-    if task is not None and hasattr(model, "forward_task"):
-        model.forward_task(x, task)
-    else:
-        model(x)
+def _arch(model: nn.Module) -> str:
+    return getattr(model, "name", type(model).__name__)
 
 
 @torch.inference_mode()
 def compare_models(
     model_a: nn.Module,
     model_b: nn.Module,
-    batches: Iterable[Tensor],
+    spec: AnalysisSpec | None = None,
     *,
+    batches: Iterable[Tensor] | None = None,
     task_a: str | None = None,
     task_b: str | None = None,
-    layers_a: str | Sequence[str] | None = None,
-    layers_b: str | Sequence[str] | None = None,
     name_a: str = "A",
     name_b: str = "B",
-    seed: int = 0,
     device: torch.device | str = "cpu",
-    confidence: bool = True,
     progress: bool | None = None,
-    data_label: str = "",
-    features: str = "output",
 ) -> Comparison:
-    """CKA between every layer of ``model_a`` and every layer of ``model_b`` over ``batches``.
+    """CKA between every layer of ``model_a`` and every layer of ``model_b`` (``spec.layers`` of each).
 
-    ``batches`` yields clean crops ``(B, 3, P, P)`` (B >= 4); the models run in eval mode on
-    ``device``. ``layers_*`` are names or glob patterns (default: every transformer block).
-    ``features`` is ``"output"`` (what each layer returns) or ``"update"`` (output minus input, what a
-    residual block adds; see :class:`~cka_lab.features.FeatureExtractor`).
+    ``spec`` (default :class:`AnalysisSpec()`) decides probe crops, layers, features and estimator;
+    ``batches`` (clean crops ``(B, 3, P, P)``) replaces the spec's probe crops. The models run in eval
+    mode on ``device``; hooks are removed when the call ends, also on error.
     """
+    spec = spec or AnalysisSpec(attention=False)
     device = torch.device(device)
-    task_a = task_a or getattr(getattr(model_a, "config", None), "tasks", (None,))[0]
-    task_b = task_b or getattr(getattr(model_b, "config", None), "tasks", (None,))[0]
+    task_a, task_b = _task(model_a, task_a), _task(model_b, task_b)
     model_a.eval().to(device)
     model_b.eval().to(device)
-    ext_a = FeatureExtractor(model_a, layers_a if layers_a is not None else DEFAULT_LAYERS, kind=features)
-    ext_b = FeatureExtractor(model_b, layers_b if layers_b is not None else DEFAULT_LAYERS, kind=features)
-    metric = MinibatchCKA(ext_a.layers, ext_b.layers, keep_batches=confidence)
-    total = len(batches) if hasattr(batches, "__len__") else None
-    bar = tqdm(batches, total=total, desc=f"CKA {name_a} vs {name_b}", unit="batch",
-               disable=not (progress_enabled() if progress is None else progress))
-    patch = 0
-    checked = False
-    with ext_a, ext_b:
-        for i, x in enumerate(bar):
-            x = x.to(device)
-            patch = x.shape[-1]
-            if not checked:
-                _check_patch(model_a, task_a, patch)
-                _check_patch(model_b, task_b, patch)
-                checked = True
-            _run(model_a, model_input(x, task_a or "", seed=seed, batch_index=i), task_a)
-            _run(model_b, model_input(x, task_b or "", seed=seed, batch_index=i), task_b)
-            metric.update(ext_a.features, ext_b.features)
-    matrix = metric.compute().cpu().numpy()
-    lo = hi = None
-    if confidence and metric.n_batches >= 2:
-        lo_t, hi_t = metric.confidence_interval(n_boot=500, seed=seed)
-        lo, hi = lo_t.cpu().numpy(), hi_t.cpu().numpy()
+    probe, sizes, label = prepare_probe(spec.probe, [(model_a, task_a), (model_b, task_b)], batches)
+    m = measure(ProbedModel(model_a, task_a, sizes[0]), ProbedModel(model_b, task_b, sizes[1]), spec, probe,
+                controls=False, progress=progress, desc=f"CKA {name_a} vs {name_b}")
+    low, high = m.block_ci["ab"]
     return Comparison(
-        name_a=name_a,
-        name_b=name_b,
-        arch_a=getattr(model_a, "name", type(model_a).__name__),
-        arch_b=getattr(model_b, "name", type(model_b).__name__),
-        task_a=task_a or "",
-        task_b=task_b or "",
-        layers_a=list(ext_a.layers),
-        layers_b=list(ext_b.layers),
-        matrix=matrix,
-        n_samples=metric.n_samples,
-        n_batches=metric.n_batches,
-        patch=patch,
-        data=data_label,
-        ci_low=lo,
-        ci_high=hi,
-        features=features,
+        name_a=name_a, name_b=name_b, arch_a=_arch(model_a), arch_b=_arch(model_b), task_a=task_a or "",
+        task_b=task_b or "", layers_a=m.layers_a, layers_b=m.layers_b, matrix=m.block("ab"),
+        n_samples=m.n_samples, n_batches=len(probe), patch=probed_patch(probe, sizes[0]), data=label,
+        ci_low=low, ci_high=high, features=spec.features, estimator=spec.estimator, layer_set=spec.layer_label,
+        n_units=m.n_units, meta={"patch_b": probed_patch(probe, sizes[1]), "unit": m.unit,
+                                 "constant_layers": m.constant, "passes": m.passes},
     )
 
 
-def probe_loader(data: str | Path | None, *, patch: int, n_samples: int, seed: int, batch_size: int):
-    """Clean probe crops from ``data`` (a folder) or the bundled images; the label says which."""
-    if batch_size < 4:
-        raise CkaLabError(
-            f"--batch-size {batch_size} is too small: the unbiased HSIC estimator needs at least 4 samples per batch"
-        )
-    images = default_probe_images() if data is None else data
-    label = "bundled probe images (Set5 HR, McMaster crops)" if data is None else str(data)
-    batches = probe_batches(images, patch=patch, n_samples=n_samples, seed=seed, batch_size=batch_size)
-    if len(batches) and n_samples % batch_size and n_samples % batch_size < 4:
-        raise CkaLabError(
-            f"--n-samples {n_samples} with --batch-size {batch_size} leaves a last batch of "
-            f"{n_samples % batch_size} (< 4 samples): choose n-samples divisible by the batch size"
-        )
-    return batches, label
+def probed_patch(batches, size: int | None) -> int:
+    """The input size a model saw: its own probe size, else the crops'."""
+    return int(size) if size is not None else int(batches[0].x.shape[-1]) if len(batches) else 0

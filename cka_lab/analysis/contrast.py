@@ -1,43 +1,40 @@
 """Two models side by side: their own layer x layer CKA, its difference, CKA across them, attention distances.
 
 This is the analysis of the EDT paper (pre-trained vs from-scratch, SR vs denoising; Fig. 2) and of
-Raghu et al. 2021 (attention distance per layer and head), in one pass over the probe crops: every
-batch runs once through each model, with feature hooks feeding three streaming CKA accumulators
-(A x A, B x B, A x B) and softmax hooks feeding one attention-distance accumulator per model.
+Raghu et al. 2021 (attention per layer and head). With the unbiased estimator it is one pass over the
+probe crops: every batch runs once through each model, feature hooks feed one keyed accumulator that
+gives A x A, B x B and A x B at once, softmax hooks feed the attention statistics. With ``biased-full``
+the layers are measured group by group over several passes of the same crops.
 
-    contrast = contrast_models(a, b, batches, name_a="scratch", name_b="pre-trained")
+Every contrast carries its controls (:mod:`cka_lab.analysis.controls`): the probe-draw control of each
+model and, where known, the seed-to-seed control; :meth:`Contrast.difference_decision` states a
+difference only where it exceeds its interval and every control.
+
+    spec = AnalysisSpec(layers="paper", estimator="biased-full")
+    contrast = contrast_models(a, b, spec, name_a="scratch", name_b="pre-trained")
     contrast.difference          # (L, L) CKA(A) - CKA(B), same layer names required
-    contrast.attention_layers    # per model and stage: mean distance, head spread, locality
+    contrast.difference_decision().stated    # cells above their interval and the controls
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cka_lab.errors import CkaLabError
-from cka_lab.features import FeatureExtractor
-from cka_lab.metrics.attention import AttentionDistance, attention_modules, locality_summary
-from cka_lab.metrics.cka import MinibatchCKA
 
-from .compare import (
-    DEFAULT_LAYERS,
-    Comparison,
-    _check_patch,
-    _run,
-    model_input,
-    progress_enabled,
-    short_layer_name,
-    stage_starts,
-)
+from .compare import Comparison, probed_patch, short_layer_name, stage_starts
+from .controls import MIN_UNITS, Decision, decide
+from .measure import measure
+from .probing import ProbedModel, prepare_probe
+from .spec import AnalysisSpec
 
-__all__ = ["Contrast", "contrast_models", "check_same_task"]
+__all__ = ["Contrast", "attach_seed_controls", "contrast_models", "check_same_task"]
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -55,9 +52,37 @@ class Contrast:
     within_a: Comparison  # A x A
     within_b: Comparison  # B x B
     cross: Comparison  # A x B
-    attention_a: pd.DataFrame | None = None  # one row per (layer, block, direction, head), see AttentionDistance
+    attention_a: pd.DataFrame | None = None  # one row per (layer, block, kind, direction, head), see AttentionDistance
     attention_b: pd.DataFrame | None = None
+    attention_stages_a: pd.DataFrame | None = None  # per (layer, kind, direction), heads pooled, with intervals
+    attention_stages_b: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
+    spec: AnalysisSpec = field(default_factory=AnalysisSpec)
+    difference_low: np.ndarray | None = None  # paired interval of the difference (L, L)
+    difference_high: np.ndarray | None = None
+    control_a: np.ndarray | None = None  # probe-draw control of A's map (La, La): |half 1 - half 2|
+    control_b: np.ndarray | None = None
+    seed_control: np.ndarray | None = None  # |CKA(seed s) - CKA(seed s')| of a seed pair, (L, L)
+    seed_control_label: str = ""
+
+    @property
+    def protocol(self) -> str:
+        """Estimator, layer set, feature kind and N: what every output of this contrast names."""
+        return self.cross.protocol
+
+    def controls(self) -> list[np.ndarray]:
+        """The controls a difference must clear, per cell: probe-draw of A and of B, seed-to-seed."""
+        return [c for c in (self.control_a, self.control_b, self.seed_control) if c is not None]
+
+    def difference_decision(self) -> Decision:
+        """Cells of ``difference`` above their interval and every control (see :func:`decide`)."""
+        d = self.difference
+        low = self.difference_low if self.difference_low is not None else np.full_like(d, np.nan)
+        high = self.difference_high if self.difference_high is not None else np.full_like(d, np.nan)
+        dec = decide(d, low, high, self.controls())
+        if self.cross.n_units < MIN_UNITS:  # too few units for an interval to mean anything
+            dec.stated[...] = False
+        return dec
 
     @property
     def comparable(self) -> bool:
@@ -87,11 +112,12 @@ class Contrast:
 
     @property
     def attention_layers(self) -> pd.DataFrame:
-        """Per model and stage: mean attention distance, its range over heads, locality shares."""
-        frames = [locality_summary(df).assign(model=name) for name, df in
-                  ((self.name_a, self.attention_a), (self.name_b, self.attention_b)) if df is not None]
+        """Per model, stage, window kind (plain/shifted) and strip direction: distance, its uniform baseline,
+        locality and relative entropy with their intervals (``AttentionDistance.summary()``)."""
+        frames = [df.assign(model=name) for name, df in
+                  ((self.name_a, self.attention_stages_a), (self.name_b, self.attention_stages_b)) if df is not None]
         if not frames:
-            raise CkaLabError("this contrast was run without attention distances (attention=False)")
+            raise CkaLabError("this contrast was run without attention statistics (attention=False)")
         out = pd.concat(frames, ignore_index=True)
         return out[["model"] + [c for c in out.columns if c != "model"]]
 
@@ -113,8 +139,45 @@ class Contrast:
                 rows.append(row)
         return pd.DataFrame(rows)
 
+    def control_summary(self) -> dict:
+        """Median and largest value of each control over the cells off the diagonal (JSON-ready)."""
+        out = {}
+        for key, c in (("probe_draw_a", self.control_a), ("probe_draw_b", self.control_b),
+                       ("seed_to_seed", self.seed_control)):
+            if c is None:
+                out[key] = None
+                continue
+            off = c[~np.eye(*c.shape, dtype=bool)] if c.shape[0] == c.shape[1] and c.shape[0] > 1 else c.ravel()
+            off = off[np.isfinite(off)]
+            out[key] = {"median": float(np.median(off)), "max": float(off.max())} if off.size else None
+        if self.seed_control_label:
+            out["seed_pair"] = self.seed_control_label
+        return out
+
+    def difference_effect(self) -> dict:
+        """The decision on the difference map, in numbers: how many cells are stated and the strongest
+        (with interval and control), or the largest |difference| and why it is not decidable."""
+        dec = self.difference_decision()
+        names = [short_layer_name(n) for n in self.within_a.layers_a]
+        off = ~np.eye(len(names), dtype=bool)
+        stated = dec.stated & off
+        out = {"stated_cells": int(stated.sum()), "cells": int(off.sum()), "n_units": self.cross.n_units,
+               "min_units": MIN_UNITS}
+        if stated.any():
+            idx = np.unravel_index(np.argmax(np.where(stated, np.abs(dec.effect), -np.inf)), stated.shape)
+            out["decidable"] = True
+        else:
+            mag = np.where(off & np.isfinite(dec.effect), np.abs(dec.effect), -np.inf)
+            idx = np.unravel_index(np.argmax(mag), mag.shape)
+            out["decidable"] = False
+        i, j = (int(k) for k in idx)
+        out.update({"layer_i": names[i], "layer_j": names[j], "difference": float(dec.effect[i, j]),
+                    "low": float(dec.low[i, j]), "high": float(dec.high[i, j]),
+                    "control": float(dec.control[i, j]) if np.isfinite(dec.control[i, j]) else None})
+        return out
+
     def summary(self) -> dict:
-        """Headline numbers for a report or a JSON file."""
+        """Headline numbers for a report or a JSON file (protocol and controls included)."""
         out = {
             "model_a": self.name_a,
             "model_b": self.name_b,
@@ -123,8 +186,13 @@ class Contrast:
             "task_a": self.cross.task_a,
             "task_b": self.cross.task_b,
             "features": self.cross.features,
+            "estimator": self.cross.estimator,
+            "layer_set": self.cross.layer_set,
+            "protocol": self.protocol,
             "n_samples": self.cross.n_samples,
+            "n_units": self.cross.n_units,
             "patch": self.cross.patch,
+            "patch_b": self.cross.meta.get("patch_b", self.cross.patch),
             "data": self.cross.data,
             "mean_cka_a": float(np.nanmean(self.within_a.matrix)),
             "mean_cka_b": float(np.nanmean(self.within_b.matrix)),
@@ -133,15 +201,18 @@ class Contrast:
         }
         if self.cross.same_layers:
             out["mean_cross_same_layer_cka"] = float(np.nanmean(np.diag(self.cross.matrix)))
+        out["controls"] = self.control_summary()
         if self.comparable:
             d = self.difference
             out["mean_difference"] = float(np.nanmean(d))
             out["max_abs_difference"] = float(np.nanmax(np.abs(d)))
-        if self.attention_a is not None and self.attention_b is not None:
-            la = locality_summary(self.attention_a).set_index("layer")["mean_distance"]
-            lb = locality_summary(self.attention_b).set_index("layer")["mean_distance"]
-            out["attention_distance_a"] = {int(k): float(v) for k, v in la.items()}
-            out["attention_distance_b"] = {int(k): float(v) for k, v in lb.items()}
+            out["difference_effect"] = self.difference_effect()
+        if self.attention_stages_a is not None and self.attention_stages_b is not None:
+            cols = [c for c in ("layer", "kind", "direction", "distance", "uniform_distance", "locality",
+                                "locality_lower", "locality_upper", "entropy_rel", "entropy_rel_lower",
+                                "entropy_rel_upper") if c in self.attention_stages_a.columns]
+            out["attention_a"] = self.attention_stages_a[cols].to_dict(orient="records")
+            out["attention_b"] = self.attention_stages_b[cols].to_dict(orient="records")
         return out
 
 
@@ -156,99 +227,102 @@ def check_same_task(model_a: nn.Module, model_b: nn.Module, task_a: str, task_b:
         )
 
 
-def _comparison(metric: MinibatchCKA, ext_a: FeatureExtractor, ext_b: FeatureExtractor, names, archs, tasks,
-                patch: int, data: str, features: str, seed: int, confidence: bool) -> Comparison:
-    lo = hi = None
-    if confidence and metric.n_batches >= 2:
-        lo_t, hi_t = metric.confidence_interval(n_boot=500, seed=seed)
-        lo, hi = lo_t.cpu().numpy(), hi_t.cpu().numpy()
-    return Comparison(
-        name_a=names[0], name_b=names[1], arch_a=archs[0], arch_b=archs[1], task_a=tasks[0], task_b=tasks[1],
-        layers_a=list(ext_a.layers), layers_b=list(ext_b.layers), matrix=metric.compute().cpu().numpy(),
-        n_samples=metric.n_samples, n_batches=metric.n_batches, patch=patch, data=data,
-        ci_low=lo, ci_high=hi, features=features,
-    )
+def _task(model: nn.Module, task: str | None) -> str | None:
+    return task or getattr(getattr(model, "config", None), "tasks", (None,))[0]
 
 
 @torch.inference_mode()
 def contrast_models(
     model_a: nn.Module,
     model_b: nn.Module,
-    batches: Iterable[Tensor],
+    spec: AnalysisSpec | None = None,
     *,
+    batches: Iterable[Tensor] | None = None,
     task_a: str | None = None,
     task_b: str | None = None,
-    layers: str | Sequence[str] | None = None,
     name_a: str = "A",
     name_b: str = "B",
-    features: str = "update",
-    attention: bool = True,
     same_task: bool = False,
-    seed: int = 0,
     device: torch.device | str = "cpu",
-    confidence: bool = True,
     progress: bool | None = None,
-    data_label: str = "",
 ) -> Contrast:
-    """Contrast ``model_a`` with ``model_b`` on ``batches`` of clean crops ``(B, 3, P, P)``, B >= 4.
+    """Contrast ``model_a`` with ``model_b`` as ``spec`` says (default :class:`AnalysisSpec()`).
 
-    ``layers`` (names or globs, the same for both; default every transformer block) and ``features``
-    (``"update"``: what each block adds to the residual stream, or ``"output"``) choose the CKA
-    features. ``attention`` also measures attention distances of every EDT attention module (models
-    without any are refused). ``same_task`` refuses models probed on different heads.
+    ``spec`` gives the probe crops, the layers (``default``, ``paper`` or names/globs, the same for
+    both), the feature kind, the estimator, attention on/off and controls on/off. ``batches`` (clean
+    crops ``(B, 3, P, P)``) replaces the spec's probe crops. ``same_task`` refuses models probed on
+    different heads. Hooks are entered through one ExitStack and removed when the call ends.
     """
+    spec = spec or AnalysisSpec()
+    if not isinstance(spec, AnalysisSpec):
+        raise CkaLabError(f"contrast_models takes an AnalysisSpec as its third argument, got {type(spec).__name__}; "
+                          "pass probe crops as batches=...")
     device = torch.device(device)
-    task_a = task_a or getattr(getattr(model_a, "config", None), "tasks", (None,))[0]
-    task_b = task_b or getattr(getattr(model_b, "config", None), "tasks", (None,))[0]
+    task_a, task_b = _task(model_a, task_a), _task(model_b, task_b)
     if same_task:
         check_same_task(model_a, model_b, task_a, task_b, (name_a, name_b))
-    if attention:
-        for name, model in ((name_a, model_a), (name_b, model_b)):
-            if not attention_modules(model):
-                raise CkaLabError(
-                    f"{name} ({type(model).__name__}) has no window-attention modules: attention distances need "
-                    "an EDT model; pass attention=False (--no-attention) to contrast CKA only"
-                )
     model_a.eval().to(device)
     model_b.eval().to(device)
-    ext_a = FeatureExtractor(model_a, layers if layers is not None else DEFAULT_LAYERS, kind=features)
-    ext_b = FeatureExtractor(model_b, layers if layers is not None else DEFAULT_LAYERS, kind=features)
-    aa = MinibatchCKA(ext_a.layers, ext_a.layers, keep_batches=confidence)
-    bb = MinibatchCKA(ext_b.layers, ext_b.layers, keep_batches=confidence)
-    ab = MinibatchCKA(ext_a.layers, ext_b.layers, keep_batches=confidence)
-    att_a = AttentionDistance(model_a, task=task_a) if attention else None
-    att_b = AttentionDistance(model_b, task=task_b) if attention else None
-    total = len(batches) if hasattr(batches, "__len__") else None
-    bar = tqdm(batches, total=total, desc=f"contrast {name_a} vs {name_b}", unit="batch",
-               disable=not (progress_enabled() if progress is None else progress))
-    patch = 0
-    hooks = [ext_a, ext_b] + [a for a in (att_a, att_b) if a is not None]
-    for h in hooks:
-        h.__enter__()
-    try:
-        for i, x in enumerate(bar):
-            x = x.to(device)
-            if not patch:
-                patch = x.shape[-1]
-                _check_patch(model_a, task_a, patch)
-                _check_patch(model_b, task_b, patch)
-            _run(model_a, model_input(x, task_a or "", seed=seed, batch_index=i), task_a)
-            _run(model_b, model_input(x, task_b or "", seed=seed, batch_index=i), task_b)
-            fa, fb = ext_a.features, ext_b.features
-            aa.update(fa, fa)
-            bb.update(fb, fb)
-            ab.update(fa, fb)
-    finally:
-        for h in reversed(hooks):
-            h.__exit__(None, None, None)
+    probe, sizes, label = prepare_probe(spec.probe, [(model_a, task_a), (model_b, task_b)], batches)
+    m = measure(ProbedModel(model_a, task_a, sizes[0]), ProbedModel(model_b, task_b, sizes[1]), spec, probe,
+                attention=spec.attention, controls=spec.controls, progress=progress,
+                desc=f"contrast {name_a} vs {name_b}")
     archs = (getattr(model_a, "name", type(model_a).__name__), getattr(model_b, "name", type(model_b).__name__))
-    common = dict(patch=patch, data=data_label, features=features, seed=seed, confidence=confidence)
+    patches = (probed_patch(probe, sizes[0]), probed_patch(probe, sizes[1]))
+
+    def comparison(block: str, names, arch, tasks, layers, patch) -> Comparison:
+        low, high = m.block_ci[block]
+        return Comparison(
+            name_a=names[0], name_b=names[1], arch_a=arch[0], arch_b=arch[1], task_a=tasks[0] or "",
+            task_b=tasks[1] or "", layers_a=layers[0], layers_b=layers[1], matrix=m.block(block),
+            n_samples=m.n_samples, n_batches=len(probe), patch=patch[0], data=label, ci_low=low, ci_high=high,
+            features=spec.features, estimator=spec.estimator, layer_set=spec.layer_label, n_units=m.n_units,
+            meta={"patch_b": patch[1], "unit": m.unit, "constant_layers": m.constant, "passes": m.passes},
+        )
+
+    la, lb = m.layers_a, m.layers_b
+    low, high = m.difference_ci if m.difference_ci is not None else (None, None)
     return Contrast(
         name_a=name_a,
         name_b=name_b,
-        within_a=_comparison(aa, ext_a, ext_a, (name_a, name_a), (archs[0],) * 2, (task_a, task_a), **common),
-        within_b=_comparison(bb, ext_b, ext_b, (name_b, name_b), (archs[1],) * 2, (task_b, task_b), **common),
-        cross=_comparison(ab, ext_a, ext_b, (name_a, name_b), archs, (task_a, task_b), **common),
-        attention_a=att_a.compute() if att_a is not None else None,
-        attention_b=att_b.compute() if att_b is not None else None,
+        within_a=comparison("aa", (name_a, name_a), (archs[0],) * 2, (task_a, task_a), (la, la), (patches[0],) * 2),
+        within_b=comparison("bb", (name_b, name_b), (archs[1],) * 2, (task_b, task_b), (lb, lb), (patches[1],) * 2),
+        cross=comparison("ab", (name_a, name_b), archs, (task_a, task_b), (la, lb), patches),
+        attention_a=m.attention_a,
+        attention_b=m.attention_b,
+        attention_stages_a=m.stages_a,
+        attention_stages_b=m.stages_b,
+        spec=spec,
+        difference_low=low,
+        difference_high=high,
+        control_a=m.control_a,
+        control_b=m.control_b,
     )
+
+
+def attach_seed_controls(contrasts: list[Contrast], metas: dict[str, dict]) -> None:
+    """Give each contrast the seed-to-seed control where the contrasts hold a seed pair.
+
+    ``metas``: model name -> checkpoint metadata (``load_model(...).checkpoint_info``). Two models are a
+    seed pair when :func:`~cka_lab.analysis.controls.seed_pair` says so; their within-model maps (same
+    protocol and layers) give ``|CKA(seed s) - CKA(seed s')|``. A contrast gets the control of a seed
+    pair of either of its models' configurations (the largest, where both have one).
+    """
+    from .controls import config_key, seed_pair
+
+    maps: dict[str, Comparison] = {}
+    for c in contrasts:
+        maps.setdefault(c.name_a, c.within_a)
+        maps.setdefault(c.name_b, c.within_b)
+    names = list(maps)
+    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]
+             if seed_pair(metas.get(x, {}), metas.get(y, {})) and maps[x].layers_a == maps[y].layers_a
+             and maps[x].protocol == maps[y].protocol]
+    for c in contrasts:
+        keys = {config_key(metas.get(c.name_a, {})), config_key(metas.get(c.name_b, {}))} - {None}
+        found = [(x, y) for x, y in pairs if config_key(metas.get(x, {})) in keys]
+        diffs = [np.abs(maps[x].matrix - maps[y].matrix) for x, y in found
+                 if maps[x].matrix.shape == c.within_a.matrix.shape]
+        if diffs and c.comparable:
+            c.seed_control = np.maximum.reduce(diffs)
+            c.seed_control_label = "; ".join(f"{x} / {y}" for x, y in found)

@@ -97,3 +97,77 @@ def check_probe_args(args: argparse.Namespace) -> None:
                           "(leave it out for the default: 48, or 96 for a downsampling head)")
     if getattr(args, "n_samples", 1) < 1:
         raise CkaLabError(f"--n-samples must be >= 1, got {args.n_samples}")
+
+
+def add_analysis_args(p: argparse.ArgumentParser, *, n_samples: int = 128) -> None:
+    """The options of an analysis (compare, contrast, report): probe crops, layers, features, estimator."""
+    p.add_argument("--task", default=None,
+                   help="head to probe: one task for both (x2) or A,B (x2,g25); default: each model's first head")
+    p.add_argument("--layers", default="default",
+                   help="default (every transformer block), paper (the EDT authors' Fig. 2 set: head, attention- "
+                        "and FFN-residual outputs of every block, stage outputs, tail), or comma-separated module "
+                        "names / glob patterns")
+    p.add_argument("--features", default=None,
+                   help="update (output - input: what each block adds to the residual stream) or output; "
+                        "default: output for --layers paper (the authors' protocol), update otherwise")
+    p.add_argument("--estimator", default="unbiased-minibatch",
+                   help="unbiased-minibatch (streaming, Nguyen et al. 2021; default) or biased-full (the exact "
+                        "full-batch linear CKA of Kornblith et al. 2019, as the EDT authors computed it)")
+    p.add_argument("--data", default=None, help="folder of probe images (default: the images bundled with cka_lab)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="probe input size for both models (default: each model's training size: 48 px for SR, "
+                        "192 px for EDT-T's downsampling denoise/derain heads)")
+    p.add_argument("--n-samples", type=int, default=n_samples, help=f"number of probe crops (default {n_samples})")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="crops per forward batch (default 32; the probe inputs do not depend on it)")
+    p.add_argument("--unit-size", type=int, default=None,
+                   help="crops per resampling unit of the intervals (default 8)")
+    p.add_argument("--max-gib", type=float, default=None,
+                   help="memory budget of biased-full in GiB (default 4): features of one pass + all N x N Grams; "
+                        "more memory, fewer passes over the crops")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crop positions and noise (default 0)")
+    add_device_arg(p)
+
+
+def spec_from_args(args: argparse.Namespace, *, attention: bool = False, controls: bool = True):
+    """The AnalysisSpec of the parsed options (validated: one-line errors for bad values)."""
+    from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
+
+    layers = args.layers
+    if isinstance(layers, str) and "," in layers:
+        layers = tuple(parse_layers(layers))  # an empty entry ('a,,b') is refused, never dropped
+    return AnalysisSpec(
+        probe=ProbeSpec(data=args.data, patch=args.patch, n_samples=args.n_samples, seed=args.seed,
+                        batch_size=args.batch_size),
+        layers=layers, features=args.features, estimator=args.estimator, attention=attention,
+        controls=controls, unit_size=args.unit_size,
+        max_bytes=None if args.max_gib is None else max(1, int(args.max_gib * 2**30)),
+    )
+
+
+class Session:
+    """This process's place in a ``torchrun`` job (a single process without one): device, rank, and
+    whether it writes the outputs (rank 0 only). Use as a context manager; the group is closed on exit."""
+
+    def __init__(self, device: str) -> None:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from cka_lab.train.distributed import init_distributed
+
+            self.env = init_distributed(device)
+            self.device = self.env.device
+        else:
+            self.env = None
+            self.device = resolve_device(device)
+
+    @property
+    def writes(self) -> bool:
+        return self.env is None or self.env.is_main
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.env is not None:
+            self.env.close()

@@ -6,34 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cka_lab.cli._common import (
-    add_device_arg,
-    check_probe_args,
-    parse_layers,
-    probe_tasks,
-    resolve_device,
-    writable_dir,
-)
+from cka_lab.cli._common import add_analysis_args, check_probe_args, probe_tasks, spec_from_args, writable_dir
 from cka_lab.io import write_csv, write_json
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     """The options shared by ``contrast`` and ``report``: what to probe and how."""
-    p.add_argument("--task", default=None,
-                   help="head to probe: one task for both (x2) or A,B (x2,g25); default: each model's first head")
+    add_analysis_args(p, n_samples=128)
     p.add_argument("--same-task", action="store_true",
                    help="refuse models probed on different heads (a pre-trained vs scratch contrast)")
-    p.add_argument("--layers", default=None,
-                   help="comma-separated module names or glob patterns (default: body.layers.*.residual_group.blocks.*)")
-    p.add_argument("--features", choices=("update", "output"), default="update",
-                   help="update: what each block adds to the residual stream (default); output: the block output")
-    p.add_argument("--no-attention", action="store_true", help="skip attention distances")
-    p.add_argument("--data", default=None, help="folder of probe images (default: the images bundled with cka_lab)")
-    p.add_argument("--patch", type=int, default=None, help="probe crop size (default: 48, or 96 for a downsampling head)")
-    p.add_argument("--n-samples", type=int, default=128, help="number of probe crops (default 128)")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per batch, at least 4 (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the crop positions and noise (default 0)")
-    add_device_arg(p)
+    p.add_argument("--no-attention", action="store_true", help="skip attention statistics")
+    p.add_argument("--no-controls", action="store_true", help="skip the probe-draw control")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,34 +38,44 @@ def model_label(path: str | Path) -> str:
     return Path(path).stem
 
 
-def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, progress: bool | None = None):
-    """Load two checkpoints and contrast them with the probe options in ``args`` -> Contrast."""
-    from cka_lab.analysis.compare import probe_loader
+def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=None, progress: bool | None = None):
+    """Load two checkpoints and contrast them with the analysis options in ``args`` -> Contrast."""
     from cka_lab.analysis.contrast import contrast_models
+    from cka_lab.cli._common import resolve_device
     from cka_lab.models import load_model
 
-    device = resolve_device(args.device)
+    spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
+    device = device if device is not None else resolve_device(args.device)
     model_a = load_model(ckpt_a)
     model_b = load_model(ckpt_b)
     task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    patch = args.patch if args.patch is not None else max(
-        48, model_a.config.pad_multiple(task_a), model_b.config.pad_multiple(task_b))
-    layers = parse_layers(args.layers)
-    batches, label = probe_loader(args.data, patch=patch, n_samples=args.n_samples, seed=args.seed,
-                                  batch_size=args.batch_size)
     name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    result = contrast_models(
-        model_a, model_b, batches, task_a=task_a, task_b=task_b, layers=layers, name_a=name_a, name_b=name_b,
-        features=args.features, attention=not args.no_attention, same_task=args.same_task, seed=args.seed,
-        device=device, data_label=label, progress=progress,
-    )
+    result = contrast_models(model_a, model_b, spec, task_a=task_a, task_b=task_b, name_a=name_a, name_b=name_b,
+                             same_task=args.same_task, device=device, progress=progress)
     result.meta.update({
         "ckpt_a": str(ckpt_a), "ckpt_b": str(ckpt_b),
         "checkpoint_a": getattr(model_a, "checkpoint_info", {}), "checkpoint_b": getattr(model_b, "checkpoint_info", {}),
     })
     return result
+
+
+def _save_table(df, path: Path, *, index: bool = True) -> Path:
+    """Every CSV of a contrast is written here (one place for the write): atomically, no link followed."""
+    return write_csv(path, df, index=index)
+
+
+def _labelled(matrix_table, protocol: str):
+    """A layer x layer table whose top-left cell names the protocol (``pd.read_csv(index_col=0)`` reads it)."""
+    table = matrix_table.copy()
+    table.index.name = f"layer ({protocol})"
+    return table
+
+
+def _with_protocol(df, c):
+    return df.assign(estimator=c.cross.estimator, layer_set=c.cross.layer_set, features=c.cross.features,
+                     n_samples=c.cross.n_samples)
 
 
 def write_contrast(result, out: Path) -> list[Path]:
@@ -95,7 +88,7 @@ def write_contrast(result, out: Path) -> list[Path]:
     short = [short_layer_name(n) for n in result.within_a.layers_a]
     short_b = [short_layer_name(n) for n in result.within_b.layers_a]
     st_a, st_b = stage_starts(result.within_a.layers_a), stage_starts(result.within_b.layers_a)
-    what = f"layer {result.cross.features}s, {result.cross.n_samples} crops of {result.cross.patch}px"
+    what = contrast_caption(result)
     fig = plot_cka_heatmaps(
         [HeatmapPanel(result.within_a.matrix, short, short, result.name_a, result.name_a,
                       f"{result.name_a} ({result.cross.task_a})", st_a, st_a),
@@ -111,49 +104,98 @@ def write_contrast(result, out: Path) -> list[Path]:
         suptitle=f"linear CKA across models ({what})",
     )
     written.append(save_figure(fig, out / "cka_cross.png"))
-    write_csv(out / "cka_a.csv", result.within_a.table())
-    write_csv(out / "cka_b.csv", result.within_b.table())
-    write_csv(out / "cka_cross.csv", result.cross.table())
-    written += [out / "cka_a.csv", out / "cka_b.csv", out / "cka_cross.csv"]
+    p = result.protocol
+    written.append(_save_table(_labelled(result.within_a.table(), p), out / "cka_a.csv"))
+    written.append(_save_table(_labelled(result.within_b.table(), p), out / "cka_b.csv"))
+    written.append(_save_table(_labelled(result.cross.table(), p), out / "cka_cross.csv"))
     if result.comparable:
-        fig = plot_cka_difference(result.difference, short, name_a=result.name_a, name_b=result.name_b, stages=st_a)
+        fig = plot_cka_difference(result.difference, short, name_a=result.name_a, name_b=result.name_b, stages=st_a,
+                                  stated=result.difference_decision().stated,
+                                  title=f"CKA({result.name_a}) - CKA({result.name_b})\n{p}")
         written.append(save_figure(fig, out / "cka_difference.png"))
         from cka_lab.plots import cka_table
 
-        write_csv(out / "cka_difference.csv", cka_table(result.difference, result.within_a.layers_a, result.within_a.layers_a))
-        written.append(out / "cka_difference.csv")
-    write_csv(out / "stages.csv", result.stage_table(), index=False)
-    written.append(out / "stages.csv")
+        layers = result.within_a.layers_a
+        written.append(_save_table(_labelled(cka_table(result.difference, layers, layers), p), out / "cka_difference.csv"))
+        written.append(_save_table(_with_protocol(difference_long_table(result), result), out / "cka_difference_long.csv",
+                                   index=False))
+    written.append(_save_table(_with_protocol(result.stage_table(), result), out / "stages.csv", index=False))
     if result.attention_a is not None:
-        fig = plot_attention_distance(result.attention, title="attention distance per block")
+        fig = plot_attention_distance(result.attention, title=f"attention locality per block (N={result.cross.n_samples})")
         written.append(save_figure(fig, out / "attention_distance.png"))
-        write_csv(out / "attention_heads.csv", result.attention, index=False)
-        write_csv(out / "attention_layers.csv", result.attention_layers, index=False)
-        written += [out / "attention_heads.csv", out / "attention_layers.csv"]
-    write_json(out / "summary.json", result.summary())  # strict JSON: NaN written as null
-    written.append(out / "summary.json")
+        from cka_lab.plots.attention import plot_locality
+
+        fig = plot_locality(result.attention_layers, title=f"attention against uniform attention per stage "
+                                                           f"(N={result.cross.n_samples})")
+        written.append(save_figure(fig, out / "attention_locality.png"))
+        written.append(_save_table(result.attention.assign(n_samples=result.cross.n_samples), out / "attention_heads.csv",
+                                   index=False))
+        written.append(_save_table(result.attention_layers.assign(n_samples=result.cross.n_samples),
+                                   out / "attention_layers.csv", index=False))
+    written.append(write_json(out / "summary.json", result.summary()))  # strict JSON: NaN written as null
     return written
+
+
+def contrast_caption(result) -> str:
+    """The protocol line of a contrast's figures: estimator, layer set, features, N, crop sizes."""
+    c = result.cross
+    size = f"{c.patch}px" if c.meta.get("patch_b", c.patch) == c.patch else f"{c.patch}/{c.meta['patch_b']}px"
+    return f"{result.protocol}, crops of {size}"
+
+
+def difference_long_table(result):
+    """One row per layer pair: the difference, its interval and the controls, and whether it is stated."""
+    import pandas as pd
+
+    dec = result.difference_decision()
+    layers = result.within_a.layers_a
+    rows = []
+    for i, a in enumerate(layers):
+        for j, b in enumerate(layers):
+            rows.append({
+                "layer_i": a, "layer_j": b, "cka_a": result.within_a.matrix[i, j], "cka_b": result.within_b.matrix[i, j],
+                "difference": dec.effect[i, j], "low": dec.low[i, j], "high": dec.high[i, j],
+                "probe_draw_a": None if result.control_a is None else result.control_a[i, j],
+                "probe_draw_b": None if result.control_b is None else result.control_b[i, j],
+                "seed_to_seed": None if result.seed_control is None else result.seed_control[i, j],
+                "stated": bool(dec.stated[i, j]),
+            })
+    return pd.DataFrame(rows)
 
 
 def print_contrast(result) -> None:
     s = result.summary()
     print(f"{result.name_a} [{s['arch_a']}, {s['task_a']}] vs {result.name_b} [{s['arch_b']}, {s['task_b']}]: "
-          f"{s['n_samples']} crops of {s['patch']}px, layer {s['features']}s")
+          f"{contrast_caption(result)}")
     print(f"  mean CKA within {result.name_a} {s['mean_cka_a']:.3f}, within {result.name_b} {s['mean_cka_b']:.3f}, "
           f"across {s['mean_cross_cka']:.3f}"
           + (f" (same layer {s['mean_cross_same_layer_cka']:.3f})" if "mean_cross_same_layer_cka" in s else ""))
-    if "attention_distance_a" in s:
-        da = ", ".join(f"{v:.1f}" for v in s["attention_distance_a"].values())
-        db = ", ".join(f"{v:.1f}" for v in s["attention_distance_b"].values())
-        print(f"  attention distance per stage (px): {result.name_a} [{da}]  {result.name_b} [{db}]")
+    eff = s.get("difference_effect")
+    if eff:
+        if eff["decidable"]:
+            print(f"  {eff['stated_cells']} of {eff['cells']} layer pairs differ beyond their interval and the controls; "
+                  f"largest at ({eff['layer_i']}, {eff['layer_j']}): {eff['difference']:+.4f}")
+        else:
+            print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
+    if result.attention_stages_a is not None:
+        from cka_lab.metrics.attention import attention_findings
+
+        t = result.attention_layers
+        stated = [f for f in attention_findings(t) if not f.startswith(("Indistinguishable", "No interval"))]
+        print(f"  attention: {len(stated)} of {len(t)} (model, stage, window kind, direction) groups differ from "
+              "uniform attention beyond their interval (attention_layers.csv)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from cka_lab.cli._common import Session
+
     check_probe_args(args)
-    parse_layers(args.layers)
-    out = writable_dir(Path(args.out))
-    result = run_contrast(args.ckpt_a, args.ckpt_b, args)
-    written = write_contrast(result, out)
+    with Session(args.device) as session:
+        out = writable_dir(Path(args.out)) if session.writes else Path(args.out)
+        result = run_contrast(args.ckpt_a, args.ckpt_b, args, device=session.device)
+        if not session.writes:
+            return 0
+        written = write_contrast(result, out)
     print_contrast(result)
     print(f"  wrote {len(written)} files to {out}/ (cka_side_by_side.png, cka_difference.png, cka_cross.png, "
           "attention_distance.png, CSV tables, summary.json)")

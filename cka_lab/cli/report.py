@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from cka_lab.cli._common import check_probe_args, parse_layers, probe_tasks, writable_dir
@@ -37,6 +38,8 @@ def _check_out(out: Path, ckpts) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cka_lab.analysis.contrast import attach_seed_controls
+    from cka_lab.cli._common import Session, spec_from_args
     from cka_lab.models import load_model
     from cka_lab.reports import model_info, write_report
 
@@ -45,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     check_probe_args(args)
     parse_layers(args.layers)
     out = Path(args.out)
-    _check_out(out, args.ckpts)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        _check_out(out, args.ckpts)
+    spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
     for ck in args.ckpts:
         if not Path(ck).is_file():
             raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
@@ -53,22 +58,34 @@ def run(args: argparse.Namespace) -> int:
     models = {ck: load_model(ck) for ck in dict.fromkeys(args.ckpts)}  # every checkpoint read before any pair
     for a, b in pairs:
         probe_tasks(args.task, models[a], models[b])  # a task some pair's model lacks: now, not after earlier pairs
-    contrasts = []
-    for a, b in pairs:
-        result = run_contrast(a, b, args)
-        print_contrast(result)
-        contrasts.append(result)
-    infos, seen = [], set()
-    for ck in args.ckpts:
-        if ck not in seen:
-            seen.add(ck)
-            infos.append(model_info(model_label(ck), ck, models[ck]))
+    with Session(args.device) as session:
+        contrasts = []
+        for a, b in pairs:
+            result = run_contrast(a, b, args, device=session.device)
+            if session.writes:
+                print_contrast(result)
+            contrasts.append(result)
+        if not session.writes:
+            return 0
+    infos, metas = [], {}
+    for ck in dict.fromkeys(args.ckpts):
+        infos.append(model_info(model_label(ck), ck, models[ck]))
+        metas[model_label(ck)] = dict(getattr(models[ck], "checkpoint_info", {}) or {})
+    attach_seed_controls(contrasts, metas)
     c0 = contrasts[0].cross
+    patches = sorted({c.cross.patch for c in contrasts} | {c.cross.meta.get("patch_b", c.cross.patch) for c in contrasts})
     settings = {
+        "protocol": f"{spec.estimator} linear CKA on the {spec.layer_label} layer set, {spec.features} features, "
+                    f"N={c0.n_samples} crops in {c0.n_units} resampling units of {c0.n_samples // max(c0.n_units, 1)}",
         "probe data": c0.data,
-        "crops": f"{c0.n_samples} crops of {c0.patch}x{c0.patch} px, seed {args.seed}, batches of {args.batch_size}",
-        "features": f"layer {args.features}s of {args.layers or 'every transformer block'}",
-        "inputs": "SR heads: the crop as low-resolution input; denoising heads: crop + seeded Gaussian noise",
+        "crops": f"{c0.n_samples} crops (input sizes {', '.join(f'{p} px' for p in patches)}: each model at its "
+                 f"training size unless --patch), seed {args.seed}, forward batches of {args.batch_size}",
+        "inputs": "SR heads: the crop as low-resolution input; denoising heads: crop + Gaussian noise drawn per crop "
+                  "(seeded by seed and crop index)",
+        "controls": "probe-draw (each model's map on two disjoint halves of the crops)"
+                    + ("; seed-to-seed: " + "; ".join(sorted({c.seed_control_label for c in contrasts if c.seed_control_label}))
+                       if any(c.seed_control_label for c in contrasts) else
+                       "; seed-to-seed: none (no two checkpoints here differ only in their training seed)"),
         "command": "cka-lab report " + " ".join(args.ckpts) + f" --out {args.out}",
     }
     title = args.title or "; ".join(f"{model_label(a)} vs {model_label(b)}" for a, b in pairs)

@@ -64,6 +64,17 @@ class ProbeCrop:
     size: int
 
 
+def crop_noise(seed: int, index: int, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+    """The Gaussian noise of probe crop ``index``: float32 ``shape`` with std ``sigma / 255``.
+
+    Drawn from ``numpy.random.default_rng([seed, index])``, so a crop's noise depends only on the seed
+    and its own index -- not on the batch it lands in, the batch size, the order of the batches or the
+    rank that runs it. The same standard-normal field serves every sigma (common random numbers).
+    """
+    rng = np.random.default_rng([int(seed), int(index)])
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma / 255.0)
+
+
 def _int_arg(name: str, value: object, *, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or a CkaLabError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -163,15 +174,24 @@ class ProbeBatches:
         s = crop.size
         chw = img[crop.top:crop.top + s, crop.left:crop.left + s].transpose(2, 0, 1).astype(np.float32) / 255.0
         if self.sigma:
-            rng = np.random.default_rng([self.seed, crop.index])
-            chw = chw + rng.standard_normal(chw.shape, dtype=np.float32) * np.float32(self.sigma / 255.0)
+            chw = chw + crop_noise(self.seed, crop.index, self.sigma, chw.shape)
         return chw
+
+    def batch(self, k: int, cache: dict[Path, np.ndarray] | None = None) -> torch.Tensor:
+        """Batch number ``k`` alone: crops ``k * batch_size ..`` as ``(B, 3, patch, patch)``.
+
+        ``cache`` (path -> decoded image) may be shared between calls to decode each image once.
+        """
+        if not 0 <= k < len(self):
+            raise CkaLabError(f"batch {k} does not exist: there are {len(self)} batches")
+        cache = {} if cache is None else cache
+        chunk = self.plan[k * self.batch_size:(k + 1) * self.batch_size]
+        return torch.from_numpy(np.stack([self._crop(c, cache) for c in chunk]))
 
     def _generate(self) -> Iterator[torch.Tensor]:
         cache: dict[Path, np.ndarray] = {}
-        for start in range(0, len(self.plan), self.batch_size):
-            chunk = self.plan[start:start + self.batch_size]
-            yield torch.from_numpy(np.stack([self._crop(c, cache) for c in chunk]))
+        for k in range(len(self)):
+            yield self.batch(k, cache)
 
 
 def probe_batches(paths_or_dir: str | Path | Sequence[str | Path], *, patch: int, n_samples: int,

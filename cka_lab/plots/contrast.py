@@ -32,11 +32,15 @@ def plot_cka_difference(
     stages: Sequence[int] = (),
     limit: float | None = None,
     annotate: bool | None = None,
+    stated: object | None = None,
+    title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """``CKA(A) - CKA(B)`` as a diverging heatmap (red: A more similar, blue: B), centred on 0.
 
     ``limit`` fixes the symmetric colour range (default: the largest |difference|, at least 0.05).
+    ``stated`` (bool, same shape) marks with a dot the cells whose difference exceeds its interval and
+    the controls; the title then says how many there are. ``title`` replaces the default title.
     """
     d = np.asarray(difference, dtype=float)
     if d.ndim != 2 or d.shape != (len(layers), len(layers)):
@@ -45,9 +49,23 @@ def plot_cka_difference(
     w, h = _panel_inches(*d.shape)
     fig = Figure(figsize=(w + 2.6, h + 1.9), layout="constrained")
     ax = fig.subplots()
+    head = title or f"CKA({name_a}) - CKA({name_b})"
+    if stated is not None:
+        mask = np.asarray(stated, dtype=bool)
+        if mask.shape != d.shape:
+            raise CkaLabError(f"stated must have the shape of the difference {d.shape}, got {mask.shape}")
+        head += (f"\n\u25cf: {int(mask.sum())} cells beyond their interval and the controls" if mask.any()
+                 else "\nno cell exceeds its interval and the controls: not decidable at this scale")
+    import textwrap
+
+    width = max(30, int((w + 2.6) * 9))  # characters that fit the figure at the title's font size
+    head = "\n".join(part for line in head.split("\n") for part in textwrap.wrap(line, width) or [""])
     panel = HeatmapPanel(d, layers, layers, name_a=f"{name_a} / {name_b}", name_b=f"{name_a} / {name_b}",
-                         title=f"CKA({name_a}) - CKA({name_b})", stages_a=stages, stages_b=stages)
+                         title=head, stages_a=stages, stages_b=stages)
     _draw_panel(ax, panel, -lim, lim, "RdBu_r", annotate)
+    if stated is not None and mask.any():
+        rows, cols = np.nonzero(mask)
+        ax.scatter(cols + 0.5, rows + 0.5, s=max(2.0, 60.0 / max(d.shape)), c="black", marker="o", linewidths=0)
     cb = fig.colorbar(ScalarMappable(norm=Normalize(-lim, lim), cmap="RdBu_r"), ax=ax, fraction=0.05, pad=0.02)
     cb.set_label(f"CKA difference (+: {name_a} more similar)", fontsize=10)
     if path is not None:
@@ -59,10 +77,11 @@ def attention_curves(attention: pd.DataFrame) -> pd.DataFrame:
     """Per model, block (in depth order) and direction: mean attention distance over heads, and the
     lowest and highest head. ``attention`` has the columns of ``AttentionDistance.compute()`` and a
     ``model`` column."""
-    need = {"model", "layer", "block", "direction", "head", "mean"}
+    value = "locality" if "locality" in attention.columns else "mean"
+    need = {"model", "layer", "block", "direction", "head", value}
     if missing := need - set(attention.columns):
         raise CkaLabError(f"attention table lacks columns {sorted(missing)}")
-    g = attention.groupby(["model", "layer", "block", "direction"], sort=False)["mean"]
+    g = attention.groupby(["model", "layer", "block", "direction"], sort=False)[value]
     out = g.agg(mean="mean", head_min="min", head_max="max").reset_index()
     out = out.sort_values(["layer", "block", "direction"], kind="stable")  # models keep their input order
     order = out[["layer", "block"]].drop_duplicates().sort_values(["layer", "block"])
@@ -77,10 +96,13 @@ def plot_attention_distance(
     title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """Mean attention distance (input pixels) per block, one line per model, band = range over heads.
+    """Attention locality (distance / distance of uniform attention in the same windows and masks) per
+    block, one line per model, band = range over heads; the dashed line at 1 is uniform attention. A
+    table without ``locality`` (the former format) is drawn as mean distance in input pixels.
 
     Two panels: horizontal-strip and vertical-strip attention. Stage boundaries are marked.
     """
+    relative = "locality" in attention.columns
     curves = attention_curves(attention)
     models = list(dict.fromkeys(attention["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
@@ -96,13 +118,15 @@ def plot_attention_distance(
             ax.plot(c["depth"], c["mean"], color=palette[model], marker="o", markersize=3, linewidth=1.6, label=model)
         for edge in stage_edges:
             ax.axvline(edge - 0.5, color="0.75", linewidth=0.8, zorder=0)
+        if relative:
+            ax.axhline(1.0, color="0.4", linestyle="--", linewidth=0.9, zorder=0)
         ax.set_xlim(-0.5, n_depth - 0.5)
         ax.set_xticks(range(0, n_depth, max(1, n_depth // 12)))
         ax.set_xlabel("transformer block (depth)")
         ax.set_title(f"{direction} strip windows", fontsize=11)
         ax.grid(axis="y", color="0.92")
         sns.despine(ax=ax)
-    axes[0].set_ylabel("mean attention distance (input px)")
+    axes[0].set_ylabel("locality (distance / uniform distance)" if relative else "mean attention distance (input px)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=8.5, frameon=False,
                title="line: mean over heads\nband: range over heads", title_fontsize=8)

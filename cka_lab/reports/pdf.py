@@ -71,52 +71,84 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _interval(low: float, high: float) -> str:
+    return "[interval n/a]" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:+.4f}, {high:+.4f}]"
+
+
 def findings(c: Contrast) -> list[str]:
-    """Plain statements, with numbers, of what one contrast shows."""
+    """Plain statements, with numbers, of what one contrast shows. A difference between the maps is
+    stated only where it exceeds its interval and every control; otherwise the finding says it is not
+    decidable at this scale, with the numbers that make it so."""
     s = c.summary()
-    out = [
-        f"Within-model similarity (mean layer x layer CKA of layer {s['features']}s): {c.name_a} "
-        f"{_fmt(s['mean_cka_a'])}, {c.name_b} {_fmt(s['mean_cka_b'])}."
-    ]
+    ctl = s["controls"]
+    out = [f"Protocol: {c.protocol} ({s['n_units']} resampling units; {c.cross.data})."]
+    parts = []
+    for key, name in (("probe_draw_a", c.name_a), ("probe_draw_b", c.name_b)):
+        if ctl.get(key):
+            parts.append(f"{name} {ctl[key]['median']:.3f} median / {ctl[key]['max']:.3f} max")
+    seed = ctl.get("seed_to_seed")
+    out.append(
+        "Controls: probe-draw (|CKA on one half of the crops - CKA on the other|): "
+        + ("; ".join(parts) if parts else "not computed")
+        + ". Seed-to-seed: "
+        + (f"{seed['median']:.3f} median / {seed['max']:.3f} max ({ctl.get('seed_pair', '')})." if seed else
+           "none (no two checkpoints here differ only in their training seed).")
+    )
+    out.append(
+        f"Within-model similarity (mean layer x layer CKA): {c.name_a} {_fmt(s['mean_cka_a'])}, "
+        f"{c.name_b} {_fmt(s['mean_cka_b'])}."
+    )
     if c.comparable:
-        d = c.difference
-        i, j = np.unravel_index(np.nanargmax(np.abs(d)), d.shape)
-        names = [short_layer_name(n) for n in c.within_a.layers_a]
-        more = c.name_a if d[i, j] > 0 else c.name_b
-        out.append(
-            f"The maps differ most at ({names[i]}, {names[j]}): {d[i, j]:+.3f}, i.e. {more} treats these two "
-            f"layers as more alike. Mean difference {s['mean_difference']:+.3f}."
-        )
-    stages = c.stage_table()
-    for model in (c.name_a, c.name_b):
-        t = stages[stages["model"] == model]
-        if len(t) > 1:
-            within = ", ".join(_fmt(v, 2) for v in t["within_stage"])
-            out.append(f"{model}: mean CKA between blocks of the same stage, stage by stage: [{within}].")
-    if "cross_model_same_layer" in stages.columns:
-        t = stages[stages["model"] == c.name_a]
-        lo = t.loc[t["cross_model_same_layer"].idxmin()]
-        out.append(
-            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average; "
-            f"lowest in stage {int(lo['stage'])} ({_fmt(lo['cross_model_same_layer'])}), where the two models "
-            "compute the most different things."
-        )
-    if c.attention_a is not None and c.attention_b is not None:
-        la, lb = s["attention_distance_a"], s["attention_distance_b"]
-        per = ", ".join(f"stage {k}: {la[k]:.2f} vs {lb[k]:.2f}" for k in la if k in lb)
-        out.append(f"Mean attention distance in input pixels ({c.name_a} vs {c.name_b}): {per}.")
-        gap = max(abs(la[k] - lb[k]) for k in la if k in lb)
-        if gap < 0.05 * max(max(la.values()), 1e-9):
+        e = s["difference_effect"]
+        if e["decidable"]:
+            more = c.name_a if e["difference"] > 0 else c.name_b
             out.append(
-                f"The attention distances agree within {gap:.2f} px at every stage: in these models training did not "
-                "change where attention looks. (Near-uniform attention over a window gives the same numbers; check "
-                "the per-head table.)"
+                f"{e['stated_cells']} of {e['cells']} layer pairs differ by more than their interval and every control. "
+                f"Largest at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f} {_interval(e['low'], e['high'])}, "
+                f"control {_fmt(e['control'], 4)}: {more} treats these layers as more alike."
+            )
+        elif e["n_units"] < e["min_units"]:
+            out.append(
+                f"Not decidable at this scale: {e['n_units']} resampling units, fewer than the {e['min_units']} an "
+                f"interval needs here. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f}."
             )
         else:
-            last = max(k for k in la if k in lb)
-            local = c.name_a if la[last] < lb[last] else c.name_b
-            out.append(f"In the last stage {local} attends more locally ({min(la[last], lb[last]):.2f} vs "
-                       f"{max(la[last], lb[last]):.2f} px).")
+            out.append(
+                f"No difference between the two maps exceeds both its interval and the controls: not decidable at this "
+                f"scale. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.3f} "
+                f"{_interval(e['low'], e['high'])}, control {_fmt(e['control'])}."
+            )
+    if c.cross.same_layers:
+        diag = np.diag(c.cross.matrix)
+        names = [short_layer_name(n) for n in c.cross.layers_a]
+        k = int(np.nanargmin(diag))
+        lo = hi = float("nan")
+        if c.cross.ci_low is not None:
+            lo, hi = float(c.cross.ci_low[k, k]), float(c.cross.ci_high[k, k])
+        out.append(
+            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average; "
+            f"lowest at {names[k]}: {_fmt(diag[k])} [{_fmt(lo)}, {_fmt(hi)}]."
+        )
+    out += attention_findings(c)
+    return out
+
+
+def attention_findings(c: Contrast) -> list[str]:
+    """Attention statements from the stage tables: a locality or sharpness sentence only where the
+    interval of the normalised effect excludes uniform attention (the metrics package's findings)."""
+    if c.attention_stages_a is None or c.attention_stages_b is None:
+        return []
+    from cka_lab.metrics.attention import attention_findings as stage_findings
+
+    table = c.attention_layers
+    out = []
+    for line in stage_findings(table):
+        if line.startswith("Indistinguishable from uniform attention"):
+            n = line.count("(locality ") - 1  # one per group; the sentence's own "(locality and entropy ...)"
+            line = (f"Attention in {n} of {len(table)} (model, stage, window kind, strip direction) groups is "
+                    "indistinguishable from uniform attention in the same windows and masks: its locality and entropy "
+                    "intervals include 1 (numbers on the table page). No locality statement is made for them.")
+        out.append(line)
     return out
 
 
@@ -180,9 +212,12 @@ def title_page(title: str, models: Sequence[ModelInfo], settings: Mapping[str, s
     lines.append("Probe data and settings")
     lines += [f"  {k}: {v}" for k, v in settings.items()]
     lines.append(
-        "Method: minibatch linear CKA with the unbiased HSIC estimator (Nguyen, Raghu & Kornblith 2021), "
-        "accumulated over batches in float64; attention distance = sum over keys of attention weight x "
-        "query-key distance in input pixels, averaged over queries and images (Raghu et al. 2021)."
+        "Method: linear CKA by the estimator named on every page -- unbiased-minibatch: the unbiased HSIC summed "
+        "over resampling units (Nguyen, Raghu & Kornblith 2021); biased-full: the exact full-batch linear CKA "
+        "(Kornblith et al. 2019), as the EDT authors computed their Fig. 2. Intervals: percentile bootstrap over "
+        "resampling units, paired across maps. A difference is stated only where it exceeds its interval and every "
+        "control. Attention distance = sum over keys of attention weight x query-key distance in input pixels, "
+        "averaged over queries and images (Raghu et al. 2021)."
     )
     fig = Figure(figsize=A4_LANDSCAPE)
     wrapped = textwrap.wrap(title, 70)
@@ -203,27 +238,43 @@ def contrast_pages(c: Contrast) -> list[Figure]:
     names_a = [short_layer_name(n) for n in c.within_a.layers_a]
     names_b = [short_layer_name(n) for n in c.within_b.layers_a]
     st_a, st_b = stage_starts(c.within_a.layers_a), stage_starts(c.within_b.layers_a)
-    what = f"layer {c.cross.features}s, {c.cross.n_samples} crops of {c.cross.patch}px"
+    what = _caption(c)
     pages = [plot_cka_heatmaps(
         [HeatmapPanel(c.within_a.matrix, names_a, names_a, c.name_a, c.name_a, f"{c.name_a} ({c.cross.task_a})", st_a, st_a),
          HeatmapPanel(c.within_b.matrix, names_b, names_b, c.name_b, c.name_b, f"{c.name_b} ({c.cross.task_b})", st_b, st_b)],
         suptitle=f"{c.name_a} vs {c.name_b}: linear CKA within each model ({what})",
     )]
     if c.comparable:
-        pages.append(plot_cka_difference(c.difference, names_a, name_a=c.name_a, name_b=c.name_b, stages=st_a))
+        pages.append(plot_cka_difference(c.difference, names_a, name_a=c.name_a, name_b=c.name_b, stages=st_a,
+                                         stated=c.difference_decision().stated,
+                                         title=f"{c.name_a} vs {c.name_b}: CKA({c.name_a}) - CKA({c.name_b})\n{what}"))
     pages.append(plot_cka_heatmaps(
         [HeatmapPanel(c.cross.matrix, names_a, names_b, c.name_a, c.name_b, f"{c.name_a} vs {c.name_b}", st_a, st_b)],
         suptitle=f"linear CKA across models ({what})",
     ))
     if c.attention_a is not None:
-        pages.append(plot_attention_distance(c.attention, title=f"{c.name_a} vs {c.name_b}: attention distance per block"))
+        pages.append(plot_attention_distance(c.attention, title=f"{c.name_a} vs {c.name_b}: attention locality per block "
+                                                                f"(N={c.cross.n_samples})"))
+        from cka_lab.plots.attention import plot_locality
+
+        pages.append(plot_locality(c.attention_layers, title=f"{c.name_a} vs {c.name_b}: attention against uniform "
+                                                             f"attention per stage (N={c.cross.n_samples})"))
     tables = [("CKA per stage (within-stage mean off the diagonal; with later stages; same layer across models)",
                c.stage_table())]
     if c.attention_a is not None:
-        tables.append(("Attention distance per stage (input px): mean, range over heads, share of attention within r px",
-                       c.attention_layers))
-    pages.append(_table_page(f"{c.name_a} vs {c.name_b}: numbers", tables))
+        cols = ["model", "layer", "kind", "direction", "distance", "uniform_distance", "locality", "locality_lower",
+                "locality_upper", "entropy_rel", "entropy_rel_lower", "entropy_rel_upper"]
+        t = c.attention_layers
+        tables.append(("Attention per stage, plain and shifted windows apart: distance (input px) against uniform "
+                       "attention in the same windows; locality = distance / uniform, entropy_rel = entropy / uniform, "
+                       "with intervals", t[[x for x in cols if x in t.columns]]))
+    pages.append(_table_page(f"{c.name_a} vs {c.name_b}: numbers ({what})", tables))
     return pages
+
+
+def _caption(c: Contrast) -> str:
+    pa, pb = c.cross.patch, c.cross.meta.get("patch_b", c.cross.patch)
+    return f"{c.protocol}, crops of {pa}px" if pa == pb else f"{c.protocol}, crops of {pa}/{pb}px"
 
 
 def write_report(
@@ -250,7 +301,7 @@ def write_report(
                     pdf.savefig(fig)
             text = []
             for c in contrasts:
-                text.append(f"{c.name_a} vs {c.name_b}")
+                text.append(f"{c.name_a} vs {c.name_b} ({_caption(c)})")
                 text += [f"  - {f}" for f in findings(c)]
             for fig in _text_pages("Findings", text):
                 pdf.savefig(fig)

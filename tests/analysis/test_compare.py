@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cka_lab.analysis.compare import compare_models, model_input, probe_loader, stage_starts
+from cka_lab.analysis.spec import AnalysisSpec
 from cka_lab.errors import CkaLabError
 from cka_lab.metrics.cka import linear_cka
 from cka_lab.models import create_edt
@@ -24,20 +25,20 @@ def models():
 def test_a_model_compared_with_itself_has_a_unit_diagonal(models):
     sr, _ = models
     batches, _ = probe_loader(None, patch=48, n_samples=8, seed=0, batch_size=4)
-    res = compare_models(sr, sr, batches, layers_a="body.layers.*", layers_b="body.layers.*", progress=False)
+    res = compare_models(sr, sr, AnalysisSpec(layers="body.layers.*", unit_size=4), batches=batches, progress=False)
     assert res.layers_a == [f"body.layers.{i}" for i in range(4)]
     np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-9)
-    assert res.n_samples == 8 and res.n_batches == 2
+    assert res.n_samples == 8 and res.n_batches == 2 and res.n_units == 2
     assert res.summary()["mean_diagonal_cka"] == pytest.approx(1.0)
-    assert res.ci_low is not None and (res.ci_low <= res.matrix + 1e-12).all()
+    assert res.summary()["protocol"] == "unbiased-minibatch CKA, layers body.layers.*, update features, N=8"
 
 
 def test_an_sr_and_a_denoising_model_are_compared_on_the_same_crops(models):
     sr, dn = models
     batches, _ = probe_loader(None, patch=96, n_samples=8, seed=0, batch_size=4)
-    res = compare_models(sr, dn, batches, layers_a="body.layers.*", layers_b=["body.layers.0", "body.norm"],
-                         progress=False, confidence=False)
-    assert res.matrix.shape == (4, 2) and res.task_a == "x2" and res.task_b == "g25"
+    res = compare_models(sr, dn, AnalysisSpec(layers=("body.layers.0", "body.norm"), unit_size=4),
+                         batches=batches, progress=False)
+    assert res.matrix.shape == (2, 2) and res.task_a == "x2" and res.task_b == "g25"
     assert np.isfinite(res.matrix).all() and (np.abs(res.matrix) <= 1 + 1e-9).all()
     assert list(res.table().columns) == ["body.layers.0", "body.norm"]
 
@@ -53,18 +54,21 @@ def test_the_streaming_result_matches_cka_on_all_features_at_once_for_one_batch(
         sr.forward_task(x, "x2")
     for h in hooks:
         h.remove()
-    res = compare_models(sr, sr, batches, layers_a=["body.layers.0"], layers_b=["body.layers.3"], progress=False)
-    # one batch: the minibatch estimator is the unbiased CKA of that batch; it tracks the biased one loosely
-    assert res.matrix[0, 0] == pytest.approx(linear_cka(feats[0], feats[3]).item(), abs=0.05)
+    spec = AnalysisSpec(layers=("body.layers.0", "body.layers.3"), features="output", unit_size=16)
+    res = compare_models(sr, sr, spec, batches=batches, progress=False)
+    # one unit: the minibatch estimator is the unbiased CKA of that batch; it tracks the biased one loosely
+    assert res.matrix[0, 1] == pytest.approx(linear_cka(feats[0], feats[3]).item(), abs=0.05)
 
 
-def test_noise_for_denoising_heads_is_seeded_and_sized_by_sigma():
+def test_noise_for_denoising_heads_is_seeded_per_crop_and_sized_by_sigma():
     x = torch.zeros(4, 3, 8, 8)
-    a = model_input(x, "g25", seed=0, batch_index=1)
-    assert torch.equal(a, model_input(x, "g25", seed=0, batch_index=1))
-    assert not torch.equal(a, model_input(x, "g25", seed=0, batch_index=2))
+    a = model_input(x, "g25", seed=0, first_index=4)
+    assert torch.equal(a, model_input(x, "g25", seed=0, first_index=4))
+    assert not torch.equal(a, model_input(x, "g25", seed=0, first_index=8))
+    # crop 5's noise is the same whether it is second in a batch from 4 or first in a batch from 5
+    assert torch.equal(a[1:], model_input(x[1:], "g25", seed=0, first_index=5))
     assert a.std().item() == pytest.approx(25 / 255, rel=0.1)
-    assert torch.equal(model_input(x, "x2", seed=0, batch_index=1), x)
+    assert torch.equal(model_input(x, "x2", seed=0, first_index=4), x)
 
 
 def test_stage_boundaries_follow_body_layers():
@@ -80,9 +84,9 @@ def test_bad_probe_settings_are_refused_before_any_forward_pass(models, tmp_path
         probe_loader(None, patch=48, n_samples=10, seed=0, batch_size=4)
     batches, _ = probe_loader(None, patch=48, n_samples=8, seed=0, batch_size=4)
     with pytest.raises(CkaLabError, match="not a multiple of 96"):
-        compare_models(sr, dn, batches, progress=False)
+        compare_models(sr, dn, batches=batches, progress=False)
     with pytest.raises(CkaLabError, match="body.layerz"):
-        compare_models(sr, sr, batches, layers_a="body.layerz.*", progress=False)
+        compare_models(sr, sr, AnalysisSpec(layers="body.layerz.*"), batches=batches, progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CkaLabError):
         probe_loader(tmp_path / "empty", patch=48, n_samples=8, seed=0, batch_size=4)

@@ -19,11 +19,11 @@ def test_cuda_and_cpu_give_the_same_cka_matrix():
     dn = create_edt("DNg25_EDTT").eval()
     batches, _ = probe_loader(None, patch=96, n_samples=16, seed=0, batch_size=8)
     batches = list(batches)
-    cpu = compare_models(sr, dn, batches, progress=False, confidence=False).matrix
+    cpu = compare_models(sr, dn, batches=batches, progress=False).matrix
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        gpu = compare_models(sr, dn, batches, device="cuda", progress=False, confidence=False).matrix
+        gpu = compare_models(sr, dn, batches=batches, device="cuda", progress=False).matrix
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     assert gpu.shape == cpu.shape == (24, 24)

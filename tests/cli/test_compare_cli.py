@@ -75,3 +75,16 @@ def test_layers_lists_modules_with_output_shapes(capsys, ckpts):
     out = capsys.readouterr().out
     assert "body.layers.0.residual_group.blocks.1.attns.0.softmax" in out
     assert "1x576x60" in out  # tokens of a 24x24 input
+
+
+def test_compare_with_the_authors_protocol_names_it_everywhere(capsys, ckpts, tmp_path):
+    a, b = ckpts
+    out = tmp_path / "paper"
+    assert main(["compare", str(a), str(b), "--layers", "paper", "--estimator", "biased-full", "--n-samples", "8",
+                 "--batch-size", "8", "--out", str(out)]) == 0
+    protocol = "biased-full CKA, layers paper, output features, N=8"
+    table = pd.read_csv(out / "cka.csv", index_col=0)
+    assert table.shape == (59, 59) and table.index.name == f"layer ({protocol})"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["estimator"], summary["layer_set"], summary["features"]) == ("biased-full", "paper", "output")
+    assert summary["protocol"] == protocol and protocol in capsys.readouterr().out

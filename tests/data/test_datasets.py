@@ -155,7 +155,7 @@ def test_denoising_target_is_the_clean_crop(set5_hr):
     ps = NoisyPatchSet(set5_hr[:1], 25, 96, augment=False)
     noisy, clean = ps.sample(np.random.default_rng(3))
     rng = np.random.default_rng(3)
-    rng.integers(1)
+    rng.random()  # the image draw (one uniform, inverse CDF over the images' weights)
     img = set5_hr[0].pixels
     top, left = int(rng.integers(img.shape[0] - 95)), int(rng.integers(img.shape[1] - 95))
     np.testing.assert_array_equal(to_uint8(clean), img[top : top + 96, left : left + 96])

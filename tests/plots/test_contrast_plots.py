@@ -48,3 +48,23 @@ def test_the_attention_figure_has_one_line_per_model_in_each_direction():
     for ax in fig.axes:
         assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == ["scratch", "pre"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["scratch", "pre"]
+
+
+def test_a_locality_table_is_drawn_against_the_uniform_line():
+    att = _attention().rename(columns={"mean": "locality"})
+    att["locality"] = att["locality"] / 4.0
+    fig = plot_attention_distance(att)
+    assert fig.axes[0].get_ylabel().startswith("locality")
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in fig.axes[0].get_lines())
+
+
+def test_the_difference_map_marks_the_stated_cells_and_says_how_many():
+    d = np.array([[0.0, 0.2], [0.2, 0.0]])
+    stated = np.array([[False, True], [False, False]])
+    fig = plot_cka_difference(d, ["s0", "s1"], stated=stated, title="CKA(a) - CKA(b)\nunbiased-minibatch CKA, N=64")
+    ax = fig.axes[0]
+    assert "1 cells beyond their interval and the controls" in ax.get_title().replace("\n", " ")
+    assert "N=64" in ax.get_title()
+    assert len(ax.collections[-1].get_offsets()) == 1
+    fig = plot_cka_difference(d, ["s0", "s1"], stated=np.zeros((2, 2), bool))
+    assert "not decidable at this scale" in fig.axes[0].get_title().replace("\n", " ")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cka_lab.analysis.compare import probe_loader
 from cka_lab.analysis.contrast import contrast_models
+from cka_lab.analysis.spec import AnalysisSpec
 from cka_lab.errors import CkaLabError
 from cka_lab.models import create_edt
 from cka_lab.reports import ModelInfo, findings, write_report
@@ -40,8 +41,8 @@ def contrast():
     torch.manual_seed(1)
     b = create_edt("SRx2_EDTT").eval()
     batches, _ = probe_loader(None, patch=48, n_samples=8, seed=0, batch_size=4)
-    return contrast_models(a, b, batches, name_a="scratch", name_b="pretrained", layers="body.layers.*",
-                           progress=False)
+    return contrast_models(a, b, AnalysisSpec(layers="body.layers.*", unit_size=4), batches=batches,
+                           name_a="scratch", name_b="pretrained", progress=False)
 
 
 def _models():
@@ -52,8 +53,8 @@ def _models():
 def test_every_page_of_the_report_renders_with_content(contrast, tmp_path):
     pdf = write_report(tmp_path / "r.pdf", [contrast], _models(), title="test report", settings={"crops": "8"})
     pages = render_pages(pdf, tmp_path)
-    # title, within maps, difference, cross map, attention distance, tables, findings
-    assert len(pages) == 7
+    # title, within maps, difference, cross map, attention locality per block and per stage, tables, findings
+    assert len(pages) == 8
     for page in pages:
         grey = np.asarray(Image.open(page).convert("L"), dtype=float)
         ink = (grey < 200).mean()
@@ -64,7 +65,10 @@ def test_every_page_of_the_report_renders_with_content(contrast, tmp_path):
 def test_findings_quote_the_measured_numbers(contrast):
     text = " ".join(findings(contrast))
     assert f"{contrast.summary()['mean_cka_a']:.3f}" in text
-    assert "attention distance" in text
+    assert "Protocol: unbiased-minibatch CKA, layers body.layers.*, update features, N=8" in text
+    assert "Controls: probe-draw" in text and "Seed-to-seed: none" in text
+    assert "Not decidable at this scale: 2 resampling units" in text
+    assert "attends more locally" not in text  # untrained models: attention indistinguishable from uniform
 
 
 def test_an_unwritable_report_path_fails_in_one_line_and_leaves_nothing(contrast, tmp_path):

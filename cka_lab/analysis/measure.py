@@ -1,0 +1,211 @@
+"""One measurement of two probed models: CKA between every layer of both (A x A, B x B, A x B at once),
+intervals, the probe-draw control and attention statistics, in as few passes as the estimator allows.
+
+Hooks are entered through one :class:`contextlib.ExitStack`: if any of them fails to enter, those already
+entered are removed before the error leaves. Under ``torchrun`` (``torch.distributed`` initialised) each
+rank runs a contiguous block of whole batches (whole resampling units) and the results are all-reduced,
+so every rank gets what one process gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cka_lab.errors import CkaLabError
+from cka_lab.features import FeatureExtractor
+from cka_lab.features.layersets import resolve_layer_spec
+from cka_lab.metrics.attention import AttentionDistance, attention_modules
+
+from .controls import paired_jackknife, probe_draw_control
+from .estimators import UnitCKA, full_keyed_cka, resolve_unit_size
+from .probing import IndexedBatch, ProbedModel, ProbeSequence, progress_enabled, shard_batches
+from .spec import AnalysisSpec
+
+__all__ = ["Measurement", "measure", "distributed_rank"]
+
+A, B = "A|", "B|"
+FULL_MAX_SAMPLES = 4096
+"""Largest N the biased-full estimator takes here: its Grams are N x N float64 per layer."""
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure` found. Blocks of the keyed matrix: ``a`` rows/cols index A's layers, ``b`` B's."""
+
+    layers_a: list[str]
+    layers_b: list[str]
+    matrix: np.ndarray  # (La+Lb, La+Lb): [A|..., B|...] x [A|..., B|...]
+    n_samples: int
+    n_units: int
+    unit: str
+    block_ci: dict[str, tuple[np.ndarray, np.ndarray]]  # "aa", "bb", "ab" -> (low, high)
+    difference_ci: tuple[np.ndarray, np.ndarray] | None  # aa - bb (same layer count only), paired jackknife
+    control_a: np.ndarray | None  # probe-draw control of A's map, (La, La)
+    control_b: np.ndarray | None
+    constant: list[str]
+    passes: int = 1
+    attention_a: pd.DataFrame | None = None  # head tables (AttentionDistance.compute())
+    attention_b: pd.DataFrame | None = None
+    stages_a: pd.DataFrame | None = None  # stage tables with intervals (AttentionDistance.summary())
+    stages_b: pd.DataFrame | None = None
+
+    @property
+    def a(self) -> list[int]:
+        return list(range(len(self.layers_a)))
+
+    @property
+    def b(self) -> list[int]:
+        return list(range(len(self.layers_a), len(self.layers_a) + len(self.layers_b)))
+
+    def block(self, name: str) -> np.ndarray:
+        rows, cols = {"aa": (self.a, self.a), "bb": (self.b, self.b), "ab": (self.a, self.b)}[name]
+        return self.matrix[np.ix_(rows, cols)]
+
+
+def _feature_extractors(stack: ExitStack, probed: Sequence[ProbedModel], layers: Sequence[Sequence[str]],
+                        kind: str) -> list[FeatureExtractor | None]:
+    """Enter one extractor per model with layers (None for a model without any in this group); an
+    extractor that fails (an unknown layer) leaves the stack to remove the hooks already entered."""
+    return [stack.enter_context(FeatureExtractor(p.model, list(ls), kind=kind)) if ls else None
+            for p, ls in zip(probed, layers)]
+
+
+def _keyed(exts: Sequence[FeatureExtractor | None]) -> dict:
+    out = {}
+    for prefix, ext in zip((A, B), exts):
+        if ext is not None:
+            out.update({prefix + k: v for k, v in ext.features.items()})
+    return out
+
+
+def _attention(stack: ExitStack, probed: Sequence[ProbedModel], level: float) -> list[AttentionDistance]:
+    return [stack.enter_context(AttentionDistance(p.model, task=p.task, confidence=level)) for p in probed]
+
+
+def _bar(batches, desc: str, progress: bool | None):
+    return tqdm(batches, total=len(batches), desc=desc, unit="batch",
+                disable=not (progress_enabled() if progress is None else progress))
+
+
+def _split(keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    return [k[len(A):] for k in keys if k.startswith(A)], [k[len(B):] for k in keys if k.startswith(B)]
+
+
+def _tables(dists: Sequence[AttentionDistance], world: int) -> list:
+    if not dists:
+        return [None] * 4
+    if world > 1:
+        for d in dists:
+            d.all_reduce()
+    return [d.compute() for d in dists] + [d.summary() for d in dists]
+
+
+@torch.inference_mode()
+def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batches: Sequence[IndexedBatch], *,
+            attention: bool = False, controls: bool = True, progress: bool | None = None,
+            desc: str = "CKA") -> Measurement:
+    """CKA between every layer of both probed models on ``batches`` (clean crops with global indices).
+
+    ``spec`` decides the layers, feature kind, estimator, unit size and interval level; ``attention``
+    also collects attention statistics of both models (EDT only); ``controls`` the probe-draw control.
+    """
+    probed = (model_a, model_b)
+    layers = [resolve_layer_spec(p.model, spec.layers, p.task) for p in probed]
+    if attention:
+        for p in probed:
+            if not attention_modules(p.model):
+                raise CkaLabError(
+                    f"{type(p.model).__name__} has no window-attention modules: attention statistics need an EDT "
+                    "model; pass attention=False (--no-attention) to measure CKA only"
+                )
+    keys = [A + name for name in layers[0]] + [B + name for name in layers[1]]
+    rank, world = distributed_rank()
+    local = shard_batches(batches, rank, world) if world > 1 else batches
+    n_total = _n_crops(batches)
+    unit = resolve_unit_size(spec.unit_size, _batch_size(batches), n_total)
+    if spec.estimator == "unbiased-minibatch":
+        acc = UnitCKA(keys, unit)
+        with ExitStack() as stack:
+            exts = _feature_extractors(stack, probed, layers, spec.features)
+            dists = _attention(stack, probed, spec.confidence) if attention else []
+            for batch in _bar(local, desc, progress):
+                for p in probed:
+                    p.feed(batch, spec.probe.seed)
+                acc.update(batch.first, _keyed(exts))
+        att = _tables(dists, world)
+        est = acc.finish(distributed=world > 1)
+    else:
+        if n_total > FULL_MAX_SAMPLES:
+            raise CkaLabError(f"biased-full CKA takes at most {FULL_MAX_SAMPLES} crops (its Grams are N x N per layer), "
+                              f"got --n-samples {n_total}: use fewer crops or --estimator unbiased-minibatch")
+        numel = _feature_numel(probed, layers, local[0] if len(local) else batches[0], spec)
+
+        def run(group: Sequence[str]):
+            ga, gb = _split(group)
+            with ExitStack() as stack:
+                exts = _feature_extractors(stack, probed, (ga, gb), spec.features)
+                for batch in _bar(local, f"{desc} ({len(group)} layers)", progress):
+                    for p, ext in zip(probed, exts):
+                        if ext is not None:
+                            p.feed(batch, spec.probe.seed)
+                    yield {k: v.clone() for k, v in _keyed(exts).items()}
+
+        budget = {"max_bytes": spec.max_bytes} if spec.max_bytes else {}
+        est = full_keyed_cka(keys, run, n_samples=n_total, feature_numel=numel, unit_size=unit,
+                             distributed=world > 1, **budget)
+        att = [None] * 4
+        if attention:
+            with ExitStack() as stack:
+                dists = _attention(stack, probed, spec.confidence)
+                for batch in _bar(local, f"{desc} (attention)", progress):
+                    for p in probed:
+                        p.feed(batch, spec.probe.seed)
+            att = _tables(dists, world)
+    ia, ib = list(range(len(layers[0]))), list(range(len(layers[0]), len(keys)))
+    blocks = [(ia, ia), (ib, ib), (ia, ib)]
+    same = len(ia) == len(ib)
+    cis, dcis = paired_jackknife(est.estimate, est.replicates, blocks, [(0, 1)] if same else [], level=spec.confidence)
+    control_a = probe_draw_control(est.halves, ia, ia) if controls else None
+    control_b = probe_draw_control(est.halves, ib, ib) if controls else None
+    return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, est.unit,
+                       dict(zip(("aa", "bb", "ab"), cis)), dcis[0] if same else None, control_a, control_b,
+                       est.constant, est.passes, *att)
+
+
+def _feature_numel(probed, layers, batch: IndexedBatch, spec: AnalysisSpec) -> dict[str, int]:
+    """Features per crop of every key, from one forward pass on one crop."""
+    one = IndexedBatch(batch.first, batch.x[:1])
+    with ExitStack() as stack:
+        exts = _feature_extractors(stack, probed, layers, spec.features)
+        for p in probed:
+            p.feed(one, spec.probe.seed)
+        return {k: int(v[0].numel()) for k, v in _keyed(exts).items()}
+
+
+def _n_crops(batches: Sequence[IndexedBatch]) -> int:
+    if isinstance(batches, ProbeSequence):
+        plan, bs = batches.batches.plan, batches.batches.batch_size
+        return sum(len(plan[n * bs:(n + 1) * bs]) for n in batches.numbers)
+    return sum(b.x.shape[0] for b in batches)
+
+
+def _batch_size(batches: Sequence[IndexedBatch]) -> int:
+    if isinstance(batches, ProbeSequence):
+        return batches.batches.batch_size
+    return max(b.x.shape[0] for b in batches)

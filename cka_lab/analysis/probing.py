@@ -1,0 +1,259 @@
+"""Running models over probe crops: what each head is fed, patch checks, sharding, progress.
+
+The shared helpers of :mod:`cka_lab.analysis.compare` and :mod:`cka_lab.analysis.contrast`.
+
+Every probe crop has a global index (its position in the probe plan). What a model is fed for crop
+``i`` depends only on the clean crop, the seed, ``i`` and the model's task and patch -- never on the
+batch the crop lands in, the batch size, the batch order or the rank that runs it:
+
+* SR and derain heads get the clean crop (its centre ``patch`` px when the model is probed smaller);
+* denoising heads (``g<sigma>``) get it plus Gaussian noise from :func:`cka_lab.data.probes.crop_noise`,
+  seeded by ``(seed, i)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cka_lab.data.probes import bundled_images, crop_noise, probe_batches
+from cka_lab.errors import CkaLabError
+
+__all__ = [
+    "PROBE_LABEL",
+    "IndexedBatch",
+    "ProbedModel",
+    "check_patch",
+    "default_probe_images",
+    "indexed_batches",
+    "model_input",
+    "probe_loader",
+    "progress_enabled",
+    "run_model",
+    "ProbeSequence",
+    "prepare_probe",
+    "probe_size",
+    "shard_batches",
+    "training_patch",
+]
+
+PROBE_LABEL = "bundled probe images (Set5 HR, McMaster crops)"
+
+
+def progress_enabled() -> bool:
+    """Progress bars on a terminal, off with ``CKA_LAB_NO_PROGRESS=1``."""
+    return os.environ.get("CKA_LAB_NO_PROGRESS", "") in ("", "0") and sys.stderr.isatty()
+
+
+def default_probe_images() -> list[Path]:
+    """The images bundled with the package: Set5 HR and McMaster crops (natural, clean content)."""
+    return bundled_images("sr_hr") + bundled_images("clean")
+
+
+def _sigma(task: str | None) -> float | None:
+    if task and task.startswith("g") and task[1:].isdigit():
+        return float(task[1:])
+    return None
+
+
+def model_input(x: Tensor, task: str | None, *, seed: int, first_index: int = 0, patch: int | None = None) -> Tensor:
+    """What a head of ``task`` is fed for the clean crops ``x: (B, 3, P, P)`` with global indices
+    ``first_index .. first_index + B - 1`` -> ``(B, 3, p, p)``, ``p = patch or P``.
+
+    ``patch < P`` takes the centre ``p x p`` of each crop (a model probed at a smaller size than the
+    shared crops). Denoising tasks add per-crop noise seeded by ``(seed, crop index)``, drawn on the
+    CPU so it is the same on every device.
+    """
+    size = x.shape[-1]
+    p = size if patch is None else int(patch)
+    if p > size or p < 1:
+        raise CkaLabError(f"a model probed at {p} px cannot be fed {size} px crops; use crops of at least {p} px")
+    if p < size:
+        top = (x.shape[-2] - p) // 2
+        left = (size - p) // 2
+        x = x[..., top:top + p, left:left + p]
+    sigma = _sigma(task)
+    if sigma is None:
+        return x
+    noise = torch.from_numpy(
+        np.stack([crop_noise(seed, first_index + k, sigma, tuple(x.shape[1:])) for k in range(x.shape[0])])
+    )
+    return (x.cpu() + noise).to(x.device)
+
+
+def training_patch(model: nn.Module, task: str | None) -> int | None:
+    """The input size a model was trained at for ``task``: the config's ``image_size`` (the body's
+    training patch) times the head's downsampling (4 for EDT-T denoise/derain heads, 1 for SR); None
+    for a model without an EDT config."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "image_size"):
+        return None
+    head = cfg.head(task or cfg.tasks[0])
+    scale = 2**cfg.depth if head.kind != "sr" and not cfg.sf else 1
+    return int(cfg.image_size) * scale
+
+
+def check_patch(model: nn.Module, task: str | None, patch: int) -> None:
+    """Refuse, in one line, a probe size the head of ``task`` cannot take (not a multiple of its padding)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or task is None:
+        return
+    cfg.head(task)
+    m = cfg.pad_multiple(task)
+    if patch % m:
+        raise CkaLabError(
+            f"probe patch {patch} is not a multiple of {m}, which the {task} head of {cfg.name} needs: "
+            f"use --patch {max(m, patch // m * m)} or {(patch // m + 1) * m}"
+        )
+
+
+def run_model(model: nn.Module, x: Tensor, task: str | None) -> None:
+    """One forward pass of ``model`` on ``x`` through the head of ``task`` (plain ``model(x)`` otherwise)."""
+    if task is not None and hasattr(model, "forward_task"):
+        model.forward_task(x, task)
+    else:
+        model(x)
+
+
+@dataclass(frozen=True)
+class ProbedModel:
+    """A model as probed: which head, and at which input size (None: the size of the crops)."""
+
+    model: nn.Module
+    task: str | None
+    patch: int | None = None
+
+    def feed(self, batch: IndexedBatch, seed: int) -> None:
+        """Run the model on one batch of clean crops (its hooks record what they record)."""
+        param = next(self.model.parameters(), None)
+        x = batch.x if param is None else batch.x.to(param.device)
+        run_model(self.model, model_input(x, self.task, seed=seed, first_index=batch.first, patch=self.patch),
+                  self.task)
+
+
+@dataclass(frozen=True)
+class IndexedBatch:
+    """Clean crops ``x: (B, 3, P, P)`` whose global crop indices are ``first .. first + B - 1``."""
+
+    first: int
+    x: Tensor
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.first + self.x.shape[0])
+
+
+def indexed_batches(batches: Iterable[Tensor]) -> Iterator[IndexedBatch]:
+    """Number the crops of a stream of batches in order: crop indices run on across batches."""
+    first = 0
+    for x in batches:
+        if isinstance(x, IndexedBatch):
+            yield x
+            first = x.first + x.x.shape[0]
+            continue
+        yield IndexedBatch(first, x)
+        first += x.shape[0]
+
+
+class ProbeSequence(Sequence):
+    """Probe batches as a lazy sequence of :class:`IndexedBatch`: crops are cut when iterated, so a
+    slice (a rank's shard, half of the crops) costs nothing and no pass holds more than one batch."""
+
+    def __init__(self, batches, numbers: range | None = None) -> None:
+        self.batches = batches  # a cka_lab.data.probes.ProbeBatches
+        self.numbers = range(len(batches)) if numbers is None else numbers
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return ProbeSequence(self.batches, self.numbers[k])
+        n = self.numbers[k]
+        return IndexedBatch(n * self.batches.batch_size, self.batches.batch(n))
+
+    def __iter__(self) -> Iterator[IndexedBatch]:
+        cache: dict = {}
+        for n in self.numbers:
+            yield IndexedBatch(n * self.batches.batch_size, self.batches.batch(n, cache))
+
+
+def shard_batches(batches: Sequence[IndexedBatch], rank: int, world_size: int) -> Sequence[IndexedBatch]:
+    """The contiguous block of whole batches that ``rank`` of ``world_size`` runs.
+
+    Contiguous blocks keep the crops of every rank in global order, so per-unit values gathered in
+    rank order are in the same order as in one process. Ranks may get no batch (more ranks than batches).
+    """
+    n = len(batches)
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    return batches[lo:hi]
+
+
+def probe_loader(data: str | Path | None, *, patch: int, n_samples: int, seed: int, batch_size: int,
+                 min_batch: int = 4):
+    """Clean probe crops from ``data`` (a folder) or the bundled images -> (batches, label).
+
+    ``min_batch``: the smallest batch the estimator accepts (4 for the unbiased HSIC, 1 otherwise).
+    """
+    if batch_size < min_batch:
+        raise CkaLabError(
+            f"--batch-size {batch_size} is too small: the unbiased HSIC estimator needs at least {min_batch} "
+            "samples per batch"
+        )
+    images = default_probe_images() if data is None else data
+    label = PROBE_LABEL if data is None else str(data)
+    batches = probe_batches(images, patch=patch, n_samples=n_samples, seed=seed, batch_size=batch_size)
+    if len(batches) and n_samples % batch_size and n_samples % batch_size < min_batch:
+        raise CkaLabError(
+            f"--n-samples {n_samples} with --batch-size {batch_size} leaves a last batch of "
+            f"{n_samples % batch_size} (< {min_batch} samples): choose n-samples divisible by the batch size"
+        )
+    return batches, label
+
+
+def probe_size(model: nn.Module, task: str | None, patch: int | None) -> int | None:
+    """The input size a model is probed at: ``patch``, else its training size for ``task``, at least
+    its head's padding multiple (None for a model without an EDT config and no ``patch``)."""
+    if patch is not None:
+        return int(patch)
+    size = training_patch(model, task)
+    cfg = getattr(model, "config", None)
+    if size is not None and cfg is not None:
+        m = cfg.pad_multiple(task or cfg.tasks[0])
+        size = max(m, -(-size // m) * m)
+    return size
+
+
+def prepare_probe(probe, targets: Sequence[tuple[nn.Module, str | None]], batches: Iterable[Tensor] | None = None,
+                  *, min_batch: int = 4) -> tuple[list[IndexedBatch], list[int | None], str]:
+    """The probe batches for ``targets`` ((model, task) pairs) under a ``ProbeSpec``.
+
+    Returns (batches with global crop indices, the input size of each target -- None: the whole crop --,
+    a label of the data). Without ``batches``, crops are cut at the largest probe size of the targets
+    (:func:`probe_size`) and each target is fed its centre; every size is checked against its head.
+    """
+    sizes = [probe_size(m, t, probe.patch) for m, t in targets]
+    if batches is not None:
+        out = list(indexed_batches(batches))
+        if not out:
+            raise CkaLabError("no probe batch given: pass at least one batch of crops")
+        crop = out[0].x.shape[-1]
+        sizes = [probe.patch if probe.patch is not None else None for _ in targets]
+        label = "given batches"
+    else:
+        known = [s for s in sizes if s is not None]
+        crop = max(known) if known else 48
+        sizes = [s if s is not None and s != crop else None for s in sizes]
+        loader, label = probe_loader(probe.data, patch=crop, n_samples=probe.n_samples, seed=probe.seed,
+                                     batch_size=probe.batch_size, min_batch=min_batch)
+        out = ProbeSequence(loader)
+    for (model, task), size in zip(targets, sizes):
+        check_patch(model, task, size or crop)
+    return out, sizes, label
