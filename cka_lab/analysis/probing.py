@@ -110,7 +110,7 @@ def check_patch(model: nn.Module, task: str | None, patch: int) -> None:
     if patch % m:
         raise CkaLabError(
             f"probe patch {patch} is not a multiple of {m}, which the {task} head of {cfg.name} needs: "
-            f"use --patch {max(m, patch // m * m)} or {(patch // m + 1) * m}"
+            f"use --patch {f'{patch // m * m} or {(patch // m + 1) * m}' if patch >= m else m}"
         )
 
 
