@@ -83,6 +83,7 @@ def _scores_figure(scores: pd.DataFrame, footer: str) -> Figure:
 
 def _heatmaps_figure(title: str, panels: Sequence[tuple[str, np.ndarray]], stage_edges: Sequence[int], footer: str) -> Figure:
     fig, axes = plt.subplots(1, len(panels), figsize=A4, squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.88, top=0.82, bottom=0.12, wspace=0.25)
     for ax, (label, m) in zip(axes[0], panels):
         im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", origin="lower")
         for e in stage_edges:
@@ -91,8 +92,8 @@ def _heatmaps_figure(title: str, panels: Sequence[tuple[str, np.ndarray]], stage
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("layer")
         ax.set_ylabel("layer")
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.6, label="CKA")
-    fig.suptitle(title, fontsize=14, weight="bold")
+    fig.colorbar(im, cax=fig.add_axes([0.9, 0.25, 0.015, 0.45]), label="CKA")
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=13, weight="bold")
     fig.text(0.05, 0.015, footer, fontsize=7.5, color="0.35")
     return fig
 
@@ -138,12 +139,14 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
         figs.append(_curves_figure(title, series, control, "same-layer CKA", footer))
     if not locality.empty:
         fig, ax = plt.subplots(figsize=A4)
-        sns.pointplot(data=locality, x="stage", y="locality", hue="model", errorbar="sd", dodge=0.3, ax=ax,
+        groups = locality.assign(model=locality["model"].str.replace(r"-s\d+$", "", regex=True))
+        sns.pointplot(data=groups, x="stage", y="locality", hue="model", errorbar="sd", dodge=0.3, ax=ax,
                       capsize=0.1)
         ax.axhline(1.0, color="0.4", ls=":", lw=1.2)
         ax.text(0.02, 1.0, " uniform attention", color="0.3", fontsize=8, va="bottom", transform=ax.get_yaxis_transform())
         ax.set_ylabel("attention distance / uniform-attention distance")
-        ax.set_title("Attention locality per stage (mean over blocks, heads and seeds; < 1: more local than uniform)",
+        ax.set_title("Attention locality per stage: mean over blocks, heads and seeds (bars: sd over seeds);\n"
+                     "< 1: more local than uniform attention under the same windows and masks",
                      fontsize=12, weight="bold")
         fig.text(0.05, 0.015, footer, fontsize=7.5, color="0.35")
         figs.append(fig)

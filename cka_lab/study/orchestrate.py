@@ -129,8 +129,8 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
         f"Budgets: pre-training {b.pretrain_iterations} iterations, batch {b.pretrain_batch_size or b.batch_size} per head; "
         f"scratch and fine-tune {b.iterations} iterations each (the same budget), batch {b.batch_size}; "
         f"patch {spec.data.patch_size} px at body resolution; EDT-{spec.study.size}.",
-        "Data: pre-training on " + ", ".join(map(str, spec.data.pretrain_sr + spec.data.pretrain_dn))
-        + "; target runs on " + ", ".join(map(str, spec.data.target_sr + spec.data.target_dn)) + ".",
+        "Data: pre-training on " + _sources(spec.data.pretrain_sr + spec.data.pretrain_dn)
+        + "; target runs on " + _sources(spec.data.target_sr + spec.data.target_dn) + ".",
         f"Evaluation: SR on {spec.eval.sr}, DN on {spec.eval.dn} (official protocols; max_images {spec.eval.max_images}, "
         f"crop {spec.eval.crop}).",
         f"Analysis protocol: {protocol}. Controls: the seed-to-seed contrast of each condition.",
@@ -142,6 +142,17 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
     return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
                               summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
                               protocol=protocol, hardware=hardware, study_name=spec.study.name)
+
+
+def _sources(values) -> str:
+    """``["a", {"path": "b", "reduce": 2}, "a"]`` -> ``"a, b (1/2 size)"`` (each folder once)."""
+    out = []
+    for v in values:
+        text = f"{v['path']} (1/{v['reduce']} size)" if isinstance(v, dict) and v.get("reduce", 1) != 1 else \
+            str(v["path"] if isinstance(v, dict) else v)
+        if text not in out:
+            out.append(text)
+    return ", ".join(out)
 
 
 def _device(name: str) -> str:
