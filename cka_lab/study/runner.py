@@ -199,6 +199,10 @@ def train_runs(spec: StudySpec, paths: StudyPaths, *, max_runs: int | None = Non
     else:
         slots = device_slots(spec)
     in_process = len(slots) == 1 and world == 1
+    if rank == 0:
+        for r in runs:  # every run's config is on disk from the start (rewritten with its device at launch)
+            if not (paths.configs / f"{r.name}.toml").exists():
+                _write_config(spec, paths, r, slots[0])
     done: list[Run] = []
     free = list(slots)
     pending = list(todo)
