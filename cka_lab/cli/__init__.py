@@ -16,7 +16,7 @@ from cka_lab import __version__
 from cka_lab.errors import run_reporting_errors
 
 # Order here is the order shown by ``cka-lab --help``.
-SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "plot-log", "evaluate", "contrast", "report")
+SUBCOMMANDS = ("info", "restore", "layers", "compare", "train", "plot-log", "evaluate", "contrast", "report", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,26 @@
+"""``torchrun --nproc_per_node N -m cka_lab.study STUDY.toml --out DIR``: a study spread over N devices.
+
+Each process trains its share of the runs on its own GPU (rank r: runs r, r+N, ...; fine-tunes wait for
+their pre-trainings); rank 0 then evaluates, contrasts and reports. Without torchrun: like ``cka-lab study``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cka_lab.cli.study import add_arguments
+from cka_lab.errors import run_reporting_errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cka_lab.study", description="Run a pre-training study.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    from cka_lab.study.orchestrate import study_from_args
+
+    return run_reporting_errors(study_from_args, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""One study contrast measured with the analysis layer and reduced to a :class:`ContrastRecord`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cka_lab.study.contrasts import ContrastPlan, ContrastRecord
+from cka_lab.study.runner import StudyPaths
+from cka_lab.study.spec import StudySpec
+
+__all__ = ["measure_contrast", "protocol_label"]
+
+
+def protocol_label(spec: StudySpec) -> str:
+    a = spec.analysis
+    size = f"{a.patch} px" if a.patch else "each model's training size"
+    return (f"{analysis_spec(spec).protocol}, N = {a.n_samples} crops at {size} "
+            "(bundled probe images, seed 0, noise drawn per crop)")
+
+
+def _attention_rows(df: pd.DataFrame | None, model: str) -> list[dict]:
+    if df is None or "locality" not in df.columns:
+        return []
+    g = df.groupby(["layer", "kind"], sort=True)
+    out = []
+    for (layer, kind), part in g:
+        out.append({"model": model, "stage": int(layer), "kind": str(kind),
+                    "locality": float(part["locality"].mean()),
+                    "entropy_rel": float(part["entropy_rel"].mean()) if "entropy_rel" in part else float("nan")})
+    return out
+
+
+def analysis_spec(spec: StudySpec):
+    """The :class:`~cka_lab.analysis.spec.AnalysisSpec` of every contrast of the study."""
+    from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
+
+    a = spec.analysis
+    probe = ProbeSpec(patch=a.patch or None, n_samples=a.n_samples, seed=0, batch_size=a.batch_size)
+    return AnalysisSpec(probe=probe, layers=a.layers, features=a.features or None, estimator=a.estimator,
+                        attention=a.attention, controls=True)
+
+
+def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu") -> ContrastRecord:
+    from cka_lab.analysis.contrast import contrast_models
+    from cka_lab.models import load_model
+
+    dev = torch.device(device)
+    model_a = load_model(paths.model(plan.run_a), device=dev)
+    model_b = load_model(paths.model(plan.run_b), device=dev)
+    c = contrast_models(model_a, model_b, analysis_spec(spec), task_a=plan.task_a, task_b=plan.task_b,
+                        name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False)
+    cross = np.asarray(c.cross.matrix, dtype=np.float64)
+    square = cross.shape[0] == cross.shape[1]
+    diag = np.diag(cross) if square else np.full(cross.shape[0], np.nan)
+    lo = hi = float("nan")
+    if c.cross.ci_low is not None and square:
+        lo = float(np.nanmean(np.diag(np.asarray(c.cross.ci_low, dtype=np.float64))))
+        hi = float(np.nanmean(np.diag(np.asarray(c.cross.ci_high, dtype=np.float64))))
+    control = float(np.nanmean(c.control_a)) if c.control_a is not None else float("nan")
+    return ContrastRecord(
+        plan=plan,
+        layers=list(c.cross.layers_a),
+        protocol=protocol_label(spec),
+        within_a=np.asarray(c.within_a.matrix, dtype=np.float64).tolist(),
+        within_b=np.asarray(c.within_b.matrix, dtype=np.float64).tolist(),
+        cross=cross.tolist(),
+        same_layer=diag.tolist(),
+        same_layer_mean=float(np.nanmean(diag)) if np.isfinite(diag).any() else float("nan"),
+        same_layer_lower=lo,
+        same_layer_upper=hi,
+        probe_control_a=control,
+        attention=_attention_rows(c.attention_a, plan.run_a) + _attention_rows(c.attention_b, plan.run_b),
+    )

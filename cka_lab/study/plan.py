@@ -1,0 +1,124 @@
+"""The run graph of a study: which trainings, in which order, each as an ordinary training config.
+
+Every run is a normal ``cka-lab train`` run whose TOML config the study writes to ``OUT/configs/`` (so
+any run can be inspected or re-run by hand). Pre-trainings are shared: conditions and targets that ask
+for the same pre-training task set at the same seed use one run.
+
+Names: ``pre-<tasks>-s<seed>`` (e.g. ``pre-x2x3x4-s0``), ``<target>-<condition>-s<seed>`` for scratch
+runs and fine-tunes (``x2-scratch-s0``, ``g25-related-s1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cka_lab.errors import CkaLabError
+from cka_lab.models.registry import config_from_name
+from cka_lab.study.spec import StudySpec, task_kind
+
+__all__ = ["Run", "plan_runs", "arch_name", "run_config"]
+
+
+def arch_name(tasks: tuple[str, ...], size: str) -> str:
+    """``("x2", "g25"), "T" -> "SRx2DNg25_EDTT"`` (tasks in official head order)."""
+    sr = "".join(t for t in tasks if task_kind(t) == "sr")
+    dn = "".join(t for t in tasks if task_kind(t) == "dn")
+    return f"{'SR' + sr if sr else ''}{'DN' + dn if dn else ''}_EDT{size}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the study.
+
+    ``kind``: ``pretrain``, ``scratch`` or ``finetune``. ``target`` and ``condition`` are empty for
+    pre-trainings; ``init`` names the pre-training a fine-tune starts from; ``drop`` the checkpoint keys
+    it leaves out (the other heads, the official FILTER_LIST rule).
+    """
+
+    name: str
+    kind: str
+    seed: int
+    tasks: tuple[str, ...]
+    target: str = ""
+    condition: str = ""
+    init: str = ""
+    drop: tuple[str, ...] = ()
+    iterations: int = 0
+    batch_size: int = 0
+    depends: tuple[str, ...] = ()
+    arch: str = ""
+
+
+def plan_runs(spec: StudySpec) -> list[Run]:
+    """Every run of the study in an order where each run comes after the runs it depends on."""
+    b, size = spec.budget, spec.study.size
+    pre_bs = b.pretrain_batch_size or b.batch_size
+    pre: dict[str, Run] = {}
+    targets: list[Run] = []
+    for seed in spec.study.seeds:
+        for target in spec.tasks.targets:
+            for cond in spec.conditions:
+                tasks = cond.pretrain_tasks(target, spec.tasks.targets)
+                if not tasks:
+                    targets.append(Run(f"{target}-{cond.name}-s{seed}", "scratch", seed, (target,), target,
+                                       cond.name, iterations=b.iterations, batch_size=b.batch_size))
+                    continue
+                pname = f"pre-{''.join(tasks)}-s{seed}"
+                if pname not in pre:
+                    pre[pname] = Run(pname, "pretrain", seed, tasks, iterations=b.pretrain_iterations,
+                                     batch_size=pre_bs)
+                drop = tuple(t for t in tasks if t != target)
+                targets.append(Run(f"{target}-{cond.name}-s{seed}", "finetune", seed, (target,), target, cond.name,
+                                   init=pname, drop=drop, iterations=b.iterations, batch_size=b.batch_size,
+                                   depends=(pname,)))
+    runs = [replace(r, arch=arch_name(r.tasks, size)) for r in [*pre.values(), *targets]]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CkaLabError(f"two conditions give the same run name {dup!r}: rename one of them")
+    for r in runs:
+        config_from_name(r.arch)  # every architecture must exist
+    return runs
+
+
+def _sources(values: tuple[Any, ...]) -> list[Any]:
+    return [dict(v) if isinstance(v, dict) else str(v) for v in values]
+
+
+def run_config(spec: StudySpec, run: Run, *, models_dir: Path, device: str) -> dict[str, dict[str, Any]]:
+    """The training config (as TOML tables) of one run.
+
+    SR models of a study all use the ``pixelshuffle`` upsampler (the official multi-scale one), so that a
+    scratch x2 model and one fine-tuned from x2+x3+x4 have the same architecture and can be compared.
+    """
+    kinds = {task_kind(t) for t in run.tasks}
+    data: dict[str, Any] = {"root": str(spec.data_root), "patch_size": spec.data.patch_size,
+                            "num_workers": spec.data.num_workers}
+    for kind in ("sr", "dn"):
+        if kind in kinds:
+            src = getattr(spec.data, f"{'pretrain' if run.kind == 'pretrain' else 'target'}_{kind}")
+            if not src:
+                raise CkaLabError(f"run {run.name} needs [data] {'pretrain' if run.kind == 'pretrain' else 'target'}_{kind} images")
+            data[kind] = _sources(src)
+    model: dict[str, Any] = {"arch": run.arch}
+    if "sr" in kinds:
+        model["upsampler"] = "pixelshuffle"
+    optim = spec.optim_dict()
+    lr_key = "pretrain_lr" if run.kind == "pretrain" else "finetune_lr" if run.kind == "finetune" else None
+    for key in ("pretrain_lr", "finetune_lr"):
+        value = optim.pop(key, None)
+        if key == lr_key and value is not None:
+            optim["lr"] = value
+    cfg: dict[str, dict[str, Any]] = {
+        "run": {"name": run.name, "seed": run.seed, "device": device, "threads": spec.study.threads},
+        "model": model,
+        "data": data,
+        "optim": optim,
+        "schedule": {"iterations": run.iterations, "batch_size": run.batch_size,
+                     "ckpt_every": spec.budget.ckpt_every, "log_every": spec.budget.log_every},
+    }
+    if run.kind == "finetune":
+        cfg["finetune"] = {"init": str(models_dir / f"{run.init}.pt"), "drop": list(run.drop), "strict": True}
+    return cfg

@@ -1,0 +1,350 @@
+"""A pre-training study file (TOML) read into frozen dataclasses.
+
+A study compares, for each target task and seed, a model trained from scratch with models fine-tuned
+from pre-trainings (the design of Li et al., arXiv 2112.10175, Sec. 4)::
+
+    [study]     name, seeds, devices, runs_per_device, threads
+    [tasks]     targets = ["x2", "g25"]               target tasks (one scratch + fine-tunes each)
+    [conditions.NAME]
+                pretrain = "none" | "same" | "related" | "unrelated" | ["x2", "x3", ...]
+    [data]      root, patch_size, pretrain_sr, pretrain_dn, target_sr, target_dn
+    [budget]    pretrain_iterations, iterations, batch_size, pretrain_batch_size, ckpt_every, log_every
+    [optim]     passed to every run's [optim] (lr, betas, eps, milestones, ...); pretrain_lr, finetune_lr
+    [eval]      sr, dn (test sets), max_images, crop
+    [analysis]  patch, n_samples, batch_size, estimator, layers, features, attention
+
+``pretrain`` keywords: ``none`` (from scratch), ``same`` (the target task alone, e.g. SR x2),
+``related`` (every level of the target's kind: SR x2+x3+x4, DN g15+g25+g50 -- the paper's multi-related
+pre-training), ``unrelated`` (the target plus one task of another kind from ``[tasks] targets``, e.g. SR x2
++ DN g25 -- the paper's multi-unrelated mix). A list names the pre-training tasks explicitly; it must
+contain the target task, so that the fine-tune has a pre-trained head and tail to start from.
+
+The design follows the paper: a fine-tune gets the same budget (``budget.iterations``) as the matching
+scratch run; pre-training runs for ``budget.pretrain_iterations`` on ``data.pretrain_*``, a corpus that
+contains images the target runs never see (``data.target_*`` is a subset or a reduced copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cka_lab.errors import CkaLabError
+from cka_lab.models.registry import TASK_KEYS
+
+__all__ = [
+    "StudySpec",
+    "StudyMeta",
+    "TaskSet",
+    "Condition",
+    "StudyData",
+    "Budget",
+    "EvalSpec",
+    "AnalysisSettings",
+    "load_study",
+    "parse_study",
+    "task_kind",
+    "PRETRAIN_KEYWORDS",
+]
+
+PRETRAIN_KEYWORDS = ("none", "same", "related", "unrelated")
+_RELATED = {"sr": ("x2", "x3", "x4"), "dn": ("g15", "g25", "g50"), "dr": ("L", "H")}
+
+
+def task_kind(task: str) -> str:
+    """``x2 -> sr``, ``g25 -> dn``, ``L -> dr``."""
+    if task not in TASK_KEYS:
+        raise CkaLabError(f"unknown task {task!r}{_close(task, TASK_KEYS)}; tasks are {' '.join(TASK_KEYS)}")
+    return "sr" if task.startswith("x") else "dn" if task.startswith("g") else "dr"
+
+
+def _close(key: str, options) -> str:
+    m = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.5)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """``devices``: ``["auto"]``, ``["cpu"]`` or ``["cuda:0", "cuda:1"]``; ``runs_per_device`` runs share one."""
+
+    name: str = "study"
+    seeds: tuple[int, ...] = (0, 1)
+    devices: tuple[str, ...] = ("auto",)
+    runs_per_device: int = 1
+    threads: int = 0
+    size: str = "T"
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    targets: tuple[str, ...] = ("x2", "g25")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A way to obtain a model for a target task: ``pretrain`` is a keyword or a task list."""
+
+    name: str
+    pretrain: str | tuple[str, ...] = "none"
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.pretrain == "none"
+
+    def pretrain_tasks(self, target: str, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """The tasks of the pre-training for ``target`` (empty for scratch), in official head order."""
+        kind = task_kind(target)
+        if self.pretrain == "none":
+            return ()
+        if self.pretrain == "same":
+            tasks = (target,)
+        elif self.pretrain == "related":
+            tasks = _RELATED[kind]
+        elif self.pretrain == "unrelated":
+            others = [t for t in targets if task_kind(t) != kind]
+            if not others:
+                raise CkaLabError(
+                    f"condition {self.name!r}: 'unrelated' pre-training for {target} needs a target task of "
+                    f"another kind in [tasks] targets (have {', '.join(targets)}), or list the tasks explicitly"
+                )
+            tasks = (target, others[0])
+        else:
+            tasks = tuple(self.pretrain)
+            if target not in tasks:
+                raise CkaLabError(
+                    f"condition {self.name!r}: its pre-training ({'+'.join(tasks)}) has no {target} head, so a "
+                    f"{target} fine-tune cannot start from it; add {target!r} to its pretrain list"
+                )
+        return tuple(t for t in TASK_KEYS if t in tasks)  # official head order
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Sources are folders under ``root`` (strings or ``{path, reduce}`` tables), as in training configs."""
+
+    root: str = "${CKA_LAB_DATA:-data}"
+    patch_size: int = 48
+    pretrain_sr: tuple[Any, ...] = ()
+    pretrain_dn: tuple[Any, ...] = ()
+    target_sr: tuple[Any, ...] = ()
+    target_dn: tuple[Any, ...] = ()
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    pretrain_iterations: int = 1000
+    iterations: int = 1000
+    batch_size: int = 4
+    pretrain_batch_size: int = 0  # 0: batch_size
+    ckpt_every: int = 100
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    sr: str = "sr/Set5"
+    dn: str = "denoise/McMaster"
+    max_images: int = 0
+    crop: int = 0
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    patch: int = 0  # 0: each model at its training size (SR LR 48 px, downsampling DN 192 px for EDT-T)
+    n_samples: int = 128
+    batch_size: int = 16
+    estimator: str = "unbiased-minibatch"
+    layers: str = "default"
+    features: str = ""  # "" : the layer set's default (update for default, output for paper)
+    attention: bool = True
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study. ``text`` is the TOML text and ``fingerprint`` its digest (ties a folder to its file)."""
+
+    study: StudyMeta = field(default_factory=StudyMeta)
+    tasks: TaskSet = field(default_factory=TaskSet)
+    conditions: tuple[Condition, ...] = ()
+    data: StudyData = field(default_factory=StudyData)
+    budget: Budget = field(default_factory=Budget)
+    optim: tuple[tuple[str, Any], ...] = ()
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    source: Path | None = None
+    text: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def data_root(self) -> Path:
+        base = self.source.parent if self.source else Path.cwd()
+        return (base / os.path.expanduser(_expand(self.data.root, "data.root"))).resolve()
+
+    def optim_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.optim}
+
+
+_SECTIONS = {
+    "study": StudyMeta,
+    "tasks": TaskSet,
+    "data": StudyData,
+    "budget": Budget,
+    "eval": EvalSpec,
+    "analysis": AnalysisSettings,
+}
+
+
+def _expand(value: str, where: str) -> str:
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise CkaLabError(f"{where}: environment variable ${name} is not set (use ${{{name}:-default}})")
+        return default
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, value)
+
+
+def _section(name: str, cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise CkaLabError(f"{where}: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise CkaLabError(f"{where}: unknown key {key!r} in [{name}]{_close(key, fields)}; keys are {', '.join(fields)}")
+        default = fields[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise CkaLabError(f"{where}: [{name}] {key} must be a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise CkaLabError(f"{where}: [{name}] {key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CkaLabError(f"{where}: [{name}] {key} must be an integer, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise CkaLabError(f"{where}: [{name}] {key} must be a string, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
+    if not isinstance(table, dict) or not table:
+        raise CkaLabError(f"{where}: [conditions] needs at least one condition, e.g. [conditions.scratch] pretrain = \"none\"")
+    out = []
+    for name, body in table.items():
+        if not isinstance(body, dict):
+            raise CkaLabError(f"{where}: [conditions.{name}] must be a table with pretrain = ...")
+        extra = [k for k in body if k != "pretrain"]
+        if extra:
+            raise CkaLabError(f"{where}: unknown key {extra[0]!r} in [conditions.{name}]; the only key is pretrain")
+        pre = body.get("pretrain", "none")
+        if isinstance(pre, str):
+            if pre not in PRETRAIN_KEYWORDS:
+                raise CkaLabError(
+                    f"{where}: [conditions.{name}] pretrain = {pre!r}{_close(pre, PRETRAIN_KEYWORDS)}; use "
+                    f"{', '.join(PRETRAIN_KEYWORDS)} or a list of tasks"
+                )
+        elif isinstance(pre, list) and pre and all(isinstance(t, str) for t in pre):
+            for t in pre:
+                if t not in TASK_KEYS:
+                    raise CkaLabError(
+                        f"{where}: [conditions.{name}] names unknown task {t!r}{_close(t, TASK_KEYS)}; "
+                        f"tasks are {' '.join(TASK_KEYS)}"
+                    )
+            pre = tuple(pre)
+        else:
+            raise CkaLabError(f"{where}: [conditions.{name}] pretrain must be a keyword or a non-empty list of tasks")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise CkaLabError(f"{where}: condition name {name!r} must be letters, digits, '-' and '_'")
+        out.append(Condition(name, pre))
+    return tuple(out)
+
+
+def parse_study(text: str, *, source: Path | None = None) -> StudySpec:
+    """Parse and validate a study file's TOML text (one-line :class:`CkaLabError` on any problem)."""
+    where = str(source) if source else "study"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CkaLabError(f"{where} is not valid TOML: {exc}") from None
+    known = (*_SECTIONS, "conditions", "optim")
+    for key in raw:
+        if key not in known:
+            raise CkaLabError(f"{where}: unknown section [{key}]{_close(key, known)}; sections are {', '.join(known)}")
+    parts = {name: _section(name, cls, raw.get(name, {}), where) for name, cls in _SECTIONS.items()}
+    optim = raw.get("optim", {})
+    if not isinstance(optim, dict):
+        raise CkaLabError(f"{where}: [optim] must be a table")
+    spec = StudySpec(
+        **parts,
+        conditions=_conditions(raw.get("conditions"), where),
+        optim=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optim.items()),
+        source=source.resolve() if source else None,
+        text=text,
+    )
+    _validate(spec, where)
+    return spec
+
+
+def _validate(spec: StudySpec, where: str) -> None:
+    targets = spec.tasks.targets
+    if not targets:
+        raise CkaLabError(f"{where}: [tasks] targets is empty: name at least one task, e.g. [\"x2\"]")
+    for t in targets:
+        if t not in TASK_KEYS:
+            raise CkaLabError(f"{where}: [tasks] names unknown task {t!r}{_close(t, TASK_KEYS)}; tasks are {' '.join(TASK_KEYS)}")
+        if task_kind(t) == "dr":
+            raise CkaLabError(f"{where}: task {t!r}: deraining is not supported in studies yet (use SR and DN targets)")
+    if len(set(targets)) != len(targets):
+        raise CkaLabError(f"{where}: [tasks] targets lists a task twice: {list(targets)}")
+    if not spec.study.seeds or len(set(spec.study.seeds)) != len(spec.study.seeds) or min(spec.study.seeds) < 0:
+        raise CkaLabError(f"{where}: [study] seeds must be distinct non-negative integers, got {list(spec.study.seeds)}")
+    if spec.study.size not in ("T", "S", "B", "L"):
+        raise CkaLabError(f"{where}: [study] size must be T, S, B or L, got {spec.study.size!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.study.name):
+        raise CkaLabError(f"{where}: [study] name {spec.study.name!r} must be letters, digits, '.', '-' and '_'")
+    for key in ("pretrain_iterations", "iterations", "batch_size", "ckpt_every", "log_every"):
+        if getattr(spec.budget, key) < 1:
+            raise CkaLabError(f"{where}: [budget] {key} must be >= 1, got {getattr(spec.budget, key)}")
+    if spec.study.runs_per_device < 1:
+        raise CkaLabError(f"{where}: [study] runs_per_device must be >= 1")
+    if not any(c.from_scratch for c in spec.conditions):
+        raise CkaLabError(f"{where}: the study needs a from-scratch condition (pretrain = \"none\") to measure gains against")
+    for c in spec.conditions:
+        for t in targets:
+            c.pretrain_tasks(t, targets)  # raises for heads that do not fit
+    for t in targets:
+        kind = task_kind(t)
+        if not getattr(spec.data, f"target_{kind}"):
+            raise CkaLabError(f"{where}: [data] target_{kind} is empty: the {t} runs need training images")
+        if any(not c.from_scratch for c in spec.conditions) and not getattr(spec.data, f"pretrain_{kind}"):
+            raise CkaLabError(f"{where}: [data] pretrain_{kind} is empty: the {t} pre-trainings need images")
+    if spec.analysis.n_samples < 8 or spec.analysis.batch_size < 4:
+        raise CkaLabError(f"{where}: [analysis] needs n_samples >= 8 and batch_size >= 4")
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read a study file (one-line :class:`CkaLabError` when missing or malformed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CkaLabError(f"study file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CkaLabError(f"cannot read study file {str(path)!r}: {exc}") from None
+    return parse_study(text, source=path)

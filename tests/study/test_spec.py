@@ -1,0 +1,110 @@
+"""Study files: parsing, one-line errors, the run plan and the contrast plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from cka_lab.errors import CkaLabError
+from cka_lab.study import parse_study, preset_path
+from cka_lab.study.contrasts import plan_contrasts
+from cka_lab.study.plan import arch_name, plan_runs, run_config
+
+BASE = """
+[study]
+name = "t"
+seeds = [0, 1]
+[tasks]
+targets = ["x2", "g25"]
+[conditions.scratch]
+pretrain = "none"
+[conditions.single]
+pretrain = "same"
+[conditions.related]
+pretrain = "related"
+[conditions.unrelated]
+pretrain = "unrelated"
+[data]
+root = "."
+patch_size = 24
+pretrain_sr = ["a"]
+pretrain_dn = ["a"]
+target_sr = ["b"]
+target_dn = ["b"]
+[budget]
+pretrain_iterations = 7
+iterations = 5
+"""
+
+
+def test_the_plan_shares_pretrainings_and_gives_finetunes_the_scratch_budget():
+    spec = parse_study(BASE)
+    runs = {r.name: r for r in plan_runs(spec)}
+    pre = sorted(n for n, r in runs.items() if r.kind == "pretrain")
+    # single x2, single g25, related SR, related DN, unrelated x2+g25 shared by both targets; per seed
+    assert pre == sorted(f"pre-{t}-s{s}" for s in (0, 1) for t in ("x2", "g25", "x2x3x4", "g15g25g50", "x2g25"))
+    assert runs["pre-x2g25-s0"].arch == "SRx2DNg25_EDTT"
+    assert runs["g25-unrelated-s1"].init == "pre-x2g25-s1" and runs["g25-unrelated-s1"].drop == ("x2",)
+    assert runs["x2-related-s0"].drop == ("x3", "x4")
+    for name, r in runs.items():
+        if r.kind != "pretrain":
+            assert r.iterations == 5, name  # a fine-tune gets exactly the scratch budget
+        else:
+            assert r.iterations == 7
+    order = [r.name for r in plan_runs(spec)]
+    for r in plan_runs(spec):
+        for d in r.depends:
+            assert order.index(d) < order.index(r.name)
+    assert len(runs) == 10 + 2 * 2 * 4
+
+
+def test_every_sr_model_of_a_study_shares_one_upsampler(tmp_path):
+    spec = parse_study(BASE)
+    for r in plan_runs(spec):
+        cfg = run_config(spec, r, models_dir=tmp_path, device="cpu")
+        if "x2" in r.tasks:
+            assert cfg["model"]["upsampler"] == "pixelshuffle"
+        if r.kind == "finetune":
+            assert cfg["finetune"]["init"].endswith(f"{r.init}.pt")
+            assert cfg["data"].get("sr", cfg["data"].get("dn")) == ["b"]  # target data
+        if r.kind == "pretrain":
+            assert "a" in cfg["data"].get("sr", cfg["data"].get("dn"))
+
+
+def test_contrast_plan_has_pretrain_seed_and_task_contrasts():
+    kinds = [p.kind for p in plan_contrasts(parse_study(BASE))]
+    assert kinds.count("pretrain") == 2 * 2 * 3  # targets x seeds x pre-trained conditions
+    assert kinds.count("seed") == 2 * 4  # targets x conditions, seeds 0 vs 1
+    assert kinds.count("task") == 2  # SR vs DN per seed
+
+
+def test_arch_names():
+    assert arch_name(("x2", "x3", "x4"), "T") == "SRx2x3x4_EDTT"
+    assert arch_name(("g15", "g25", "g50"), "B") == "DNg15g25g50_EDTB"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("pretrain = \"same\"", "pretrain = [\"x2\", \"x5\"]"), "unknown task 'x5'"),
+        (("targets = [\"x2\", \"g25\"]", "targets = [\"x2\", \"g52\"]"), "did you mean 'g50'"),
+        (("pretrain = \"related\"", "pretrain = \"relatd\""), "did you mean 'related'"),
+        (("pretrain = \"same\"", "pretrain = [\"x3\", \"x4\"]"), "has no x2 head"),
+        (("[budget]", "[budgte]"), "unknown section [budgte]"),
+        (("iterations = 5", "iterations = 0"), "iterations must be >= 1"),
+        (("[conditions.scratch]\npretrain = \"none\"", ""), "needs a from-scratch condition"),
+    ],
+)
+def test_bad_study_files_get_one_line(edit, message):
+    text = BASE.replace(*edit, 1)
+    assert text != BASE
+    with pytest.raises(CkaLabError, match=message.replace("[", r"\[").replace("]", r"\]")) as exc:
+        parse_study(text)
+    assert "\n" not in str(exc.value)
+
+
+def test_bundled_presets_parse():
+    for name in ("tiny", "paper-small"):
+        spec = parse_study(preset_path(name).read_text(), source=preset_path(name))
+        assert plan_runs(spec) and plan_contrasts(spec)
+    with pytest.raises(CkaLabError, match="bundled studies are"):
+        preset_path("huge")

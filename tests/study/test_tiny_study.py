@@ -1,0 +1,101 @@
+"""The tiny study end to end (every run, evaluation, contrast and the PDF), and killed-then-resumed
+equal to uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cka_lab.cli import main
+from cka_lab.study import load_study, preset_path
+from cka_lab.study.contrasts import plan_contrasts
+from cka_lab.study.plan import plan_runs
+
+TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims")
+
+
+@pytest.fixture(scope="module")
+def study_env(data_dir):
+    old = {k: os.environ.get(k) for k in ("CKA_LAB_DATA", "CKA_LAB_NO_PROGRESS")}
+    os.environ["CKA_LAB_DATA"] = str(data_dir)
+    os.environ["CKA_LAB_NO_PROGRESS"] = "1"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def finished(study_env, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "study"
+    assert main(["study", "tiny", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_every_run_evaluation_contrast_and_the_pdf(finished):
+    spec = load_study(preset_path("tiny"))
+    for run in plan_runs(spec):
+        assert (finished / "models" / f"{run.name}.pt").is_file(), run.name
+        assert (finished / "configs" / f"{run.name}.toml").is_file()
+        if run.kind != "pretrain":
+            ev = json.loads((finished / "eval" / f"{run.name}.json").read_text())
+            assert ev["images"] == 2 and 5 < ev["psnr"] < 60
+    for plan in plan_contrasts(spec):
+        rec = json.loads((finished / "contrasts" / plan.pair / "record.json").read_text())
+        assert len(rec["same_layer"]) == 24 and rec["protocol"].startswith("unbiased-minibatch CKA")
+        assert rec["attention"], plan.pair  # locality against uniform for both models
+        assert all(0 < row["locality"] < 2 for row in rec["attention"])
+    for name in TABLES:
+        assert (finished / "tables" / f"{name}.csv").is_file()
+    claims = pd.read_csv(finished / "tables" / "claims.csv")
+    assert set(claims.status) <= {"reproduced", "not reproduced", "not decidable at this scale"}
+    assert len(claims) >= 4
+    pdfium = pytest.importorskip("pypdfium2")
+    pdf = pdfium.PdfDocument(str(finished / "report.pdf"))
+    assert len(pdf) >= 8
+    first = pdf[0].get_textpage().get_text_range()
+    assert "Hardware: CPU only" in first and "tiny" in first
+    claims_page = pdf[1].get_textpage().get_text_range()
+    assert "NOT DECIDABLE AT THIS SCALE" in claims_page or "REPRODUCED" in claims_page
+
+
+def test_a_killed_study_resumes_to_the_same_tables(study_env, finished, tmp_path):
+    # The SR half of the tiny study (its runs and contrasts are the tiny study's x2 ones: same names, configs,
+    # seeds and crops), stopped after 3 trainings and resumed, gives the uninterrupted study's x2 numbers.
+    text = preset_path("tiny").read_text().replace('targets = ["x2", "g25"]', 'targets = ["x2"]')
+    study = tmp_path / "tiny_sr.toml"
+    study.write_text(text.replace("${CKA_LAB_DATA:-../../../../shared/data}", "${CKA_LAB_DATA}"))
+    out = tmp_path / "study"
+    assert main(["study", str(study), "--out", str(out), "--max-runs", "3", "--device", "cpu"]) == 0
+    assert len(list((out / "models").glob("*.pt"))) == 3 and not (out / "report.pdf").exists()
+    # a run killed mid-training: a checkpoint in its folder, no exported model; it continues from there
+    victim = next(r.name for r in plan_runs(load_study(study)) if not (out / "models" / f"{r.name}.pt").exists())
+    assert main(["train", str(out / "configs" / f"{victim}.toml"), "--out", str(out / "runs" / victim),
+                 "--max-iters", "1"]) == 0
+    assert (out / "runs" / victim / "last.pt").exists()
+    assert main(["study", str(study), "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    assert (out / "report.pdf").is_file()
+    for name, key in (("scores", "target"), ("same_layer_cka", "target"), ("attention_locality", "target")):
+        a = pd.read_csv(finished / "tables" / f"{name}.csv")
+        a = a[a[key] == "x2"].reset_index(drop=True)
+        b = pd.read_csv(out / "tables" / f"{name}.csv")
+        assert len(b) == len(a) > 0, name
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_folder_of_another_study_and_missing_resume_get_one_line(study_env, finished, tmp_path, capsys):
+    assert main(["study", "tiny", "--out", str(finished)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    other = tmp_path / "other.toml"
+    other.write_text(preset_path("tiny").read_text().replace('name = "tiny"', 'name = "tiny2"'))
+    assert main(["study", str(other), "--out", str(finished), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made by another study file" in err and "\n" not in err
+    assert main(["study", "nonesuch"]) == 2
+    assert "bundled studies are" in capsys.readouterr().err
