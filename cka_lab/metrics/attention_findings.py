@@ -101,7 +101,10 @@ def attention_findings(table: pd.DataFrame, *, tolerance: float = 1e-4) -> list[
             )
         else:
             parts.append(f"its entropy is indistinguishable from uniform attention's ({_ci(row, 'entropy_rel')})")
-        out.append(f"{label}: {'; '.join(parts)} ({int(row['n_crops'])} crops).")
+        size = max(abs(row["locality"] - 1) if loc else 0.0, abs(row["entropy_rel"] - 1) if ent else 0.0)
+        caveat = (" Detectable, but under 1 % from uniform: attention here is uniform for practical purposes."
+                  if size < 0.01 else "")
+        out.append(f"{label}: {'; '.join(parts)} ({int(row['n_crops'])} crops).{caveat}")
     if uniform:
         out.append(
             "Indistinguishable from uniform attention (locality and entropy intervals include 1): "
