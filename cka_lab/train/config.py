@@ -3,7 +3,7 @@
 A config file has these sections (every key is optional except ``model.arch``; the defaults are the
 official EDT training settings)::
 
-    [run]       name, out, seed, device, amp, threads
+    [run]       name, out, seed, device, amp, precision, compile, threads
     [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
     [data]      root, patch_size, augment, num_workers, sr, dn, dr
     [val]       every, sr, dn, dr, max_images, crop
@@ -55,6 +55,7 @@ __all__ = [
     "config_differences",
     "RESUMABLE_KEYS",
     "LR_SCHEDULES",
+    "PRECISIONS",
 ]
 
 
@@ -63,10 +64,15 @@ class RunConfig:
     """Where and how the run happens.
 
     ``out`` is the run folder (checkpoints and CSV logs); default ``runs/<name>`` in the working
-    directory. ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``. ``amp`` turns
-    on mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); it is ignored
-    on CPU. ``threads`` sets ``torch.set_num_threads`` (0: torch's default, or cores / processes
-    under DDP on CPU).
+    directory. ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+
+    ``precision`` is one of :data:`PRECISIONS`: ``auto`` (the default) is float32 on CPU and, where
+    ``amp`` is true, mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler);
+    ``fp32`` never autocasts; ``bf16`` autocasts to bfloat16 on CUDA or on a CPU with native bf16
+    (AVX512-BF16 or AMX; elsewhere it is refused in one line, emulated bf16 being slow); ``fp16`` is
+    CUDA only, with a grad scaler. ``compile = true`` trains through ``torch.compile`` (static
+    shapes: the first steps compile, minutes on a CPU). ``threads`` sets ``torch.set_num_threads``
+    (0: torch's default, or cores / processes under DDP on CPU).
     """
 
     name: str = ""
@@ -74,6 +80,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
+    compile: bool = False
     threads: int = 0
 
 
@@ -237,6 +245,7 @@ RESUMABLE_KEYS = frozenset(
         "run.out",
         "run.device",
         "run.threads",
+        "run.compile",
         "data.num_workers",
         "data.root",
         "schedule.iterations",
@@ -262,6 +271,9 @@ RESUMABLE_KEYS = frozenset(
 
 #: Values of ``optim.lr_schedule``.
 LR_SCHEDULES = ("multistep", "cosine")
+
+#: Values of ``run.precision``.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -489,6 +501,8 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         raise CkaLabError(f"{where}: optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
     if not (1 <= s.probe_size <= 64):
         raise CkaLabError(f"{where}: schedule.probe_size must be in 1..64, got {s.probe_size}")
+    if cfg.run.precision not in PRECISIONS:
+        raise CkaLabError(f"{where}: run.precision must be one of {', '.join(PRECISIONS)}, got {cfg.run.precision!r}")
     if cfg.run.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.run.device):
         raise CkaLabError(f"{where}: run.device must be auto, cpu, cuda or cuda:N, got {cfg.run.device!r}")
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from cka_lab.errors import CkaLabError
 from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
-from cka_lab.models.edt import EDT
+from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
 from cka_lab.train.batches import StepBatches, TrainingData, build_patch_sets, check_patch_size, step_loader
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
@@ -36,6 +36,7 @@ from cka_lab.train.diagnostics import TrainingDiagnostics, probe_inputs, progres
 from cka_lab.train.distributed import DistEnv, init_distributed
 from cka_lab.train.finetune import init_from_checkpoint
 from cka_lab.train.logs import CsvLog, make_progress, progress_enabled, say
+from cka_lab.train.precision import autocast_dtype, precision_label
 from cka_lab.train.schedule import build_scheduler
 from cka_lab.train.state import BEST, LAST, capture_rng, read_training_checkpoint, restore_rng, seed_everything
 from cka_lab.train.validate import TaskScore, ValidationSets
@@ -105,9 +106,7 @@ class _Trainer:
             raise CkaLabError(f"--max-iters must be >= 1, got {max_iters}")
         self.end = int(max_iters) if max_iters is not None else cfg.schedule.iterations
         self.device = env.device
-        self.amp_dtype: torch.dtype | None = None
-        if cfg.run.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = autocast_dtype(cfg.run, self.device)
         self.best_psnr: float | None = None
         self.last_val: dict[str, TaskScore] = {}
         self.diag: TrainingDiagnostics | None = None
@@ -169,7 +168,7 @@ class _Trainer:
             "iteration": iteration,
             "config_file": str(self.cfg.source) if self.cfg.source else None,
             "device": str(self.device),
-            "precision": f"{str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else "float32",
+            "precision": precision_label(self.amp_dtype) + (", torch.compile" if self.cfg.run.compile else ""),
             "val": {t: {"psnr": s.psnr, "ssim": s.ssim, "images": s.images} for t, s in self.last_val.items()},
         }
 
@@ -271,6 +270,8 @@ class _Trainer:
             self._announce(model, data, start)
 
         net = env.wrap(model)
+        if cfg.run.compile:
+            net = compile_for_training(net)  # shares model's parameters; checkpoints save model
         net.train()
         result = TrainResult(self.out, start, self.out / LAST if start else None, None)
         if start >= self.end:
@@ -300,7 +301,7 @@ class _Trainer:
         cfg, env = self.cfg, self.env
         n = sum(p.numel() for p in model.parameters())
         say(f"{cfg.run.name}: {model.config.name} ({n / 1e6:.2f}M parameters), {env.world_size} process(es) on "
-            f"{self.device}{' with ' + str(self.amp_dtype).replace('torch.', '') + ' autocast' if self.amp_dtype else ''}, "
+            f"{self.device} in {precision_label(self.amp_dtype)}{' with torch.compile' if cfg.run.compile else ''}, "
             f"iterations {start} -> {self.end}, batch {cfg.schedule.batch_size} per head per process")
         say(f"data: {data.describe()}")
         say(f"run folder: {self.out}")
@@ -321,7 +322,7 @@ class _Trainer:
                 t_data = time.perf_counter()
                 inputs = [x.to(self.device, non_blocking=True) for x, _ in batch]
                 targets = [y.to(self.device, non_blocking=True) for _, y in batch]
-                with torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext():
                     outputs = net(inputs)
                 losses = [F.l1_loss(o.float(), y) for o, y in zip(outputs, targets)]
                 loss = torch.stack(losses).mean()
