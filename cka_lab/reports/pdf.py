@@ -214,8 +214,8 @@ def title_page(title: str, models: Sequence[ModelInfo], settings: Mapping[str, s
     lines.append(
         "Method: linear CKA by the estimator named on every page -- unbiased-minibatch: the unbiased HSIC summed "
         "over resampling units (Nguyen, Raghu & Kornblith 2021); biased-full: the exact full-batch linear CKA "
-        "(Kornblith et al. 2019), as the EDT authors computed their Fig. 2. Intervals: percentile bootstrap over "
-        "resampling units, paired across maps. A difference is stated only where it exceeds its interval and every "
+        "(Kornblith et al. 2019), as the EDT authors computed their Fig. 2. Intervals: delete-one-unit jackknife over "
+        "the resampling units (no seed), paired across maps. A difference is stated only where it exceeds its interval and every "
         "control. Attention distance = sum over keys of attention weight x query-key distance in input pixels, "
         "averaged over queries and images (Raghu et al. 2021)."
     )
