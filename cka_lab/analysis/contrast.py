@@ -30,7 +30,8 @@ from cka_lab.errors import CkaLabError
 
 from .compare import Comparison, probed_patch, short_layer_name, stage_starts
 from .controls import MIN_UNITS, Decision, decide
-from .measure import measure
+from .attention_cache import AttentionCache
+from .measure import distributed_rank, measure
 from .probing import ProbedModel, prepare_probe
 from .spec import AnalysisSpec
 
@@ -245,6 +246,7 @@ def contrast_models(
     same_task: bool = False,
     device: torch.device | str = "cpu",
     progress: bool | None = None,
+    attention_cache: AttentionCache | None = None,
 ) -> Contrast:
     """Contrast ``model_a`` with ``model_b`` as ``spec`` says (default :class:`AnalysisSpec()`).
 
@@ -252,6 +254,8 @@ def contrast_models(
     both), the feature kind, the estimator, attention on/off and controls on/off. ``batches`` (clean
     crops ``(B, 3, P, P)``) replaces the spec's probe crops. ``same_task`` refuses models probed on
     different heads. Hooks are entered through one ExitStack and removed when the call ends.
+    ``attention_cache`` keeps each model's attention statistics on the spec's probe, so that a model
+    in several contrasts has them measured once (not used with ``batches``).
     """
     spec = spec or AnalysisSpec()
     if not isinstance(spec, AnalysisSpec):
@@ -264,9 +268,15 @@ def contrast_models(
     model_a.eval().to(device)
     model_b.eval().to(device)
     probe, sizes, label = prepare_probe(spec.probe, [(model_a, task_a), (model_b, task_b)], batches)
-    m = measure(ProbedModel(model_a, task_a, sizes[0]), ProbedModel(model_b, task_b, sizes[1]), spec, probe,
-                attention=spec.attention, controls=spec.controls, progress=progress,
-                desc=f"contrast {name_a} vs {name_b}")
+    probed = (ProbedModel(model_a, task_a, sizes[0]), ProbedModel(model_b, task_b, sizes[1]))
+    cache = attention_cache if spec.attention and batches is None else None
+    keys = [cache.key(p.model, p.task, p.patch, spec, distributed_rank()[1]) for p in probed] if cache is not None else []
+    known = [cache.get(k) for k in keys] if cache is not None else [None, None]
+    m = measure(*probed, spec, probe, attention=spec.attention, controls=spec.controls, progress=progress,
+                desc=f"contrast {name_a} vs {name_b}", known_attention=known)
+    if cache is not None:
+        for k, heads, stages in zip(keys, (m.attention_a, m.attention_b), (m.stages_a, m.stages_b)):
+            cache.put(k, heads, stages)
     archs = (getattr(model_a, "name", type(model_a).__name__), getattr(model_b, "name", type(model_b).__name__))
     patches = (probed_patch(probe, sizes[0]), probed_patch(probe, sizes[1]))
 

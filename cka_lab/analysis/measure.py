@@ -94,8 +94,12 @@ def _keyed(exts: Sequence[FeatureExtractor | None]) -> dict:
     return out
 
 
-def _attention(stack: ExitStack, probed: Sequence[ProbedModel], level: float) -> list[AttentionDistance]:
-    return [stack.enter_context(AttentionDistance(p.model, task=p.task, confidence=level)) for p in probed]
+def _attention(stack: ExitStack, probed: Sequence[ProbedModel], level: float,
+               known: Sequence[object | None]) -> list[AttentionDistance | None]:
+    """One recording AttentionDistance per model whose statistics are not ``known`` (None for the others:
+    no hook sits on their softmax, so they run on the fused attention path)."""
+    return [None if k is not None else stack.enter_context(AttentionDistance(p.model, task=p.task, confidence=level))
+            for p, k in zip(probed, known)]
 
 
 def _bar(batches, desc: str, progress: bool | None):
@@ -107,19 +111,22 @@ def _split(keys: Sequence[str]) -> tuple[list[str], list[str]]:
     return [k[len(A):] for k in keys if k.startswith(A)], [k[len(B):] for k in keys if k.startswith(B)]
 
 
-def _tables(dists: Sequence[AttentionDistance], world: int) -> list:
+def _tables(dists: Sequence[AttentionDistance | None], world: int, known: Sequence[tuple | None]) -> list:
+    """``[heads_a, heads_b, stages_a, stages_b]``: measured now, or ``known`` ``(heads, stages)``."""
     if not dists:
         return [None] * 4
     if world > 1:
         for d in dists:
-            d.all_reduce()
-    return [d.compute() for d in dists] + [d.summary() for d in dists]
+            if d is not None:
+                d.all_reduce()
+    tables = [(d.compute(), d.summary()) if d is not None else k for d, k in zip(dists, known)]
+    return [t[0] for t in tables] + [t[1] for t in tables]
 
 
 @torch.inference_mode()
 def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batches: Sequence[IndexedBatch], *,
             attention: bool = False, controls: bool = True, progress: bool | None = None,
-            desc: str = "CKA") -> Measurement:
+            desc: str = "CKA", known_attention: Sequence[tuple | None] = (None, None)) -> Measurement:
     """CKA between every layer of both probed models on ``batches`` (clean crops with global indices).
 
     ``spec`` decides the layers, feature kind, estimator, unit size and interval level; ``attention``
@@ -143,12 +150,12 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
         acc = UnitCKA(keys, unit)
         with ExitStack() as stack:
             exts = _feature_extractors(stack, probed, layers, spec.features)
-            dists = _attention(stack, probed, spec.confidence) if attention else []
+            dists = _attention(stack, probed, spec.confidence, known_attention) if attention else []
             for batch in _bar(local, desc, progress):
                 for p in probed:
                     p.feed(batch, spec.probe.seed)
                 acc.update(batch.first, _keyed(exts))
-        att = _tables(dists, world)
+        att = _tables(dists, world, known_attention)
         est = acc.finish(distributed=world > 1)
     else:
         if n_total > FULL_MAX_SAMPLES:
@@ -172,11 +179,12 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
         att = [None] * 4
         if attention:
             with ExitStack() as stack:
-                dists = _attention(stack, probed, spec.confidence)
-                for batch in _bar(local, f"{desc} (attention)", progress):
-                    for p in probed:
+                dists = _attention(stack, probed, spec.confidence, known_attention)
+                recording = [p for p, d in zip(probed, dists) if d is not None]
+                for batch in _bar(local if recording else [], f"{desc} (attention)", progress):
+                    for p in recording:
                         p.feed(batch, spec.probe.seed)
-            att = _tables(dists, world)
+            att = _tables(dists, world, known_attention)
     ia, ib = list(range(len(layers[0]))), list(range(len(layers[0]), len(keys)))
     blocks = [(ia, ia), (ib, ib), (ia, ib)]
     same = len(ia) == len(ib)

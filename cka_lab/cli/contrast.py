@@ -38,8 +38,12 @@ def model_label(path: str | Path) -> str:
     return Path(path).stem
 
 
-def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=None, progress: bool | None = None):
-    """Load two checkpoints and contrast them with the analysis options in ``args`` -> Contrast."""
+def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=None, progress: bool | None = None,
+                 attention_cache=None):
+    """Load two checkpoints and contrast them with the analysis options in ``args`` -> Contrast.
+
+    ``attention_cache`` (an :class:`~cka_lab.analysis.attention_cache.AttentionCache`) is shared by the
+    contrasts of one command, so that each model's attention statistics are measured once."""
     from cka_lab.analysis.contrast import contrast_models
     from cka_lab.cli._common import resolve_device
     from cka_lab.models import load_model
@@ -53,7 +57,8 @@ def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=N
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     result = contrast_models(model_a, model_b, spec, task_a=task_a, task_b=task_b, name_a=name_a, name_b=name_b,
-                             same_task=args.same_task, device=device, progress=progress)
+                             same_task=args.same_task, device=device, progress=progress,
+                             attention_cache=attention_cache)
     result.meta.update({
         "ckpt_a": str(ckpt_a), "ckpt_b": str(ckpt_b),
         "checkpoint_a": getattr(model_a, "checkpoint_info", {}), "checkpoint_b": getattr(model_b, "checkpoint_info", {}),

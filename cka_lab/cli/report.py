@@ -38,6 +38,7 @@ def _check_out(out: Path, ckpts) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cka_lab.analysis.attention_cache import AttentionCache
     from cka_lab.analysis.contrast import attach_seed_controls
     from cka_lab.cli._common import Session, spec_from_args
     from cka_lab.models import load_model
@@ -60,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
         probe_tasks(args.task, models[a], models[b])  # a task some pair's model lacks: now, not after earlier pairs
     with Session(args.device) as session:
         contrasts = []
+        cache = AttentionCache()  # a checkpoint in several pairs has its attention measured once
         for a, b in pairs:
-            result = run_contrast(a, b, args, device=session.device)
+            result = run_contrast(a, b, args, device=session.device, attention_cache=cache)
             if session.writes:
                 print_contrast(result)
             contrasts.append(result)

@@ -180,17 +180,20 @@ class AttentionDistance(Metric):
         return hook
 
     def _attn_hook(self, name: str):
-        def hook(_module, _inputs, attn: Tensor) -> None:
-            self.update(name, attn.detach(), self._sizes[name])
+        def hook(_module, inputs, attn: Tensor) -> None:
+            logits = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+            self.update(name, attn.detach(), self._sizes[name],
+                        logits=None if logits is None else logits.detach())
 
         return hook
 
     # -- accumulator -------------------------------------------------------------------------------
-    def update(self, module: str, attn: Tensor, size: tuple[int, int]) -> None:
+    def update(self, module: str, attn: Tensor, size: tuple[int, int], *, logits: Tensor | None = None) -> None:
         """Add one attention map of ``module`` (a name of :func:`attention_modules`).
 
         ``attn: (B*nW, h, N, N)`` softmax output, windows crop-major; ``size = (H, W)`` the body map
-        the windows tile (``nW = H/wh * W/ww``). Appends the per-crop sums of the row statistics and of
+        the windows tile (``nW = H/wh * W/ww``); ``logits`` (optional, the softmax input) make the
+        entropy cheaper (see :func:`attention_row_stats`). Appends the per-crop sums of the row statistics and of
         the uniform baseline for this map size.
         """
         site = self._sites.get(module)
@@ -202,7 +205,8 @@ class AttentionDistance(Metric):
         if H % wh or W % ww or attn.shape[0] % ((H // wh) * (W // ww)):
             raise CkaLabError(f"{attn.shape[0]} windows of {wh}x{ww} do not tile whole {H}x{W} crops")
         crops = attn.shape[0] // ((H // wh) * (W // ww))
-        stats = attention_row_stats(attn, site.window, pixel_size=self.pixel_size, radii=self.radii, crops=crops)
+        stats = attention_row_stats(attn, site.window, pixel_size=self.pixel_size, radii=self.radii, crops=crops,
+                                    logits=logits)
         u = uniform_attention_stats(site.window, (H, W), site.shift, self.pixel_size)
         rows = stats["n"]  # (B, h) query rows of each crop
         uniform = (u.distance, u.entropy, u.max_weight, u.mean_dx, u.mean_dy)

@@ -40,6 +40,30 @@ def test_crops_are_summed_apart_and_chunking_changes_nothing(monkeypatch):
         torch.testing.assert_close(chunked[k], whole[k], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("scale", [0.02, 1.0, 30.0])
+def test_entropy_from_logits_equals_the_xlogy_sum(dtype, tol, scale):
+    # near-uniform, moderate and peaked rows; shifted-window masks (-100 on some keys, as in the EDT)
+    g = torch.Generator().manual_seed(1)
+    z = (torch.randn(2 * 4, 3, 12, 12, generator=g, dtype=torch.float64) * scale + 7.0)
+    mask = torch.zeros(4, 12, 12, dtype=torch.float64)
+    mask[1, :6, 6:] = mask[1, 6:, :6] = -100.0
+    z = (z.view(2, 4, 3, 12, 12) + mask[None, :, None]).view(8, 3, 12, 12).to(dtype)
+    a = z.softmax(-1)
+    ref = attention_row_stats(a.double(), (3, 4), crops=2)
+    fast = attention_row_stats(a, (3, 4), crops=2, logits=z)
+    rows = ref["n"]
+    torch.testing.assert_close(fast["entropy"] / rows, ref["entropy"] / rows, rtol=0, atol=tol)
+    for k in ("dist", "max_weight", "dx"):
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+def test_logits_of_another_shape_are_refused():
+    a = torch.full((1, 1, 4, 4), 0.25)
+    with pytest.raises(Exception, match="do not match"):
+        attention_row_stats(a, (1, 4), logits=torch.zeros(1, 1, 4, 3))
+
+
 def test_jackknife_intervals_cover_a_known_ratio_about_95_percent_of_the_time():
     # 2000 synthetic probes of 40 crops: crop c has den_c ~ U(0.5, 1.5) uniform-attention mass and
     # num_c = 0.8 den_c + noise * sqrt(den_c), so the true locality is 0.8.
