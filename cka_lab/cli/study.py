@@ -3,7 +3,7 @@
 Trains every run of the study (tasks x conditions x seeds, pre-trainings shared), evaluates every target
 model, runs the contrasts (scratch vs each pre-trained condition within a seed, seed vs seed as the
 control, SR vs DN) and writes the tables and one PDF. ``STUDY`` is a file or a bundled preset name
-(``tiny``, ``paper-small``). ``torchrun --nproc_per_node N -m cka_lab.study ...`` spreads the runs over N GPUs.
+(``tiny``, ``paper-small``, ``paper-small-cpu``). ``torchrun --nproc_per_node N -m cka_lab.study ...`` spreads the runs over N GPUs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", metavar="STUDY.toml", help="study file, or a bundled preset: tiny, paper-small")
+    p.add_argument("study", metavar="STUDY.toml", help="study file, or a bundled preset: tiny, paper-small, paper-small-cpu")
     p.add_argument("--out", default=None, metavar="DIR", help="study folder (default: studies/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --out where it stopped")
     p.add_argument("--max-runs", type=int, default=None, metavar="N",

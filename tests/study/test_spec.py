@@ -103,8 +103,15 @@ def test_bad_study_files_get_one_line(edit, message):
 
 
 def test_bundled_presets_parse():
-    for name in ("tiny", "paper-small"):
-        spec = parse_study(preset_path(name).read_text(), source=preset_path(name))
+    specs = {}
+    for name in ("tiny", "paper-small", "paper-small-cpu"):
+        specs[name] = spec = parse_study(preset_path(name).read_text(), source=preset_path(name))
         assert plan_runs(spec) and plan_contrasts(spec)
+    # paper-small-cpu is paper-small's design at a CPU budget: same runs, seeds, data split and recipe
+    full, cpu = specs["paper-small"], specs["paper-small-cpu"]
+    assert [(r.name, r.kind, r.init) for r in plan_runs(full)] == [(r.name, r.kind, r.init) for r in plan_runs(cpu)]
+    assert (full.conditions, full.tasks, full.optim, full.study.seeds) == (cpu.conditions, cpu.tasks, cpu.optim, cpu.study.seeds)
+    assert [getattr(full.data, k) for k in ("pretrain_sr", "pretrain_dn", "target_sr", "target_dn")] == \
+        [getattr(cpu.data, k) for k in ("pretrain_sr", "pretrain_dn", "target_sr", "target_dn")]
     with pytest.raises(CkaLabError, match="bundled studies are"):
         preset_path("huge")
