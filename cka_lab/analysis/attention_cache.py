@@ -5,6 +5,12 @@ statistics depend only on its weights, the head it is probed on, the input size 
 not on the model it is contrasted with. :class:`AttentionCache` keeps them for the length of one
 command (``cka-lab report A B C D A C`` measures A's and C's attention once); a model whose statistics
 are known runs its CKA pass on the fused attention path.
+
+By default a model's statistics are gathered in its first contrast's CKA pass (one explicit pass gives
+both), so that model's CKA in that contrast comes from the explicit path and later ones from the fused
+path (equal within 1e-5). ``separate=True`` gathers them in a pass of their own and runs every CKA pass
+fused: one more forward per model, but every number independent of the order of contrasts -- what a
+resumable study needs (a study resumed midway has an empty cache and must give the same tables).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class AttentionCache:
     (:class:`~cka_lab.analysis.spec.ProbeSpec`), the interval level and the number of processes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, separate: bool = False) -> None:
+        self.separate = separate
         self._tables: dict[Hashable, tuple[pd.DataFrame, pd.DataFrame]] = {}
         self._digests: dict[int, tuple[nn.Module, str]] = {}
         self.hits = 0

@@ -31,7 +31,7 @@ from cka_lab.errors import CkaLabError
 from .compare import Comparison, probed_patch, short_layer_name, stage_starts
 from .controls import MIN_UNITS, Decision, decide
 from .attention_cache import AttentionCache
-from .measure import distributed_rank, measure
+from .measure import distributed_rank, measure, measure_attention
 from .probing import ProbedModel, prepare_probe
 from .spec import AnalysisSpec
 
@@ -272,6 +272,12 @@ def contrast_models(
     cache = attention_cache if spec.attention and batches is None else None
     keys = [cache.key(p.model, p.task, p.patch, spec, distributed_rank()[1]) for p in probed] if cache is not None else []
     known = [cache.get(k) for k in keys] if cache is not None else [None, None]
+    if cache is not None and cache.separate:  # attention in passes of its own; CKA always on the fused path
+        for i, p in enumerate(probed):
+            if known[i] is None:
+                name = (name_a, name_b)[i]
+                known[i] = measure_attention(p, spec, probe, progress=progress, desc=f"attention of {name}")
+                cache.put(keys[i], *known[i])
     m = measure(*probed, spec, probe, attention=spec.attention, controls=spec.controls, progress=progress,
                 desc=f"contrast {name_a} vs {name_b}", known_attention=known)
     if cache is not None:

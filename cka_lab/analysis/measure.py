@@ -28,7 +28,7 @@ from .estimators import UnitCKA, full_keyed_cka, resolve_unit_size
 from .probing import IndexedBatch, ProbedModel, ProbeSequence, progress_enabled, shard_batches
 from .spec import AnalysisSpec
 
-__all__ = ["Measurement", "measure", "distributed_rank"]
+__all__ = ["Measurement", "measure", "measure_attention", "distributed_rank"]
 
 A, B = "A|", "B|"
 FULL_MAX_SAMPLES = 4096
@@ -194,6 +194,23 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
     return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, est.unit,
                        dict(zip(("aa", "bb", "ab"), cis)), dcis[0] if same else None, control_a, control_b,
                        est.constant, est.passes, *att)
+
+
+@torch.inference_mode()
+def measure_attention(probed: ProbedModel, spec: AnalysisSpec, batches: Sequence[IndexedBatch], *,
+                      progress: bool | None = None, desc: str = "attention") -> tuple:
+    """``(heads, stages)`` attention tables of one model on ``batches``, in a pass of its own (explicit path)."""
+    if not attention_modules(probed.model):
+        raise CkaLabError(f"{type(probed.model).__name__} has no window-attention modules: attention statistics need "
+                          "an EDT model; pass attention=False (--no-attention) to measure CKA only")
+    rank, world = distributed_rank()
+    local = shard_batches(batches, rank, world) if world > 1 else batches
+    with ExitStack() as stack:
+        dists = _attention(stack, [probed], spec.confidence, [None])
+        for batch in _bar(local, desc, progress):
+            probed.feed(batch, spec.probe.seed)
+    heads, stages = _tables(dists, world, [None])
+    return heads, stages
 
 
 def _feature_numel(probed, layers, batch: IndexedBatch, spec: AnalysisSpec) -> dict[str, int]:

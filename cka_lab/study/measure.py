@@ -42,7 +42,11 @@ def analysis_spec(spec: StudySpec):
                         attention=a.attention, controls=True)
 
 
-def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu") -> ContrastRecord:
+def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu",
+                     attention_cache=None) -> ContrastRecord:
+    """CKA, controls and attention of one planned contrast. ``attention_cache`` (an
+    :class:`~cka_lab.analysis.attention_cache.AttentionCache` shared by the study's contrasts) measures
+    each model's attention once, however many contrasts it is in."""
     from cka_lab.analysis.contrast import contrast_models
     from cka_lab.models import load_model
 
@@ -50,7 +54,8 @@ def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, 
     model_a = load_model(paths.model(plan.run_a), device=dev)
     model_b = load_model(paths.model(plan.run_b), device=dev)
     c = contrast_models(model_a, model_b, analysis_spec(spec), task_a=plan.task_a, task_b=plan.task_b,
-                        name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False)
+                        name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False,
+                        attention_cache=attention_cache)
     cross = np.asarray(c.cross.matrix, dtype=np.float64)
     square = cross.shape[0] == cross.shape[1]
     diag = np.diag(cross) if square else np.full(cross.shape[0], np.nan)

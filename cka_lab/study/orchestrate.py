@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from cka_lab import __version__
+from cka_lab.analysis.attention_cache import AttentionCache
 from cka_lab.errors import CkaLabError
 from cka_lab.study.claims import judge_claims
 from cka_lab.study.contrasts import ContrastRecord, run_contrasts
@@ -59,7 +60,10 @@ def study_from_args(args: argparse.Namespace) -> int:
             _wait_for(paths.model(r.name))
     device = _device(args.device)
     results = evaluate_runs(spec, paths, device=device)
-    records = run_contrasts(spec, paths, lambda s, p, c: measure_contrast(s, p, c, device=device))
+    # a model in several contrasts (scratch runs are in most) has its attention measured once, in a pass of
+    # its own, so that every table is the same whether or not the study was resumed midway
+    cache = AttentionCache(separate=True)
+    records = run_contrasts(spec, paths, lambda s, p, c: measure_contrast(s, p, c, device=device, attention_cache=cache))
     report = write_outputs(spec, paths, results, records, hardware=hardware_description(device))
     print(f"[study] {spec.study.name} done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0

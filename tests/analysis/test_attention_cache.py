@@ -64,3 +64,21 @@ def test_another_probe_is_another_entry(spec):
     contrast_models(a, b, spec, progress=False, attention_cache=cache)
     contrast_models(a, b, spec.replace(seed=1), progress=False, attention_cache=cache)
     assert cache.hits == 0 and len(cache) == 4
+
+
+def test_separate_passes_make_every_number_independent_of_the_order_of_contrasts(spec):
+    # a resumed study starts with an empty cache: its contrasts must equal those of an uninterrupted one
+    a, b, c = _model(0), _model(1), _model(2)
+    cache = AttentionCache(separate=True)
+    contrast_models(a, b, spec, progress=False, attention_cache=cache)
+    after = contrast_models(a, c, spec, progress=False, attention_cache=cache)
+    assert cache.hits == 1
+    alone = contrast_models(a, c, spec, progress=False, attention_cache=AttentionCache(separate=True))
+    for x, y in ((after.cross, alone.cross), (after.within_a, alone.within_a), (after.within_b, alone.within_b)):
+        np.testing.assert_array_equal(x.matrix, y.matrix)
+    pd.testing.assert_frame_equal(after.attention_a, alone.attention_a)
+    pd.testing.assert_frame_equal(after.attention_stages_b, alone.attention_stages_b)
+    # and the attention tables are those of the one-pass measurement
+    one_pass = contrast_models(a, c, spec, progress=False)
+    pd.testing.assert_frame_equal(after.attention_a, one_pass.attention_a)
+    pd.testing.assert_frame_equal(after.attention_b, one_pass.attention_b)
