@@ -11,7 +11,9 @@ its interval is a t-interval over seeds; CKA effects are measured against the se
    ``(ctrl - cka(scratch, pre))``, SR minus DN.
 5. *Pre-training brings more local attention into higher layers of SR models*: locality (attention distance
    / uniform-attention distance) of the upper half of the stages, scratch minus pre-trained, paired by seed,
-   against the seed-to-seed difference of the scratch models.
+   against the seed-to-seed difference of the scratch models. Not decidable when no model of the contrast
+   learnt attention (upper-stage entropy within :data:`UNIFORM_TOLERANCE` of uniform attention's): a
+   locality difference between near-uniform maps is not a statement about local information.
 6. *SR and denoising models are organised differently*: seed-to-seed same-layer CKA (mean of both tasks)
    minus the SR-vs-DN same-layer CKA, per seed.
 """
@@ -25,7 +27,10 @@ from cka_lab.study.contrasts import ContrastRecord
 from cka_lab.study.spec import StudySpec, task_kind
 from cka_lab.study.tables import Verdict, paired_effect, verdict
 
-__all__ = ["judge_claims", "upper_locality"]
+__all__ = ["judge_claims", "upper_locality", "upper_entropy_gap", "UNIFORM_TOLERANCE"]
+
+UNIFORM_TOLERANCE = 1e-3
+"""Attention whose entropy is within this fraction of uniform attention's has not been learnt."""
 
 
 def _psnr(scores: pd.DataFrame, target: str, cond: str) -> pd.Series:
@@ -41,6 +46,16 @@ def upper_locality(record: ContrastRecord, model: str) -> float:
     stages = sorted({int(r["stage"]) for r in rows})
     upper = stages[len(stages) // 2:]
     return float(np.mean([r["locality"] for r in rows if int(r["stage"]) in upper]))
+
+
+def upper_entropy_gap(record: ContrastRecord, model: str) -> float:
+    """Largest ``1 - entropy / uniform entropy`` over the upper half of the body stages of one model."""
+    rows = [r for r in record.attention if r.get("model") == model and np.isfinite(r.get("entropy_rel", np.nan))]
+    if not rows:
+        return float("nan")
+    stages = sorted({int(r["stage"]) for r in rows})
+    upper = stages[len(stages) // 2:]
+    return float(max(1.0 - r["entropy_rel"] for r in rows if int(r["stage"]) in upper))
 
 
 def _scratch(spec: StudySpec) -> str:
@@ -98,10 +113,20 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
         control = (abs(upper_locality(seed_rec[0], seed_rec[0].plan.run_a)
                        - upper_locality(seed_rec[0], seed_rec[0].plan.run_b)) if seed_rec else None)
         for c in conds:
+            recs = [r for r in by_kind["pretrain"] if r.plan.target == t and r.plan.condition == c.name]
             d = pd.Series({r.plan.seed: upper_locality(r, r.plan.run_a) - upper_locality(r, r.plan.run_b)
-                           for r in by_kind["pretrain"] if r.plan.target == t and r.plan.condition == c.name})
-            out.append(verdict(f"Pre-training ({c.name}) makes attention in the upper stages of {t} models more local",
-                               paired_effect(d.dropna()), what="locality(scratch) - locality(pre), upper stages",
+                           for r in recs})
+            gaps = [upper_entropy_gap(r, m) for r in recs for m in (r.plan.run_a, r.plan.run_b)]
+            gaps = [g for g in gaps if np.isfinite(g)]
+            claim = f"Pre-training ({c.name}) makes attention in the upper stages of {t} models more local"
+            if gaps and max(gaps) < UNIFORM_TOLERANCE:
+                out.append(Verdict(claim, "not decidable at this scale",
+                                   f"no model learnt attention: upper-stage entropy is within {max(gaps):.2g} of uniform "
+                                   f"attention's in every scratch and {c.name} model (below {UNIFORM_TOLERANCE:g}), so "
+                                   f"locality differences (locality(scratch) - locality(pre) = "
+                                   f"{paired_effect(d.dropna()).describe('', digits=6)}) say nothing about local information"))
+                continue
+            out.append(verdict(claim, paired_effect(d.dropna()), what="locality(scratch) - locality(pre), upper stages",
                                unit="(distance / uniform)", control=control,
                                control_what="seed-to-seed |difference| of scratch models"))
     # 6 -- SR and DN organised differently
