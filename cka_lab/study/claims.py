@@ -124,7 +124,7 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
                                    f"no model learnt attention: upper-stage entropy is within {max(gaps):.2g} of uniform "
                                    f"attention's in every scratch and {c.name} model (below {UNIFORM_TOLERANCE:g}), so "
                                    f"locality differences (locality(scratch) - locality(pre) = "
-                                   f"{paired_effect(d.dropna()).describe('', digits=6)}) say nothing about local information"))
+                                   f"{paired_effect(d.dropna()).describe('', digits=6).replace('  ', ' ')}) say nothing about local information"))
                 continue
             out.append(verdict(claim, paired_effect(d.dropna()), what="locality(scratch) - locality(pre), upper stages",
                                unit="(distance / uniform)", control=control,
