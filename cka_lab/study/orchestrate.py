@@ -26,9 +26,9 @@ __all__ = ["study_from_args", "resolve_study_file"]
 
 
 def resolve_study_file(name: str) -> Path:
-    """A path, or the name of a bundled preset."""
+    """A path, or the name of a bundled preset (a folder of that name, e.g. the study's own output, is not a file)."""
     path = Path(name)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         return path
     from cka_lab.study import preset_path
 

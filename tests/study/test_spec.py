@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cka_lab.errors import CkaLabError
@@ -115,3 +117,13 @@ def test_bundled_presets_parse():
         [getattr(cpu.data, k) for k in ("pretrain_sr", "pretrain_dn", "target_sr", "target_dn")]
     with pytest.raises(CkaLabError, match="bundled studies are"):
         preset_path("huge")
+
+
+def test_a_preset_name_is_a_preset_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    from cka_lab.study.orchestrate import resolve_study_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # e.g. the study's output folder, made by --out tiny
+    assert resolve_study_file("tiny") == preset_path("tiny")
+    (tmp_path / "mine").write_text("[study]\n")
+    assert resolve_study_file("mine") == Path("mine")
