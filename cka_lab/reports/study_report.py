@@ -83,13 +83,14 @@ def _scores_figure(scores: pd.DataFrame, footer: str) -> Figure:
 
 def _heatmaps_figure(title: str, panels: Sequence[tuple[str, np.ndarray]], stage_edges: Sequence[int], footer: str) -> Figure:
     fig, axes = plt.subplots(1, len(panels), figsize=A4, squeeze=False)
-    fig.subplots_adjust(left=0.05, right=0.88, top=0.82, bottom=0.12, wspace=0.25)
+    fig.subplots_adjust(left=0.05, right=0.88, top=0.82, bottom=0.12, wspace=0.35)
     for ax, (label, m) in zip(axes[0], panels):
         im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", origin="lower")
         for e in stage_edges:
             ax.axhline(e - 0.5, color="w", lw=0.6)
             ax.axvline(e - 0.5, color="w", lw=0.6)
-        ax.set_title(label, fontsize=10)
+        lines = [w for part in label.split("\n") for w in textwrap.wrap(part, 22)]  # narrow panels: no overlap
+        ax.set_title("\n".join(lines), fontsize=9)
         ax.set_xlabel("layer")
         ax.set_ylabel("layer")
     fig.colorbar(im, cax=fig.add_axes([0.9, 0.25, 0.015, 0.45]), label="CKA")
