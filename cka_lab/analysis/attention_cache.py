@@ -41,8 +41,9 @@ def model_digest(model: nn.Module) -> str:
 class AttentionCache:
     """``(head table, stage table)`` of a model's attention statistics, keyed by model and probe.
 
-    The key holds the model's :func:`model_digest`, the probed head and input size, the probe crops
-    (:class:`~cka_lab.analysis.spec.ProbeSpec`), the interval level and the number of processes.
+    The key holds the model's :func:`model_digest`, the probed head and input size, the size the crops
+    are cut at and the probe (:class:`~cka_lab.analysis.spec.ProbeSpec`), the interval level and the
+    number of processes.
     """
 
     def __init__(self, *, separate: bool = False) -> None:
@@ -54,12 +55,15 @@ class AttentionCache:
     def __len__(self) -> int:
         return len(self._tables)
 
-    def key(self, model: nn.Module, task: str | None, patch: int | None, spec: AnalysisSpec, world: int = 1) -> Hashable:
+    def key(self, model: nn.Module, task: str | None, patch: int | None, spec: AnalysisSpec, world: int = 1,
+            crop: int | None = None) -> Hashable:
+        """``patch``: the input size the model is fed (None: the whole crop); ``crop``: the size the probe
+        crops are cut at (the largest probe size of the pair), which decides where the crops lie."""
         known = self._digests.get(id(model))
         if known is None or known[0] is not model:
             known = (model, model_digest(model))
             self._digests[id(model)] = known
-        return (known[1], task, patch, spec.probe, spec.confidence, world)
+        return (known[1], task, patch, crop, spec.probe, spec.confidence, world)
 
     def get(self, key: Hashable) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         tables = self._tables.get(key)

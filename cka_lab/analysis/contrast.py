@@ -270,7 +270,9 @@ def contrast_models(
     probe, sizes, label = prepare_probe(spec.probe, [(model_a, task_a), (model_b, task_b)], batches)
     probed = (ProbedModel(model_a, task_a, sizes[0]), ProbedModel(model_b, task_b, sizes[1]))
     cache = attention_cache if spec.attention and batches is None else None
-    keys = [cache.key(p.model, p.task, p.patch, spec, distributed_rank()[1]) for p in probed] if cache is not None else []
+    crop = probed_patch(probe, None) if cache is not None else None  # the size the crops were cut at
+    keys = ([cache.key(p.model, p.task, p.patch, spec, distributed_rank()[1], crop=crop) for p in probed]
+            if cache is not None else [])
     known = [cache.get(k) for k in keys] if cache is not None else [None, None]
     if cache is not None and cache.separate:  # attention in passes of its own; CKA always on the fused path
         for i, p in enumerate(probed):

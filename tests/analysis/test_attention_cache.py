@@ -82,3 +82,14 @@ def test_separate_passes_make_every_number_independent_of_the_order_of_contrasts
     one_pass = contrast_models(a, c, spec, progress=False)
     pd.testing.assert_frame_equal(after.attention_a, one_pass.attention_a)
     pd.testing.assert_frame_equal(after.attention_b, one_pass.attention_b)
+
+
+def test_a_model_fed_the_centre_of_larger_crops_is_another_entry(spec):
+    # SR probed alone: 24 px crops fed whole; beside a model probed larger, the crops are cut larger and
+    # the SR model is fed their centre -- other pixels, so its statistics must not be reused
+    a = _model(0)
+    cache = AttentionCache()
+    key = cache.key(a, "x2", None, spec, crop=24)
+    assert cache.key(a, "x2", 24, spec, crop=96) != key
+    assert cache.key(a, "x2", 24, spec, crop=96) != cache.key(a, "x2", 24, spec, crop=192)
+    assert cache.key(_model(0), "x2", None, spec, crop=24) == key
