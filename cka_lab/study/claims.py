@@ -38,24 +38,24 @@ def _psnr(scores: pd.DataFrame, target: str, cond: str) -> pd.Series:
     return s.set_index("seed")["psnr"]
 
 
+def _upper_values(record: ContrastRecord, model: str, key: str) -> list[float]:
+    """``key`` of one model's attention rows in the upper half of the body stages (finite values only)."""
+    rows = [r for r in record.attention if r.get("model") == model and np.isfinite(r.get(key, np.nan))]
+    stages = sorted({int(r["stage"]) for r in rows})
+    upper = set(stages[len(stages) // 2:])
+    return [float(r[key]) for r in rows if int(r["stage"]) in upper]
+
+
 def upper_locality(record: ContrastRecord, model: str) -> float:
     """Mean locality (distance / uniform distance) over the upper half of the body stages of one model."""
-    rows = [r for r in record.attention if r.get("model") == model and np.isfinite(r.get("locality", np.nan))]
-    if not rows:
-        return float("nan")
-    stages = sorted({int(r["stage"]) for r in rows})
-    upper = stages[len(stages) // 2:]
-    return float(np.mean([r["locality"] for r in rows if int(r["stage"]) in upper]))
+    values = _upper_values(record, model, "locality")
+    return float(np.mean(values)) if values else float("nan")
 
 
 def upper_entropy_gap(record: ContrastRecord, model: str) -> float:
     """Largest ``1 - entropy / uniform entropy`` over the upper half of the body stages of one model."""
-    rows = [r for r in record.attention if r.get("model") == model and np.isfinite(r.get("entropy_rel", np.nan))]
-    if not rows:
-        return float("nan")
-    stages = sorted({int(r["stage"]) for r in rows})
-    upper = stages[len(stages) // 2:]
-    return float(max(1.0 - r["entropy_rel"] for r in rows if int(r["stage"]) in upper))
+    values = _upper_values(record, model, "entropy_rel")
+    return float(max(1.0 - v for v in values)) if values else float("nan")
 
 
 def _scratch(spec: StudySpec) -> str:
