@@ -7,7 +7,7 @@ official EDT training settings)::
     [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
     [data]      root, patch_size, augment, num_workers, sr, dn, dr
     [val]       every, sr, dn, dr, max_images, crop
-    [optim]     lr, betas, eps, weight_decay, lr_schedule, milestones, gamma, warmup, min_lr
+    [optim]     lr, betas, eps, weight_decay, lr_schedule, milestones, gamma, warmup, min_lr, qk_lr_scale
     [schedule]  iterations, batch_size, ckpt_every, log_every, diagnostics, probe_size
     [finetune]  init, drop, strict
 
@@ -156,6 +156,9 @@ class OptimConfig:
     ``schedule.iterations`` (the official ``[250000, 400000, 450000, 475000]`` of 500k is
     ``[0.5, 0.8, 0.9, 0.95]``). The schedule is a pure function of the iteration and the config:
     on ``--resume`` it is rebuilt from the config given (:mod:`cka_lab.train.schedule`).
+
+    ``qk_lr_scale`` runs the query and key rows of every ``qkv`` projection at that multiple of the
+    lr (:mod:`cka_lab.train.qk_lr`; 1: the official single lr). A departure from the official recipe.
     """
 
     lr: float = 2e-4
@@ -167,6 +170,7 @@ class OptimConfig:
     gamma: float = 0.5
     warmup: float = 0.0
     min_lr: float = 0.0
+    qk_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -497,6 +501,8 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         raise CkaLabError(f"{where}: optim.warmup must be a number of iterations >= 0 or a fraction below 1, got {o.warmup}")
     if cfg.resolved_warmup() > s.iterations:
         raise CkaLabError(f"{where}: optim.warmup ({cfg.resolved_warmup()} iterations) is longer than schedule.iterations ({s.iterations})")
+    if not (0 < o.qk_lr_scale <= 1000):
+        raise CkaLabError(f"{where}: optim.qk_lr_scale must be in (0, 1000], got {o.qk_lr_scale}")
     if not (0 <= o.min_lr <= o.lr):
         raise CkaLabError(f"{where}: optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
     if not (1 <= s.probe_size <= 64):

@@ -30,6 +30,7 @@ from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
+from cka_lab.train.qk_lr import QKLearningRate
 from cka_lab.train.batches import StepBatches, TrainingData, build_patch_sets, check_patch_size, step_loader
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
 from cka_lab.train.diagnostics import TrainingDiagnostics, probe_inputs, progress_text
@@ -217,6 +218,7 @@ class _Trainer:
 
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                      eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        QKLearningRate(model, optimizer, cfg.optim.qk_lr_scale)  # hooks live as long as the optimizer
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         start = 0
         if resume_ckpt is not None:
