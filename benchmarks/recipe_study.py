@@ -133,10 +133,11 @@ def run_one(spec: StudySpec, setting: Setting, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     log = pd.read_csv(out / "train_log.csv")
     last = log.iloc[-1]
-    stages = sorted(int(c[1:].split("_")[0]) for c in log.columns if c.endswith("_attn_entropy_rel"))
+    stages = sorted(int(c[1:].split("_")[0]) for c in log.columns if c.endswith("_plain_entropy_rel"))
     row = {"setting": setting.name, "seed": seed, "psnr": result.val["x2"].psnr, "loss": float(last["loss"])}
-    row.update({f"H_s{s}": float(last[f"s{s}_attn_entropy_rel"]) for s in stages})
-    row["spread"] = float(sum(last[f"s{s}_logit_spread"] for s in stages) / len(stages))
+    row.update({f"H_s{s}": float(last[f"s{s}_plain_entropy_rel"]) for s in stages})  # plain blocks
+    row.update({f"learnt_s{s}": float(last[f"s{s}_plain_learnt"]) for s in stages})
+    row["spread"] = float(sum(last[f"s{s}_plain_logit_spread"] for s in stages) / len(stages))
     row["qk_upd"] = float(sum(last[f"s{s}_{p}_update_ratio"] for s in stages for p in "qk") / (2 * len(stages)))
     row["v_upd"] = float(sum(last[f"s{s}_v_update_ratio"] for s in stages) / len(stages))
     row["seconds"] = seconds

@@ -13,8 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "plot-log",
         help="draw a training run's loss, validation PSNR and attention diagnostics (PNG)",
         description="Read RUN_DIR/train_log.csv (and val_log.csv when present) and draw the loss, the learning rate, "
-        "validation PSNR and, per stage, attention entropy relative to uniform, logit spread and the q/k/v "
-        "update-to-weight ratios into RUN_DIR/training.png.",
+        "validation PSNR and, per stage (plain and shifted blocks apart), attention entropy relative to uniform, the "
+        "fraction of learnt heads, logit spread, the q/k/v update-to-weight ratios and every head's entropy at the "
+        "last log row (attn_heads.csv) into RUN_DIR/training.png.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a cka-lab train run folder (holds train_log.csv)")
     p.add_argument("--out", default=None, help="output image (default RUN_DIR/training.png; .png, .svg or .pdf)")
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise CkaLabError(f"--out {out}: use a .png, .svg or .pdf file name")
     val_csv = run_dir / "val_log.csv"
     val = _read_csv(val_csv) if val_csv.is_file() and val_csv.stat().st_size else None
-    fig = plot_training_log(_read_csv(train_csv), val, title=run_dir.resolve().name)
+    heads_csv = run_dir / "attn_heads.csv"
+    heads = _read_csv(heads_csv) if heads_csv.is_file() and heads_csv.stat().st_size else None
+    fig = plot_training_log(_read_csv(train_csv), val, title=run_dir.resolve().name, heads=heads)
     save_figure(fig, out)
     print(out)
     return 0

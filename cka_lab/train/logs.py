@@ -3,8 +3,9 @@
 ``train_log.csv``: ``iteration, lr, loss, loss_<task>..., sec_per_iter, data_share, patches_per_s``
 (means over the last ``log_every`` iterations; ``data_share`` is the fraction of the wall time
 spent waiting for batches), then with ``schedule.diagnostics`` the per-stage columns
-``s{i}_q_update_ratio, s{i}_k_update_ratio, s{i}_v_update_ratio, s{i}_attn_entropy_rel,
-s{i}_logit_spread`` (:mod:`cka_lab.train.diagnostics`). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
+``s{i}_q_update_ratio, s{i}_k_update_ratio, s{i}_v_update_ratio`` and, for plain and shifted blocks
+apart, ``s{i}_{plain,shifted}_{entropy_rel,learnt,sharpest,logit_spread}``, with every head's numbers in
+``attn_heads.csv`` (:mod:`cka_lab.train.diagnostics`). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.
 On ``--resume`` the rows written after the checkpoint the run resumes from are dropped, and a fresh
 run starts new logs (rows of an earlier run that left no checkpoint are dropped), so a log never holds
 an iteration twice. Rows are appended with ``O_APPEND | O_NOFOLLOW`` (a symlink at a log path is

@@ -30,13 +30,20 @@ from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
-from cka_lab.train.qk_lr import QKLearningRate
-from cka_lab.train.batches import StepBatches, TrainingData, build_patch_sets, check_patch_size, step_loader
+from cka_lab.train.batches import (
+    StepBatches,
+    TrainingData,
+    build_patch_sets,
+    check_patch_size,
+    head_patch_size,
+    step_loader,
+)
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
-from cka_lab.train.diagnostics import TrainingDiagnostics, probe_inputs, progress_text
+from cka_lab.train.diagnostics import TrainingDiagnostics, heldout_probe, probe_inputs, progress_text
 from cka_lab.train.distributed import DistEnv, init_distributed
 from cka_lab.train.finetune import init_from_checkpoint
 from cka_lab.train.logs import CsvLog, make_progress, progress_enabled, say
+from cka_lab.train.qk_lr import QKLearningRate
 from cka_lab.train.precision import autocast_dtype, precision_label
 from cka_lab.train.schedule import build_scheduler
 from cka_lab.train.state import BEST, LAST, capture_rng, read_training_checkpoint, restore_rng, seed_everything
@@ -45,6 +52,10 @@ from cka_lab.train.validate import TaskScore, ValidationSets
 __all__ = ["TrainResult", "train", "resolve_out", "build_model"]
 
 T = TypeVar("T")
+
+
+#: Per-head attention statistics of every log row (:mod:`cka_lab.train.diagnostics`).
+HEADS_LOG = "attn_heads.csv"
 
 
 @dataclass
@@ -111,6 +122,7 @@ class _Trainer:
         self.best_psnr: float | None = None
         self.last_val: dict[str, TaskScore] = {}
         self.diag: TrainingDiagnostics | None = None
+        self.heads_log: CsvLog | None = None
         self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -249,8 +261,7 @@ class _Trainer:
         train_log = val_log = None
         diag = None
         if env.is_main and cfg.schedule.diagnostics:
-            probe = probe_inputs(data.sets, cfg.schedule.probe_size, cfg.run.seed)
-            diag = TrainingDiagnostics(model, probe, self.device)
+            diag = self._diagnostics(model, data, val)
         self.diag = diag
         if env.is_main:
             self.created = made_dirs(self.out)
@@ -261,12 +272,17 @@ class _Trainer:
                                + ["sec_per_iter", "data_share", "patches_per_s"]
                                + (diag.columns if diag is not None else []))
             val_log = CsvLog(self.out / "val_log.csv", ["iteration", "task", "psnr", "ssim", "images", "seconds"])
-            if self.resume:
-                train_log.truncate_after(start)
-                val_log.truncate_after(start)
-            else:  # a fresh run: new logs, never rows appended to an old run's
-                train_log.start()
-                val_log.start()
+            logs = [train_log, val_log]
+            if diag is not None:
+                self.heads_log = CsvLog(self.out / HEADS_LOG, ["iteration", "stage", "block", "kind", "direction",
+                                                               "head", "entropy_rel", "logit_spread"])
+                logs.append(self.heads_log)
+            for log in logs:
+                if self.resume:
+                    log.truncate_after(start)
+                else:  # a fresh run: new logs, never rows appended to an old run's
+                    log.start()
+            if not self.resume:
                 if cfg.text:
                     write_text(self.out / "config.toml", cfg.text)
             self._announce(model, data, start)
@@ -284,6 +300,25 @@ class _Trainer:
         loader = step_loader(batches, start, self.end, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         result = self._loop(net, model, optimizer, scheduler, scaler, loader, start, val, train_log, val_log)
         return result
+
+    def _diagnostics(self, model: EDT, data: TrainingData, val: ValidationSets | None) -> TrainingDiagnostics:
+        """Diagnostics on held-out crops (validation inputs at the training patch size) where a head has
+        a validation set, else on ``schedule.probe_size`` training patches drawn once from the seed."""
+        cfg = self.cfg
+        train_probe = probe_inputs(data.sets, cfg.schedule.probe_size, cfg.run.seed)
+        probe, sources = [], []
+        for task, fallback in zip(model.tasks, train_probe):
+            pairs = val.pairs.get(task) if val else None
+            crop = head_patch_size(model.config, task, cfg.data.patch_size)
+            try:
+                probe.append(heldout_probe([p.input for p in pairs], crop) if pairs else fallback)
+                sources.append(f"{task}: {len(probe[-1])} held-out crops" if pairs else f"{task}: training patches")
+            except ValueError:
+                probe.append(fallback)
+                sources.append(f"{task}: training patches (validation inputs smaller than {crop} px)")
+        diag = TrainingDiagnostics(model, probe, self.device, source="; ".join(sources))
+        say(f"attention diagnostics on {diag.source}")
+        return diag
 
     def _load_val(self, model: EDT, data: TrainingData) -> ValidationSets:
         v = self.cfg.val
@@ -354,6 +389,8 @@ class _Trainer:
                     diag_text = ""
                     if self.diag is not None:
                         row.update(self.diag.row())
+                        for rec in self.diag.last_heads.drop(columns="rows").itertuples(index=False):
+                            self.heads_log.write({"iteration": iteration, **rec._asdict()})
                         diag_text = progress_text(row, self.diag.n_stages)
                     train_log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")

@@ -126,7 +126,8 @@ def test_plot_log_draws_the_runs_figure(capsys, trained, tmp_path):
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.strip() == str(target)
     header = (out / "train_log.csv").read_text().splitlines()[0]
-    assert "s0_q_update_ratio" in header and "s3_attn_entropy_rel" in header and "s3_logit_spread" in header
+    assert "s0_q_update_ratio" in header and "s3_plain_entropy_rel" in header and "s3_shifted_logit_spread" in header
+    assert (out / "attn_heads.csv").is_file()
 
 
 def test_plot_log_errors(capsys, trained, tmp_path):
