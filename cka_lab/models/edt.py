@@ -231,14 +231,12 @@ def explicit_attention():
 def sdpa_head_dim(d: int, device: torch.device) -> int:
     """The head dimension given to SDPA: ``d`` zero-padded to what the fast kernels want (exact).
 
-    CUDA: a multiple of 8 (the flash / memory-efficient kernels' requirement). CPU: 16 when ``d < 16``
-    (EDT-T's 5, EDT-B's 15): torch's CPU flash kernel runs about 2x faster forward + backward at 16
-    than at 5 or 8 (``benchmarks/train_speed.py``), and slower again at 32.
+    CUDA: a multiple of 8 (the flash / memory-efficient kernels' requirement). CPU: ``d`` itself:
+    torch's CPU flash kernel takes any head size, and EDT-T's 5 runs forward + backward in 0.63x the
+    time of 5 padded to 16 (48 px, batch 16, 2 threads; ``benchmarks/train_speed.py``).
     """
     if device.type == "cuda":
         return -(-d // 8) * 8
-    if device.type == "cpu" and d < 16:
-        return 16
     return d
 
 
@@ -395,7 +393,10 @@ class WindowAttention(nn.Module):
         # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
         v_img = x[2].permute(0, 1, 2, 3, 6, 4, 5).reshape(nW * B, C, wh, ww)
         lepe = self.lepe(v_img)
-        attn_mask = None if mask is None else mask.to(dtype).unsqueeze(1)  # (nW, 1, N, N): broadcast over B*h
+        # (nW, 1, N, N) boolean, broadcast over B*h: the -100 of the additive mask would leave weights of
+        # exp(-100) ~ 4e-44, float32 denormals that make the CPU kernel's backward 4-5x slower; as a
+        # boolean mask they are exact zeros (a difference below float32 resolution: 4e-44 of a weight)
+        attn_mask = None if mask is None else mask.eq(0).unsqueeze(1)
         with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d')
         o = o.view(nW, B, h, N, d_pad)[..., :d] + lepe.view(nW, B, h, d, N).transpose(-2, -1)  # one pass

@@ -196,11 +196,11 @@ def test_the_whole_model_in_training_mode_gives_the_same_loss_and_gradients_fuse
     assert edt_mod.use_fused_attn()
 
 
-def test_the_head_dim_given_to_sdpa_is_padded_for_the_fast_kernels():
+def test_the_head_dim_given_to_sdpa_is_padded_for_the_cuda_kernels_only():
     from cka_lab.models.edt import sdpa_head_dim
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert [sdpa_head_dim(d, cpu) for d in (5, 10, 15, 16, 30)] == [16, 16, 16, 16, 30]
+    assert [sdpa_head_dim(d, cpu) for d in (5, 10, 15, 16, 30)] == [5, 10, 15, 16, 30]
     assert [sdpa_head_dim(d, cuda) for d in (5, 8, 15, 30)] == [8, 8, 16, 32]
 
 
