@@ -1,22 +1,28 @@
-"""Training throughput and peak memory of EDT-T, explicit vs fused attention, as ratios measured in one run.
+"""Training throughput and peak memory of EDT-T on this machine, against the FLOP floor, in one run.
 
-    python benchmarks/train_speed.py                              # CPU: SR x2 and DN sigma25, fp32
-    python benchmarks/train_speed.py --device cuda                # the same on the GPU (fp32 and bf16)
-    python benchmarks/train_speed.py --batch 4 --steps 2 --precision fp32 bf16 --compile
+    python -u benchmarks/train_speed.py                          # CPU layouts: 1 run x 2 threads, DDP 2 x 1, 2 runs x 1
+    python -u benchmarks/train_speed.py --patches 24 48 --batches 4 8 16 --layouts 1x2 ddp2x1 2x1
+    python -u benchmarks/train_speed.py --paths                  # explicit vs fused attention (issue 12's table)
+    python -u benchmarks/train_speed.py --paths --device cuda    # the same on a GPU (fp32 and bf16)
 
-One training step is what ``cka-lab train`` does per iteration: forward of one batch per head, L1 loss,
-backward, Adam. The shapes are those of the bundled configs (``checkpoints/configs``): SR x2 48 px LR
-patches (``edtt_srx2_scratch``), DN sigma25 192 px noisy patches (48 px at the body, ``edtt_dng25_scratch``),
-16 patches per step unless ``--batch``. Inputs are random: data loading is not what is compared.
+One training step is what ``cka-lab train`` does per iteration: forward of one batch of EDT-T SR x2
+patches (``--arch``), L1 loss, backward, Adam. Inputs are random: data loading is not what is measured
+(``cka-lab train`` logs its own share as ``data_share``). Every measurement runs in fresh processes, so
+that peak memory is its own (``ru_maxrss``: the whole process, model and Python included).
 
-Every (model, path, precision) runs in its own fresh process, so that its peak memory is its own: peak
-RSS on the CPU (``ru_maxrss``, the whole process, model and Python included), ``max_memory_allocated``
-on CUDA. The processes alternate (explicit, fused, explicit, fused, ... for ``--rounds``) and each
-reports its fastest step, so that a load that comes and goes hits both paths alike. The ratios printed
-are fused / explicit (speed) and explicit / fused (memory), from this run only.
+Layouts (``--layouts``), each for every patch size x batch size:
 
-The float32 GEMM rate of the machine (a 2048^3 matmul, best of 3) is printed first, to put the numbers
-in context. Targets of issue 12: CPU training >= 3x the explicit path; GPU peak memory <= 1/3 of it.
+* ``1x2``: one run, one process with 2 threads, ``batch`` patches per step;
+* ``ddp2x1``: one run as DDP over gloo, 2 ranks of 1 thread, ``batch / 2`` patches per rank per step
+  (the same global batch);
+* ``2x1``: two independent runs side by side, 1 thread each, ``batch`` patches per step each; the
+  patches/s given is the two runs together (what a study that packs 2 runs on 2 cores gets).
+
+Each layout reports the fastest of ``--steps`` timed steps after ``--warmup`` untimed ones. Beside the
+numbers: the float32 GEMM rate of the machine (a 2048^3 matmul, best of 3, all threads) and the FLOP
+floor: ``GEMM rate / (3 x forward FLOPs per patch)`` patches/s (forward FLOPs counted by
+``torch.utils.flop_counter.FlopCounterMode``; a training step is about 3 forwards). Run it with the
+cores to yourself: the ratios are only meaningful from one idle run.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -40,33 +47,32 @@ import torch.nn.functional as F  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's cka_lab, also in the child processes
 
-# arch, LR/noisy input side, output scale: the bundled from-scratch configs
-MODELS = {
-    "SRx2_EDTT": (48, 2),  # edtt_srx2_scratch: 48 px LR patches -> 96 px
-    "DNg25_EDTT": (192, 1),  # edtt_dng25_scratch: 192 px noisy patches (48 px at the body)
-}
+SCALES = {"SRx2_EDTT": 2, "DNg25_EDTT": 1}
+LAYOUTS = ("1x2", "ddp2x1", "2x1")
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One measurement: a model, an attention path, a precision, on one device."""
+    """One process of one measurement."""
 
-    arch: str
-    path: str  # "explicit" | "fused"
-    precision: str  # "fp32" | "bf16"
-    device: str
-    batch: int
-    steps: int
-    warmup: int
-    threads: int
-    compile: bool = False
+    arch: str = "SRx2_EDTT"
+    patch: int = 48  # body patch (LR patch for SR; the DN input is patch * 4)
+    batch: int = 16  # patches per step of this process
+    threads: int = 2
+    path: str = "fused"  # "explicit" | "fused"
+    precision: str = "fp32"  # "fp32" | "bf16"
+    device: str = "cpu"
+    steps: int = 3
+    warmup: int = 1
+    rank: int = 0
+    world: int = 1
+    port: int = 0
 
 
 def gemm_gflops(n: int = 2048, device: str = "cpu") -> float:
     """float32 ``n x n @ n x n`` rate in GFLOP/s (best of 3 after one warm-up)."""
     dev = torch.device(device)
-    a = torch.rand(n, n, device=dev)
-    b = torch.rand(n, n, device=dev)
+    a, b = torch.rand(n, n, device=dev), torch.rand(n, n, device=dev)
     best = float("inf")
     for i in range(4):
         if dev.type == "cuda":
@@ -80,21 +86,44 @@ def gemm_gflops(n: int = 2048, device: str = "cpu") -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _input_side(arch: str, patch: int) -> int:
+    return patch if arch.startswith("SR") else patch * 4
+
+
+def forward_flops(arch: str, patch: int) -> float:
+    """FLOPs of one forward of one patch (``FlopCounterMode``; the fused attention counted as SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cka_lab.models import create_edt
+
+    model = create_edt(arch, image_size=patch).eval()
+    side = _input_side(arch, patch)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model([torch.rand(1, 3, side, side)])
+    return float(counter.get_total_flops())
+
+
 def measure(spec: Spec) -> dict:
     """Run ``spec`` in this process: fastest and median seconds per step, patches/s, peak memory."""
     from cka_lab.models import create_edt
-    from cka_lab.models.edt import bf16_autocast, compile_for_training
+    from cka_lab.models.edt import bf16_autocast
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
-    side, scale = MODELS[spec.arch]
+    if spec.world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{spec.port}", rank=spec.rank,
+                                world_size=spec.world)
+    side, scale = _input_side(spec.arch, spec.patch), SCALES[spec.arch]
     torch.manual_seed(0)
-    model = create_edt(spec.arch, image_size=48).to(dev).train()
+    model = create_edt(spec.arch, image_size=spec.patch).to(dev).train()
     model.set_fused_attn(spec.path == "fused")
-    net = compile_for_training(model) if spec.compile else model
+    net = model
+    if spec.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + spec.rank)
     x = torch.rand(spec.batch, 3, side, side, generator=g).to(dev)
     y = torch.rand(spec.batch, 3, side * scale, side * scale, generator=g).to(dev)
     if dev.type == "cuda":
@@ -117,95 +146,152 @@ def measure(spec: Spec) -> dict:
         if i >= spec.warmup:
             times.append(time.perf_counter() - t0)
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev)
-        mem_kind = "cuda max_memory_allocated"
+        peak, mem_kind = torch.cuda.max_memory_allocated(dev), "cuda max_memory_allocated"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        mem_kind = "peak RSS"
+        peak, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"  # Linux: KiB
+    if spec.world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     times.sort()
-    return {
-        **asdict(spec),
-        "sec_per_step": times[0],
-        "median_sec_per_step": times[len(times) // 2],
-        "patches_per_s": spec.batch / times[0],
-        "peak_bytes": peak,
-        "memory": mem_kind,
-        "loss": float(loss),
-    }
+    return {**asdict(spec), "sec_per_step": times[0], "median_sec_per_step": times[len(times) // 2],
+            "patches_per_s": spec.batch / times[0], "peak_bytes": peak, "memory": mem_kind}
 
 
-def run_child(spec: Spec) -> dict:
-    """``measure(spec)`` in a fresh Python process (its own peak memory), returning its result."""
+def _start(spec: Spec) -> subprocess.Popen:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(spec))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _finish(proc: subprocess.Popen, spec: Spec) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"measurement {spec} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"measurement {spec} failed:\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_children(specs: list[Spec]) -> list[dict]:
+    """Start every spec in its own process at once and collect their results."""
+    procs = [_start(s) for s in specs]
+    return [_finish(p, s) for p, s in zip(procs, specs)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_layout(layout: str, base: Spec) -> dict:
+    """One layout (see the module docstring): global patches/s of the run(s), summed peak memory."""
+    if layout == "1x2":
+        (r,) = run_children([replace(base, threads=2)])
+        pps, sec = r["patches_per_s"], r["sec_per_step"]
+        mem = r["peak_bytes"]
+    elif layout == "ddp2x1":
+        if base.batch % 2:
+            raise SystemExit(f"ddp2x1 needs an even batch, got {base.batch}")
+        port = _free_port()
+        rs = run_children([replace(base, threads=1, batch=base.batch // 2, rank=k, world=2, port=port) for k in (0, 1)])
+        sec = max(r["sec_per_step"] for r in rs)
+        pps, mem = base.batch / sec, sum(r["peak_bytes"] for r in rs)
+    elif layout == "2x1":
+        rs = run_children([replace(base, threads=1), replace(base, threads=1)])
+        pps, mem = sum(r["patches_per_s"] for r in rs), sum(r["peak_bytes"] for r in rs)
+        sec = max(r["sec_per_step"] for r in rs)
+    else:
+        raise SystemExit(f"unknown layout {layout!r}: use {', '.join(LAYOUTS)}")
+    return {"layout": layout, "patch": base.patch, "batch": base.batch, "sec_per_step": sec,
+            "patches_per_s": pps, "peak_bytes": mem}
 
 
 def _fmt_mem(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def layouts_table(args) -> None:
+    import pandas as pd
+
+    gemm = gemm_gflops(2048, "cpu")
+    print(f"float32 GEMM 2048^3: {gemm:.0f} GFLOP/s with {torch.get_num_threads()} threads")
+    rows = []
+    for patch in args.patches:
+        fwd = forward_flops(args.arch, patch)
+        floor = gemm * 1e9 / (3 * fwd)
+        print(f"{args.arch} at {patch} px: {fwd / 1e9:.2f} GFLOP forward per patch; floor {floor:.2f} patches/s")
+        for batch in args.batches:
+            for layout in args.layouts:
+                base = Spec(arch=args.arch, patch=patch, batch=batch, steps=args.steps, warmup=args.warmup)
+                r = measure_layout(layout, base)
+                r["floor_patches_per_s"] = floor
+                r["of_floor"] = r["patches_per_s"] / floor
+                rows.append(r)
+                print(f"  {layout:<7} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
+                      f"{r['patches_per_s']:6.2f} patches/s ({100 * r['of_floor']:4.1f} % of floor), "
+                      f"peak {_fmt_mem(r['peak_bytes'])}", flush=True)
+    df = pd.DataFrame(rows)
+    df["peak"] = df["peak_bytes"].map(_fmt_mem)
+    print()
+    print(df[["layout", "patch", "batch", "sec_per_step", "patches_per_s", "of_floor", "peak"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for patch, g in df.groupby("patch"):
+        best = g.loc[g["patches_per_s"].idxmax()]
+        ref = g[(g["layout"] == "1x2") & (g["batch"] == best["batch"])]
+        ratio = f", x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} the 1x2 layout at that batch" if len(ref) else ""
+        print(f"fastest at {patch} px: {best['layout']} batch {best['batch']}: {best['patches_per_s']:.2f} patches/s"
+              f"{ratio}")
+
+
+def paths_table(args) -> None:
+    """Explicit vs fused attention (and bf16), one process each, alternating (issue 12's table)."""
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    precisions = args.precision or (["fp32", "bf16"] if dev == "cuda" else ["fp32"])
+    print(f"float32 GEMM 2048^3: {gemm_gflops(2048, dev):.0f} GFLOP/s on {dev}")
+    for patch in args.patches:
+        for batch in args.batches:
+            best: dict[tuple, dict] = {}
+            for _ in range(args.rounds):
+                for prec in precisions:
+                    for path in ("explicit", "fused"):
+                        spec = Spec(arch=args.arch, patch=patch, batch=batch, threads=args.threads or 2, path=path,
+                                    precision=prec, device=dev, steps=args.steps, warmup=args.warmup)
+                        (r,) = run_children([spec])
+                        if (prec, path) not in best or r["sec_per_step"] < best[(prec, path)]["sec_per_step"]:
+                            best[(prec, path)] = r
+            base = best[(precisions[0], "explicit")]
+            for (prec, path), r in best.items():
+                print(f"{args.arch} patch {patch} batch {batch} {prec} {path:<8}: {r['sec_per_step']:7.3f} s/step "
+                      f"{r['patches_per_s']:6.2f} patches/s, {r['memory']} {_fmt_mem(r['peak_bytes'])}; vs explicit: "
+                      f"speed x{base['sec_per_step'] / r['sec_per_step']:.2f}, memory 1/{base['peak_bytes'] / r['peak_bytes']:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--archs", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--batch", type=int, default=16, help="patches per step (bundled configs: 16)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: 2 on CPU, 20 on CUDA)")
+    p.add_argument("--arch", default="SRx2_EDTT", choices=list(SCALES))
+    p.add_argument("--patches", type=int, nargs="+", default=[48], help="body patch sizes (SR: the LR patch)")
+    p.add_argument("--batches", type=int, nargs="+", default=[16], help="patches per step of one run")
+    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    p.add_argument("--steps", type=int, default=3, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=1, help="alternations explicit/fused; the fastest step of all counts")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
-                   help="default: fp32 on CPU, fp32 and bf16 on CUDA")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile'd fused training")
-    p.add_argument("--json", action="store_true", help="also print one JSON line per measurement")
+    p.add_argument("--paths", action="store_true", help="explicit vs fused attention instead of the layouts")
+    p.add_argument("--device", default="cpu", help="with --paths: cpu or cuda")
+    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"], help="with --paths")
+    p.add_argument("--threads", type=int, default=0, help="with --paths: CPU threads (default 2)")
+    p.add_argument("--rounds", type=int, default=1, help="with --paths: alternations, the fastest counts")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(measure(Spec(**json.loads(args.child)))))
         return
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    steps = args.steps or (20 if args.device == "cuda" else 2)
-    precisions = args.precision or (["fp32", "bf16"] if args.device == "cuda" else ["fp32"])
-    name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}; {name}; {os.cpu_count()} cores, load average {load:.1f}; "
+    print(f"torch {torch.__version__}; {os.cpu_count()} cores, load average {load:.1f}; "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"float32 GEMM 2048^3: {gemm_gflops(2048, args.device):.0f} GFLOP/s on {args.device}")
-    print(f"batch {args.batch} patches/step, {steps} timed steps after {args.warmup} warm-up per process, "
-          f"{args.rounds} round(s)\n")
-    variants = [(prec, path, False) for prec in precisions for path in ("explicit", "fused")]
-    if args.compile:
-        variants += [(prec, "fused", True) for prec in precisions]
-    header = f"{'model':<11} {'precision':<9} {'attention':<16} {'s/step':>8} {'patches/s':>10} {'peak memory':>12}"
-    for arch in args.archs:
-        print(header)
-        best: dict[tuple, dict] = {}
-        for _ in range(args.rounds):
-            for prec, path, comp in variants:
-                spec = Spec(arch, path, prec, args.device, args.batch, steps, args.warmup, args.threads, comp)
-                r = run_child(spec)
-                key = (prec, path, comp)
-                if key not in best or r["sec_per_step"] < best[key]["sec_per_step"]:
-                    best[key] = r
-        for (prec, path, comp), r in best.items():
-            label = path + (" + compile" if comp else "")
-            print(f"{arch:<11} {prec:<9} {label:<16} {r['sec_per_step']:8.3f} {r['patches_per_s']:10.2f} "
-                  f"{_fmt_mem(r['peak_bytes']):>12}")
-            if args.json:
-                print(json.dumps(r))
-        base = best[(precisions[0], "explicit", False)]
-        for (prec, path, comp), r in best.items():
-            if (prec, path, comp) == (precisions[0], "explicit", False):
-                continue
-            label = f"{prec} {path}" + (" + compile" if comp else "")
-            print(f"  {label:<24} vs {precisions[0]} explicit: speed x{base['sec_per_step'] / r['sec_per_step']:.2f}, "
-                  f"peak memory 1/{base['peak_bytes'] / r['peak_bytes']:.2f} ({r['memory']})")
-        print()
+    if args.paths:
+        paths_table(args)
+    else:
+        layouts_table(args)
 
 
 if __name__ == "__main__":

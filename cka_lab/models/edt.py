@@ -42,6 +42,8 @@ __all__ = [
     "RSTB",
     "SwinBody",
     "window_mask",
+    "window_tokens",
+    "gather_tokens",
     "mirror_pad",
     "use_fused_attn",
     "set_fused_attn",
@@ -192,6 +194,65 @@ def window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int])
 def _cached_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device: str) -> Tensor:
     """Read-only masks shared by all shifted blocks for one input size (the official code recomputes them)."""
     return window_mask(H, W, window, shift).to(device)
+
+
+@lru_cache(maxsize=16)
+def window_tokens(H: int, W: int, window: tuple[int, int], shift: tuple[int, int] | None, device: str) -> tuple[Tensor, Tensor]:
+    """Token order of a (shifted) window partition: ``perm, inv``, two ``(H*W,)`` int64 permutations.
+
+    ``tokens[:, perm]`` of ``(B, H*W, C)`` row-major tokens are the tokens of the windows of the image
+    rolled by ``-shift`` (window after window, row-major inside a window: the order of
+    :func:`window_partition`); ``windowed[:, inv]`` puts them back (and so undoes the roll).
+    """
+    idx = torch.arange(H * W).view(1, H, W, 1)
+    if shift is not None:
+        idx = torch.roll(idx, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    perm = window_partition(idx, *window).reshape(-1)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(H * W)
+    return perm.to(device), inv.to(device)
+
+
+@lru_cache(maxsize=16)
+def _batch_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], B: int, device: str) -> Tensor:
+    """``(B*nW, 1, N, N)`` bool, True where a shifted window lets a query see a key (read-only, shared)."""
+    allowed = _cached_mask(H, W, window, shift, device).eq(0)  # (nW, N, N)
+    return allowed.unsqueeze(0).expand(B, *allowed.shape).reshape(-1, 1, *allowed.shape[1:])
+
+
+@lru_cache(maxsize=32)
+def _flat_tokens(perm: Tensor, inv: Tensor, B: int) -> tuple[Tensor, Tensor]:
+    """``perm``/``inv`` of :func:`window_tokens` for ``B`` images flattened to ``(B*L,)`` rows."""
+    L = perm.numel()
+    offsets = torch.arange(B, device=perm.device).view(-1, 1) * L
+    return (perm.view(1, -1) + offsets).reshape(-1), (inv.view(1, -1) + offsets).reshape(-1)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """``x[:, perm]`` along the token axis of ``(B, L, C)``, ``perm`` a permutation with inverse ``inv``.
+
+    Done as one ``index_select`` over the flattened ``(B*L, C)`` rows (on the CPU 6-7x faster than along
+    dim 1, about a plain copy); its backward is the gather by ``inv`` (``index_select``'s own backward
+    is a slower scatter-add).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:
+        B, L, C = x.shape
+        fwd, bwd = _flat_tokens(perm, inv, B)
+        ctx.save_for_backward(bwd)
+        return x.reshape(B * L, C).index_select(0, fwd).view(B, L, C)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (bwd,) = ctx.saved_tensors
+        B, L, C = grad.shape
+        return grad.reshape(B * L, C).index_select(0, bwd).view(B, L, C), None, None
+
+
+def gather_tokens(x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:
+    """``(B, L, C) -> (B, L, C)``: ``x[:, perm]``, differentiable (see :class:`_GatherTokens`)."""
+    return _GatherTokens.apply(x, perm, inv)
 
 
 _FUSED_DEFAULT: bool | None = None  # set_fused_attn() override; None: the CKA_LAB_FUSED_ATTN variable decides
@@ -368,40 +429,52 @@ class WindowAttention(nn.Module):
         x = (attn @ v + lepe).transpose(1, 2).reshape(-1, wh * ww, C)  # (B*nW, N, C)
         return window_reverse(x, wh, ww, H, W)
 
-    def _fused(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
-        """SDPA in a window-major layout ``(nW, B*h, N, d')``, where the ``(nW, N, N)`` mask broadcasts.
+    def attend_windows(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """The fused path on window-major tokens: ``qkv: (B, L, 3C)`` -> ``(B, L, C)``, both window-major.
 
-        One copy takes q, k and v from the ``(3, B, H, W, C)`` input into that layout, zero-padded to
-        ``d' = sdpa_head_dim(d)``; one copy takes the result back. No ``(N, N)`` map is stored for
-        backward. On the CPU, bfloat16 inputs (autocast) are attended in float32: torch's CPU flash
-        kernel is 2-3x slower in bf16 than in float32 (backward).
+        ``qkv``'s tokens are in :func:`window_tokens` order (``L = nW * N``) and each token's ``3C``
+        channels are ``(q, k, v) x (h, d)``; ``mask``: ``(B*nW, 1, N, N)`` bool (True: allowed) or None.
+        q, k and v go to ``F.scaled_dot_product_attention`` as strided views ``(B*nW, h, N, d)`` (no
+        copy: torch's CPU flash kernel reads them in place and writes its output token-major, so the
+        output comes back to ``(B, L, C)`` as a view), with ``scale=`` and no stored ``(N, N)`` maps.
+        The head dimension is zero-padded to what the kernels want (:func:`sdpa_head_dim`, CUDA; exact:
+        zeros add nothing to ``q . k`` and the padded output columns are dropped). On the CPU, bfloat16
+        inputs (autocast) are attended in float32: torch's CPU flash kernel is 2-3x slower in bf16.
+        LePE is a depthwise conv of V per window, added to the output.
         """
-        _, B, H, W, C = qkv.shape
-        wh, ww = self.window
-        nH, nWw, h, d = H // wh, W // ww, self.num_heads, self.head_dim
-        nW, N = nH * nWw, wh * ww
-        x = qkv.reshape(3, B, nH, wh, nWw, ww, h, d).permute(0, 2, 4, 1, 6, 3, 5, 7)  # (3, nH, nWw, B, h, wh, ww, d)
+        B, L, C3 = qkv.shape
+        C, (wh, ww), h, d = C3 // 3, self.window, self.num_heads, self.head_dim
+        N = wh * ww
+        t = qkv.view(-1, N, 3, h, d)  # (B*nW, N, 3, h, d)
+        v_img = t[:, :, 2].reshape(-1, N, C).transpose(1, 2).reshape(-1, C, wh, ww)  # channels-last windows
+        lepe = self.lepe(v_img).flatten(2).transpose(1, 2)  # (B*nW, N, C)
+        q, k, v = (u.transpose(1, 2) for u in t.unbind(2))  # (B*nW, h, N, d) views
         d_pad = sdpa_head_dim(d, qkv.device)
         cpu_bf16 = qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16
-        dtype = torch.float32 if cpu_bf16 else qkv.dtype
-        if d_pad != d or dtype != qkv.dtype:  # zero columns: q . k and the first d output columns are unchanged
-            buf = qkv.new_zeros((3, nH, nWw, B, h, wh, ww, d_pad), dtype=dtype)
-            buf[..., :d] = x
-        else:
-            buf = x
-        q, k, v = buf.reshape(3, nW, B * h, N, d_pad).unbind(0)
-        # LePE on V: (nW*B, C, wh, ww) images, one depthwise conv per window
-        v_img = x[2].permute(0, 1, 2, 3, 6, 4, 5).reshape(nW * B, C, wh, ww)
-        lepe = self.lepe(v_img)
-        # (nW, 1, N, N) boolean, broadcast over B*h: the -100 of the additive mask would leave weights of
-        # exp(-100) ~ 4e-44, float32 denormals that make the CPU kernel's backward 4-5x slower; as a
-        # boolean mask they are exact zeros (a difference below float32 resolution: 4e-44 of a weight)
-        attn_mask = None if mask is None else mask.eq(0).unsqueeze(1)
+        if cpu_bf16:
+            q, k, v = q.float(), k.float(), v.float()
+        if d_pad != d:  # zero columns: q . k and the first d output columns are unchanged
+            q, k, v = (F.pad(u, (0, d_pad - d)) for u in (q, k, v))
         with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (nW, B*h, N, d')
-        o = o.view(nW, B, h, N, d_pad)[..., :d] + lepe.view(nW, B, h, d, N).transpose(-2, -1)  # one pass
-        o = o.view(nH, nWw, B, h, wh, ww, d).permute(2, 0, 4, 1, 5, 3, 6)  # (B, nH, wh, nWw, ww, h, d)
-        return o.reshape(B, H, W, C).to(qkv.dtype)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B*nW, h, N, d')
+        o = o[..., :d].transpose(1, 2).reshape(-1, N, C).to(qkv.dtype) + lepe
+        return o.view(B, L, C)
+
+    def _fused(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """:meth:`attend_windows` for this module's own call ``qkv: (3, B, H, W, C)``, ``mask: (nW, N, N)``.
+
+        The block calls :meth:`attend_windows` directly on tokens it has put in window order (one
+        gather); this entry point serves a block in which only some attention modules take the
+        fused path (e.g. a hook on the other one's ``softmax``).
+        """
+        _, B, H, W, C = qkv.shape
+        perm, inv = window_tokens(H, W, self.window, None, str(qkv.device))  # the caller has rolled
+        tokens = qkv.permute(1, 2, 3, 0, 4).reshape(B, H * W, 3 * C)
+        allowed = None
+        if mask is not None:
+            allowed = mask.eq(0).unsqueeze(0).expand(B, *mask.shape).reshape(-1, 1, *mask.shape[1:])
+        out = self.attend_windows(gather_tokens(tokens, perm, inv), allowed)
+        return gather_tokens(out, inv, perm).view(B, H, W, C)
 
 
 class DropPath(nn.Module):
@@ -484,21 +557,55 @@ class CSwinTransformerBlock(nn.Module):
             return self.attn_mask_h, self.attn_mask_v
         return tuple(_cached_mask(H, W, w, s, str(device)) for w, s in zip(self.windows, self.shifts))
 
+    def window_major(self) -> bool:
+        """True when the attention of this block runs on window-major tokens (:meth:`_attend_window_major`).
+
+        That is whenever neither attention module needs its maps and nothing hooks the modules the
+        window-major route does not call (``attns.k``, ``qkv``); otherwise each attention module is
+        called on its half of ``qkv`` in image layout, as in the official code.
+        """
+        return not any(a.needs_map() or _has_hooks(a) for a in self.attns) and not _has_hooks(self.qkv)
+
+    def _attend_window_major(self, xn: Tensor, H: int, W: int) -> Tensor:
+        """``xn: (B, L, C)`` normalised tokens -> ``(B, L, C)`` attention output (before ``proj``).
+
+        Per direction, one gather puts the (rolled) tokens in window order, the direction's rows of
+        ``qkv`` project them there, :meth:`WindowAttention.attend_windows` attends, and one gather puts
+        the result back in image order: the same products as the official route with two token
+        gathers in place of its rolls, partitions, layout copies and their backward.
+        """
+        B, L, C = xn.shape
+        w = self.qkv.weight.view(3, 2, C // 2, C)  # (q/k/v, direction, C/2, C)
+        b = self.qkv.bias.view(3, 2, C // 2)
+        dev = str(xn.device)
+        out = []
+        for j, attn in enumerate(self.attns):
+            shift = self.shifts[j] if self.shifts is not None else None
+            perm, inv = window_tokens(H, W, attn.window, shift, dev)
+            qkv = F.linear(gather_tokens(xn, perm, inv), w[:, j].reshape(-1, C), b[:, j].reshape(-1))
+            mask = _batch_mask(H, W, attn.window, shift, B, dev) if shift is not None else None
+            out.append(gather_tokens(attn.attend_windows(qkv, mask), inv, perm))
+        return torch.cat(out, dim=-1)
+
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         H, W = x_size
         B, L, C = x.shape
         shortcut = x
-        qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
-        halves = (qkv[..., : C // 2], qkv[..., C // 2 :])
-        if self.shifts is None:
-            out = [attn(h) for attn, h in zip(self.attns, halves)]
+        if self.window_major():
+            y = self._attend_window_major(self.norm1(x), H, W)
         else:
-            masks = self._masks(H, W, x.device)
-            out = []
-            for attn, h, (sh, sw), mask in zip(self.attns, halves, self.shifts, masks):
-                y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
-                out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
-        x = self.proj_drop(self.proj(torch.cat(out, dim=-1).view(B, L, C)))
+            qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
+            halves = (qkv[..., : C // 2], qkv[..., C // 2 :])
+            if self.shifts is None:
+                out = [attn(h) for attn, h in zip(self.attns, halves)]
+            else:
+                masks = self._masks(H, W, x.device)
+                out = []
+                for attn, h, (sh, sw), mask in zip(self.attns, halves, self.shifts, masks):
+                    y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
+                    out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
+            y = torch.cat(out, dim=-1).view(B, L, C)
+        x = self.proj_drop(self.proj(y))
         x = self.attn_residual(shortcut + self.drop_path(x))
         return x + self.drop_path(self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
 

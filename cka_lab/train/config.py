@@ -3,7 +3,7 @@
 A config file has these sections (every key is optional except ``model.arch``; the defaults are the
 official EDT training settings)::
 
-    [run]       name, out, seed, device, amp, precision, compile, threads
+    [run]       name, out, seed, device, amp, precision, compile, threads, processes
     [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
     [data]      root, patch_size, augment, num_workers, sr, dn, dr
     [val]       every, sr, dn, dr, max_images, crop
@@ -72,7 +72,9 @@ class RunConfig:
     (AVX512-BF16 or AMX; elsewhere it is refused in one line, emulated bf16 being slow); ``fp16`` is
     CUDA only, with a grad scaler. ``compile = true`` trains through ``torch.compile`` (static
     shapes: the first steps compile, minutes on a CPU). ``threads`` sets ``torch.set_num_threads``
-    (0: torch's default, or cores / processes under DDP on CPU).
+    (0: torch's default, or cores / processes under DDP on CPU). ``processes``: on a CPU, the DDP
+    ranks ``cka-lab train`` starts itself (0: one per core when the batch divides evenly; see
+    :mod:`cka_lab.train.cpu_ranks`).
     """
 
     name: str = ""
@@ -83,6 +85,7 @@ class RunConfig:
     precision: str = "auto"
     compile: bool = False
     threads: int = 0
+    processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,7 @@ RESUMABLE_KEYS = frozenset(
         "run.out",
         "run.device",
         "run.threads",
+        "run.processes",
         "run.compile",
         "data.num_workers",
         "data.root",
@@ -475,6 +479,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         ("val.max_images", v.max_images, 0),
         ("val.crop", v.crop, 0),
         ("run.threads", cfg.run.threads, 0),
+        ("run.processes", cfg.run.processes, 0),
         ("run.seed", cfg.run.seed, 0),
     ):
         if value < low:

@@ -1,8 +1,8 @@
 """CSV logs and the progress bar of a training run.
 
 ``train_log.csv``: ``iteration, lr, loss, loss_<task>..., sec_per_iter, data_share, patches_per_s``
-(means over the last ``log_every`` iterations; ``data_share`` is the fraction of the wall time
-spent waiting for batches), then with ``schedule.diagnostics`` the per-stage columns
+(means over the last ``log_every`` iterations of wall-clock time, everything counted: the steps, the
+diagnostics, validation and checkpoints; ``data_share`` is the fraction of it spent waiting for batches), then with ``schedule.diagnostics`` the per-stage columns
 ``s{i}_q_update_ratio, s{i}_k_update_ratio, s{i}_v_update_ratio`` and, for plain and shifted blocks
 apart, ``s{i}_{plain,shifted}_{entropy_rel,learnt,sharpest,logit_spread}``, with every head's numbers in
 ``attn_heads.csv`` (:mod:`cka_lab.train.diagnostics`). ``val_log.csv``: ``iteration, task, psnr, ssim, images, seconds``.

@@ -91,16 +91,21 @@ def build_model(cfg: TrainConfig) -> EDT:
 
 
 def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = False,
-          max_iters: int | None = None) -> TrainResult:
+          max_iters: int | None = None, split_batch: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue) the training a config describes.
 
     ``max_iters`` stops at that iteration instead of ``schedule.iterations`` (the lr schedule is
-    unchanged). Under torchrun every process calls this; only rank 0 writes files.
+    unchanged). Under torchrun every process calls this; only rank 0 writes files. ``split_batch``:
+    each of the processes takes ``batch_size / world_size`` patches per head (the run's batch is the
+    config's; :mod:`cka_lab.train.cpu_ranks`), else ``batch_size`` each.
     """
     threads = torch.get_num_threads()
     env = init_distributed(cfg.run.device, cfg.run.threads)
     try:
+        if split_batch and cfg.schedule.batch_size % env.world_size:
+            raise CkaLabError(f"schedule.batch_size {cfg.schedule.batch_size} does not split over {env.world_size} processes")
         trainer = _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters)
+        trainer.batch = cfg.schedule.batch_size // env.world_size if split_batch else cfg.schedule.batch_size
         try:
             return trainer.run()
         except BaseException:
@@ -123,6 +128,7 @@ class _Trainer:
         self.last_val: dict[str, TaskScore] = {}
         self.diag: TrainingDiagnostics | None = None
         self.heads_log: CsvLog | None = None
+        self.batch = cfg.schedule.batch_size  # per head and process
         self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -296,7 +302,7 @@ class _Trainer:
             if env.is_main:
                 say(f"nothing to do: the run is at iteration {start}, the end is {self.end}")
             return result
-        batches = StepBatches(data.sets, cfg.schedule.batch_size, cfg.run.seed, env.rank)
+        batches = StepBatches(data.sets, self.batch, cfg.run.seed, env.rank)
         loader = step_loader(batches, start, self.end, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         result = self._loop(net, model, optimizer, scheduler, scaler, loader, start, val, train_log, val_log)
         return result
@@ -339,7 +345,7 @@ class _Trainer:
         n = sum(p.numel() for p in model.parameters())
         say(f"{cfg.run.name}: {model.config.name} ({n / 1e6:.2f}M parameters), {env.world_size} process(es) on "
             f"{self.device} in {precision_label(self.amp_dtype)}{' with torch.compile' if cfg.run.compile else ''}, "
-            f"iterations {start} -> {self.end}, batch {cfg.schedule.batch_size} per head per process")
+            f"iterations {start} -> {self.end}, batch {self.batch} per head per process")
         say(f"data: {data.describe()}")
         say(f"run folder: {self.out}")
 
@@ -406,7 +412,8 @@ class _Trainer:
                     best_path = b or best_path
                 if iteration % sched.ckpt_every == 0 or final:
                     self._save(iteration, model, optimizer, scheduler, scaler)
-                t_prev = time.perf_counter()  # validation and saving are not step time
+                # no reset: the next interval includes this iteration's logging, diagnostics, validation and
+                # checkpoint, so that sec_per_iter and patches_per_s are wall-clock figures of the whole run
         finally:
             bar.close()
         if env.is_main:

@@ -32,7 +32,7 @@ def _tokens(B: int = 2, size: int = 48, seed: int = 1) -> torch.Tensor:
 
 def _count_paths(monkeypatch) -> dict:
     calls = {"explicit": 0, "fused": 0}
-    explicit, fused = WindowAttention._explicit, WindowAttention._fused
+    explicit, fused = WindowAttention._explicit, WindowAttention.attend_windows
 
     def spy_explicit(self, qkv, mask):
         calls["explicit"] += 1
@@ -43,7 +43,7 @@ def _count_paths(monkeypatch) -> dict:
         return fused(self, qkv, mask)
 
     monkeypatch.setattr(WindowAttention, "_explicit", spy_explicit)
-    monkeypatch.setattr(WindowAttention, "_fused", spy_fused)
+    monkeypatch.setattr(WindowAttention, "attend_windows", spy_fused)
     return calls
 
 
