@@ -215,9 +215,17 @@ def window_tokens(H: int, W: int, window: tuple[int, int], shift: tuple[int, int
 
 @lru_cache(maxsize=16)
 def _batch_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], B: int, device: str) -> Tensor:
-    """``(B*nW, 1, N, N)`` bool, True where a shifted window lets a query see a key (read-only, shared)."""
-    allowed = _cached_mask(H, W, window, shift, device).eq(0)  # (nW, N, N)
-    return allowed.unsqueeze(0).expand(B, *allowed.shape).reshape(-1, 1, *allowed.shape[1:])
+    """``(B*nW, 1, N, N)`` additive float32 mask of a shifted window partition: 0 where a query may see
+    a key, ``-inf`` elsewhere (read-only, shared).
+
+    The official -100 would leave weights of exp(-100) ~ 4e-44, float32 denormals that make the CPU
+    kernel's backward 4-5x slower; ``-inf`` makes them exact zeros (a difference below float32
+    resolution). Every row keeps its own region, so no row is all ``-inf``. Given as floats, not as a
+    boolean mask, which the kernel would convert on every call.
+    """
+    m = _cached_mask(H, W, window, shift, device)  # (nW, N, N), -100 across regions
+    m = torch.zeros_like(m).masked_fill_(m.ne(0), float("-inf"))
+    return m.unsqueeze(0).expand(B, *m.shape).reshape(-1, 1, *m.shape[1:])
 
 
 @lru_cache(maxsize=32)
@@ -433,7 +441,7 @@ class WindowAttention(nn.Module):
         """The fused path on window-major tokens: ``qkv: (B, L, 3C)`` -> ``(B, L, C)``, both window-major.
 
         ``qkv``'s tokens are in :func:`window_tokens` order (``L = nW * N``) and each token's ``3C``
-        channels are ``(q, k, v) x (h, d)``; ``mask``: ``(B*nW, 1, N, N)`` bool (True: allowed) or None.
+        channels are ``(q, k, v) x (h, d)``; ``mask``: ``(B*nW, 1, N, N)`` additive (0 allowed, -inf not) or None.
         q, k and v go to ``F.scaled_dot_product_attention`` as strided views ``(B*nW, h, N, d)`` (no
         copy: torch's CPU flash kernel reads them in place and writes its output token-major, so the
         output comes back to ``(B, L, C)`` as a view), with ``scale=`` and no stored ``(N, N)`` maps.
@@ -471,8 +479,9 @@ class WindowAttention(nn.Module):
         perm, inv = window_tokens(H, W, self.window, None, str(qkv.device))  # the caller has rolled
         tokens = qkv.permute(1, 2, 3, 0, 4).reshape(B, H * W, 3 * C)
         allowed = None
-        if mask is not None:
-            allowed = mask.eq(0).unsqueeze(0).expand(B, *mask.shape).reshape(-1, 1, *mask.shape[1:])
+        if mask is not None:  # -100 -> -inf (see _batch_mask)
+            allowed = torch.zeros_like(mask).masked_fill_(mask.ne(0), float("-inf"))
+            allowed = allowed.unsqueeze(0).expand(B, *mask.shape).reshape(-1, 1, *mask.shape[1:])
         out = self.attend_windows(gather_tokens(tokens, perm, inv), allowed)
         return gather_tokens(out, inv, perm).view(B, H, W, C)
 
@@ -489,7 +498,7 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * mask.div_(keep)  # one pass over x (x * mask / keep takes two)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"

@@ -239,3 +239,34 @@ def test_fused_attention_under_cpu_bf16_autocast_agrees_with_the_explicit_path_t
         out_e, g_e = run()
     assert (out_f - out_e).abs().max().item() <= 0.02 * out_e.abs().max().item()  # bf16 keeps 8 bits
     assert ((g_f - g_e).norm() / g_e.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("shift", [None, (3, 12)])
+def test_window_tokens_are_the_rolled_window_partition_and_the_gather_backward_is_the_inverse(shift):
+    from cka_lab.models.edt import gather_tokens, window_partition, window_tokens
+
+    B, H, W, C = 2, 24, 48, 4
+    x = torch.randn(B, H * W, C, requires_grad=True)
+    perm, inv = window_tokens(H, W, (6, 24), shift, "cpu")
+    img = x.detach().view(B, H, W, C)
+    if shift is not None:
+        img = torch.roll(img, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    expected = window_partition(img, 6, 24).reshape(B, H * W, C)
+    got = gather_tokens(x, perm, inv)
+    assert torch.equal(got, expected)
+    assert torch.equal(gather_tokens(got, inv, perm), x.detach())
+    g = torch.randn_like(got)
+    got.backward(g)
+    assert torch.equal(x.grad, g[:, inv])
+
+
+def test_the_block_takes_the_window_major_route_unless_something_needs_the_modules(monkeypatch):
+    blk = _block(True).eval()
+    assert blk.window_major()
+    h = blk.attns[0].register_forward_hook(lambda m, i, o: None)  # a hook on a module that route skips
+    assert not blk.window_major()
+    h.remove()
+    h = blk.qkv.register_forward_pre_hook(lambda m, i: None)
+    assert not blk.window_major()
+    h.remove()
+    assert blk.window_major()
