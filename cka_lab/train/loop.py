@@ -359,7 +359,7 @@ class _Trainer:
         best_path: Path | None = None
         loss_value = None
         iteration = start
-        t_prev = time.perf_counter()
+        t_prev = t_mark = time.perf_counter()  # end of the last step / of the last iteration's bookkeeping
         try:
             for batch in loader:
                 t_data = time.perf_counter()
@@ -385,7 +385,7 @@ class _Trainer:
                 if not torch.isfinite(torch.tensor(loss_value)):
                     raise CkaLabError(f"the loss became {loss_value} at iteration {iteration}: lower optim.lr or check the data")
                 t_end = time.perf_counter()
-                win.add(loss_value, per_head, t_end - t_prev, t_data - t_prev,
+                win.add(loss_value, per_head, t_end - t_prev, t_data - t_mark,
                         sum(x.shape[0] for x in inputs) * env.world_size)
                 t_prev = t_end
                 bar.update(1)
@@ -412,8 +412,9 @@ class _Trainer:
                     best_path = b or best_path
                 if iteration % sched.ckpt_every == 0 or final:
                     self._save(iteration, model, optimizer, scheduler, scaler)
-                # no reset: the next interval includes this iteration's logging, diagnostics, validation and
-                # checkpoint, so that sec_per_iter and patches_per_s are wall-clock figures of the whole run
+                # t_prev is not reset: the next interval includes this iteration's logging, diagnostics,
+                # validation and checkpoint, so that sec_per_iter and patches_per_s are wall-clock figures
+                t_mark = time.perf_counter()  # the wait for the next batch starts here
         finally:
             bar.close()
         if env.is_main:
