@@ -250,13 +250,15 @@ class StudySpec:
         """The evaluation folder of a target kind (``sr`` or ``dn``) under the data root."""
         return (self.data_root / getattr(self.eval, kind)).resolve()
 
-    def pretrain_overlap(self, kind: str) -> list[str]:
-        """The target training sources of ``kind`` that the pre-training corpus includes (same folder at the
-        same reduction, or a pre-training folder above the target's), as ``"path (1/r size)"`` texts."""
+    def pretrain_overlap(self, kind: str, pretrain_kinds: tuple[str, ...] = ()) -> list[str]:
+        """The target training sources of ``kind`` that the pre-training corpus (``pretrain_<k>`` for each k
+        of ``pretrain_kinds``, default ``kind``) includes -- same folder at the same reduction, or a
+        pre-training folder above the target's -- as ``"path (1/r size)"`` texts."""
         out = []
+        pre = [p for k in (pretrain_kinds or (kind,)) for p in getattr(self.data, f"pretrain_{k}")]
         for t in getattr(self.data, f"target_{kind}"):
             tp, tr = self.source_path(t), _reduce(t)
-            for p in getattr(self.data, f"pretrain_{kind}"):
+            for p in pre:
                 pp, pr = self.source_path(p), _reduce(p)
                 if (pp == tp and pr == tr) or pp in tp.parents:
                     out.append(describe_source(t))

@@ -50,7 +50,7 @@ class Effect:
         if self.n < 2 or not np.isfinite(self.lower):
             return f"{self.mean:+.{digits}f} {unit} (n = {self.n}, no interval)"
         return (f"{self.mean:+.{digits}f} {unit} ({int(self.level * 100)} % CI {self.lower:+.{digits}f} to "
-                f"{self.upper:+.{digits}f}, {self.method}, n = {self.n}, p = {self.p:.3g})")
+                f"{self.upper:+.{digits}f}, {self.method}, n = {self.n})")
 
 
 def _t_effect(mean: float, se: float, n: int, level: float, method: str, std: float = float("nan")) -> Effect:
