@@ -4,6 +4,10 @@ The dataset folder is read by task: SR -- a Set5-style folder (``HR/x{s}`` or ``
 ``LR_bicubic/x{s}``) or a folder of HR images (LR made with MATLAB bicubic); denoising -- a folder of
 clean images (noise by the official protocol, seed 0); deraining -- a folder with ``rain/`` and
 ``norain/``. Scores follow the official conventions (see ``cka_lab.metrics.quality``).
+
+Beside the model, the task's trivial baselines are scored on the same images by the same protocol
+(:mod:`cka_lab.metrics.baselines`): bicubic upscaling of the LR input (SR), the noisy input and the best
+Gaussian blur of it (denoising), the rainy input (deraining); ``--no-baselines`` leaves them out.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="P",
                    help="centre-crop every input to at most PxP pixels (faster; not comparable to full-image numbers)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="leave out the trivial baselines (bicubic / noisy and best blur / rainy input)")
     add_tile_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -38,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from cka_lab.data.datasets import eval_pairs
     from cka_lab.errors import CkaLabError
     from cka_lab.io import strict_json
+    from cka_lab.metrics.baselines import baseline_scores
     from cka_lab.metrics.quality import task_metric_settings
     from cka_lab.models import load_model
     from cka_lab.models.tiling import check_tile_args, plan_tiles, restore_tiled
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return restore_tiled(model, x, args.task, plan)
 
     score = evaluate_pairs(model, pairs, args.task, device, restore=restore)
+    baselines = baseline_scores(pairs, args.task) if args.baselines else []
     result = {
         "ckpt": str(args.ckpt),
         "arch": model.config.name,
@@ -69,12 +77,19 @@ def run(args: argparse.Namespace) -> int:
         "psnr": score.psnr,
         "ssim": score.ssim,
         "seconds": round(score.seconds, 3),
+        "baselines": [b.as_dict() for b in baselines],
     }
     if args.json:
         print(json.dumps(strict_json(result), indent=2, allow_nan=False))
         return 0
-    for s in score.per_image:
-        print(f"{s.name:<24} PSNR {s.psnr:7.3f} dB  SSIM {s.ssim:.4f}")
-    print(f"{'mean':<24} PSNR {score.psnr:7.3f} dB  SSIM {score.ssim:.4f}  "
-          f"({model.config.name}, task {args.task}, {score.images} images, {'Y' if y_channel else 'RGB'}, border {border})")
+    names = [b.name for b in baselines]
+    head = f"{'image':<24} {'model PSNR/SSIM':>18}" + "".join(f" {n + ' PSNR/SSIM':>20}" for n in names)
+    print(head)
+    for k, s in enumerate(score.per_image):
+        print(f"{s.name:<24} {s.psnr:9.3f} {s.ssim:.4f}"
+              + "".join(f" {b.per_image[k][1]:11.3f} {b.per_image[k][2]:.4f}" for b in baselines))
+    print(f"{'mean':<24} {score.psnr:9.3f} {score.ssim:.4f}" + "".join(f" {b.psnr:11.3f} {b.ssim:.4f}" for b in baselines))
+    print(f"({model.config.name}, task {args.task}, {score.images} images, {'Y' if y_channel else 'RGB'}, border {border}; "
+          "PSNR in dB, baselines on the same images by the same protocol"
+          + "".join(f"; {b.name}: {b.detail}" for b in baselines if b.detail) + ")")
     return 0

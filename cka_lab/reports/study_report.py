@@ -1,6 +1,8 @@
-"""The study's PDF: title page (design, budgets, hardware), the claims with verdicts, scores with error bars,
-CKA maps averaged over seeds next to the seed-to-seed control, same-layer CKA curves against the control,
-attention locality against uniform attention, and the tables behind them.
+"""The study's PDF: title page (design, budgets, data overlap, baselines, hardware), the claims with verdicts
+and their table (effect, interval, raw and Holm-adjusted p), scores with error bars beside the trivial
+baselines, the design table (steps and patches per condition), CKA maps averaged over seeds next to the
+seed-to-seed control, same-layer CKA curves against the control, attention locality against uniform
+attention, and the tables behind them.
 
 Every page names the protocol (estimator, layer set, feature kind, probe N) that produced its numbers.
 """
@@ -26,24 +28,28 @@ __all__ = ["write_study_report"]
 A4 = (11.69, 8.27)
 
 
-def _text_page(title: str, lines: Sequence[str], *, footer: str = "", width: int = 120) -> Figure:
-    fig = plt.figure(figsize=A4)
-    fig.text(0.05, 0.94, title, fontsize=17, weight="bold", va="top")
-    y = 0.87
+def _text_pages(title: str, lines: Sequence[str], *, footer: str = "", width: int = 150) -> list[Figure]:
+    """As many A4 pages as the lines need (a paragraph is never split; later pages say "(continued)")."""
+    figs: list[Figure] = []
+    fig, y = None, 0.0
     for line in lines:
         wrapped = textwrap.wrap(line, width) or [""]
+        if fig is None or y - 0.026 * len(wrapped) < 0.06:
+            fig = plt.figure(figsize=A4)
+            fig.text(0.05, 0.94, title + (" (continued)" if figs else ""), fontsize=17, weight="bold", va="top")
+            if footer:
+                fig.text(0.05, 0.025, footer, fontsize=7.5, color="0.35")
+            figs.append(fig)
+            y = 0.87
         for i, w in enumerate(wrapped):
             fig.text(0.06 if i else 0.05, y, w, fontsize=9.5, va="top", family="DejaVu Sans")
             y -= 0.026
         y -= 0.008
-        if y < 0.06:
-            break
-    if footer:
-        fig.text(0.05, 0.025, footer, fontsize=7.5, color="0.35")
-    return fig
+    return figs
 
 
-def _table_page(title: str, df: pd.DataFrame, *, footer: str = "", digits: int = 3) -> Figure:
+def _table_page(title: str, df: pd.DataFrame, *, footer: str = "", digits: int = 3,
+                col_widths: Sequence[float] | None = None) -> Figure:
     fig = plt.figure(figsize=A4)
     fig.text(0.05, 0.94, title, fontsize=15, weight="bold", va="top")
     ax = fig.add_axes([0.04, 0.08, 0.92, 0.8])
@@ -52,7 +58,8 @@ def _table_page(title: str, df: pd.DataFrame, *, footer: str = "", digits: int =
     for c in shown.columns:
         if pd.api.types.is_float_dtype(shown[c]):
             shown[c] = shown[c].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.{digits}f}")
-    table = ax.table(cellText=shown.values[:40], colLabels=list(shown.columns), loc="upper center", cellLoc="center")
+    table = ax.table(cellText=shown.values[:40], colLabels=list(shown.columns), loc="upper center", cellLoc="center",
+                     colWidths=list(col_widths) if col_widths is not None else None)
     table.auto_set_font_size(False)
     table.set_fontsize(7.5 if len(shown.columns) > 8 else 8.5)
     table.scale(1, 1.25)
@@ -61,7 +68,7 @@ def _table_page(title: str, df: pd.DataFrame, *, footer: str = "", digits: int =
     return fig
 
 
-def _scores_figure(scores: pd.DataFrame, footer: str) -> Figure:
+def _scores_figure(scores: pd.DataFrame, footer: str, baselines: pd.DataFrame | None = None) -> Figure:
     targets = list(scores.target.unique())
     fig, axes = plt.subplots(1, len(targets), figsize=A4, squeeze=False)
     for ax, t in zip(axes[0], targets):
@@ -71,7 +78,13 @@ def _scores_figure(scores: pd.DataFrame, footer: str) -> Figure:
                       markers="_", capsize=0.2, linestyle="none")
         sns.stripplot(data=s, x="condition", y="psnr", order=order, hue="seed", ax=ax, size=7, jitter=0.08,
                       palette="deep")
-        ax.set_title(f"{t}: PSNR per seed (dots), mean +- std (bars)\n{s.dataset.iloc[0]}, {int(s.images.iloc[0])} images")
+        if baselines is not None and not baselines.empty:
+            for (_, b), ls in zip(baselines[baselines.target == t].iterrows(), ("--", ":", "-.")):
+                ax.axhline(b.psnr, color="0.45", lw=1.2, ls=ls)
+                ax.text(0.01, b.psnr, f" {b.baseline} {b.psnr:.2f} dB", color="0.3", fontsize=8, va="bottom",
+                        transform=ax.get_yaxis_transform())
+        ax.set_title(f"{t}: PSNR per seed (dots), mean +- std (bars)\n{s.dataset.iloc[0]}, {int(s.images.iloc[0])} images"
+                     + ("; lines: trivial baselines" if baselines is not None and not baselines.empty else ""))
         ax.set_ylabel("PSNR (dB)")
         ax.set_xlabel("")
         ax.legend(title="seed", fontsize=8)
@@ -121,19 +134,44 @@ def _curves_figure(title: str, curves: Mapping[str, Sequence[np.ndarray]], contr
 def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequence[str], scores: pd.DataFrame,
                        summary: pd.DataFrame, gains: pd.DataFrame, heatmaps: Sequence[tuple[str, list, list]],
                        curves: Sequence[tuple[str, dict, dict]], locality: pd.DataFrame, protocol: str,
-                       hardware: str, study_name: str) -> Path:
-    """Write the study PDF atomically (temporary file in the target folder, then rename)."""
+                       hardware: str, study_name: str, baselines: pd.DataFrame | None = None,
+                       claims: pd.DataFrame | None = None, design: pd.DataFrame | None = None) -> Path:
+    """Write the study PDF atomically (temporary file in the target folder, then rename).
+
+    ``baselines``: target, baseline, psnr (lines on the score page); ``claims``: the verdict table
+    (:func:`cka_lab.study.tables.verdict_table`); ``design``: steps and patches per condition."""
     import io
 
     from cka_lab.io import write_bytes
 
     footer = f"study {study_name} -- {protocol} -- {hardware}"
-    figs: list[Figure] = [_text_page(f"Pre-training study '{study_name}'", title_lines, footer=footer),
-                          _text_page("The paper's claims, judged from these numbers", verdicts, footer=footer),
-                          _scores_figure(scores, footer),
-                          _table_page("Scores: mean +- std over seeds", summary, footer=footer),
-                          _table_page("Gain over training from scratch (paired by seed, 95 % t-interval over seeds)",
-                                      gains, footer=footer)]
+    figs: list[Figure] = [*_text_pages(f"Pre-training study '{study_name}'", title_lines, footer=footer),
+                          *_text_pages("The paper's claims, judged from these numbers",
+                                       [f"{i + 1}. {v}" for i, v in enumerate(verdicts)], footer=footer)]
+    if claims is not None and not claims.empty:
+        shown = claims[["claim", "status", "effect", "lower", "upper", "unit", "n", "p", "p_holm"]].copy()
+        shown["claim"] = [f"{i + 1}. " + textwrap.shorten(c, 84, placeholder=" ...") for i, c in enumerate(shown["claim"])]
+        shown["status"] = shown["status"].str.replace(" at this scale", "", regex=False)
+        fig = _table_page("Claims: effect, 95 % interval, raw p and Holm-adjusted p (over the tested claims)",
+                          shown, footer=footer, digits=4,
+                          col_widths=(0.43, 0.1, 0.07, 0.07, 0.07, 0.1, 0.03, 0.06, 0.07))
+        fig.text(0.05, 0.06, "n/a in p_holm: not tested (a precondition failed: baselines not beaten, attention not "
+                 "learnt, too few seeds), so not in Holm's family. Full sentences: the previous page; tables/claims.csv.",
+                 fontsize=8)
+        figs.append(fig)
+    figs += [_scores_figure(scores, footer, baselines),
+             _table_page("Scores: mean +- std over seeds, and the trivial baselines on the same images", summary,
+                         footer=footer),
+             _table_page("PSNR gain over scratch = extra training + transfer (dB)",
+                         gains[[c for c in gains.columns if not c.startswith("ssim") and c != "part"]],
+                         footer="psnr_gain: condition - scratch (for scratch-long: the extra training); transfer: "
+                         "condition - scratch-long; paired by seed, 95 % t-intervals over seeds. SSIM gains: "
+                         "tables/gains.csv. -- " + footer)]
+    if design is not None and not design.empty:
+        figs.append(_table_page("Design: training steps and patches per condition (pre-training included), data overlap",
+                                design.drop(columns=["pretrain_data", "target_data"]).rename(
+                                    columns={"pretrain_includes_target_data": "pre-training includes target data"}),
+                                footer=footer, col_widths=(0.06, 0.1, 0.1, 0.15, 0.06, 0.07, 0.3, 0.16)))
     for title, panels, edges in heatmaps:
         figs.append(_heatmaps_figure(title, panels, edges, footer))
     for title, series, control in curves:

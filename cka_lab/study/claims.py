@@ -1,33 +1,47 @@
 """The paper's claims, each judged from the study's numbers (one :class:`~cka_lab.study.tables.Verdict` each).
 
-Claims (Li et al., arXiv 2112.10175) and how they are measured here -- every effect is paired by seed and
-its interval is a t-interval over seeds; CKA effects are measured against the seed-to-seed control:
+Claims (Li et al., arXiv 2112.10175) and how they are measured here. The runs of different seeds share
+nothing (no initial weights, no batch order: :mod:`cka_lab.study.plan`), so seeds are independent units:
 
-1. *Pre-training improves SR*: PSNR gain of each pre-trained condition over scratch, SR target.
-2. *Pre-training helps SR much more than denoising*: gain(SR) - gain(DN), same condition, paired by seed.
+1. *Pre-training improves SR*: the **transfer** -- PSNR(pre-trained) - PSNR(scratch-long), the gain over
+   training from scratch for the same steps and patches -- per pre-trained condition, SR target; paired
+   by seed, t-interval over seeds. (The gain over ``scratch`` and its split are in the gains table.)
+2. *Pre-training helps SR much more than denoising*: transfer(SR) - transfer(DN), same condition.
 3. *Multi-related pre-training beats single-task / multi-unrelated*: PSNR(related) - PSNR(single | unrelated).
 4. *Pre-training changes SR models more than denoising models* (the paper: "barely changes denoising"):
-   the drop of same-layer CKA between scratch and pre-trained models below the seed-to-seed CKA,
-   ``(ctrl - cka(scratch, pre))``, SR minus DN.
+   per target, the change ``mean_{i<j} CKA(scratch_i, scratch_j) - mean_s CKA(scratch_s, pre_s)`` (same-layer
+   CKA, mean over layers): the control is every pair of scratch seeds, built like the compared pair (both
+   pairs share nothing); the effect is the change of SR minus that of DN, with a leave-one-seed-out
+   jackknife interval (:func:`~cka_lab.study.tables.jackknife_effect`), so the control's own variance is
+   in the interval. Needs 3 seeds.
 5. *Pre-training brings more local attention into higher layers of SR models*: locality (attention distance
-   / uniform-attention distance) of the upper half of the stages, scratch minus pre-trained, paired by seed,
-   against the seed-to-seed difference of the scratch models. Not decidable when no model of the contrast
-   learnt attention (upper-stage entropy within :data:`UNIFORM_TOLERANCE` of uniform attention's): a
-   locality difference between near-uniform maps is not a statement about local information.
-6. *SR and denoising models are organised differently*: seed-to-seed same-layer CKA (mean of both tasks)
-   minus the SR-vs-DN same-layer CKA, per seed.
+   / uniform-attention distance) of the upper half of the stages, scratch minus pre-trained, paired by seed
+   (t over independent seeds: the seed-to-seed variation is in the interval). Not decidable when no model
+   of the contrast learnt attention (upper-stage entropy within :data:`UNIFORM_TOLERANCE` of uniform
+   attention's): a locality difference between near-uniform maps is not a statement about local information.
+6. *SR and denoising models are organised differently*: the seed-to-seed same-layer CKA (every pair of
+   seeds, mean of both tasks) minus the SR-vs-DN same-layer CKA of each seed; seed jackknife.
+
+A PSNR claim (1-3) is decidable only where every compared model (each seed of each condition compared)
+scores above the best trivial baseline of its target on the same images (bicubic for SR, the best of
+the noisy input and its best Gaussian blur for DN); otherwise it is *not decidable at this scale* and says
+which model falls short. All tested claims form one family: Holm's correction
+(:func:`~cka_lab.study.tables.adjust_verdicts`) decides which are reproduced.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from cka_lab.study.contrasts import ContrastRecord
 from cka_lab.study.spec import StudySpec, task_kind
-from cka_lab.study.tables import Verdict, paired_effect, verdict
+from cka_lab.study.tables import Verdict, adjust_verdicts, jackknife_effect, paired_effect, undecidable, verdict
 
-__all__ = ["judge_claims", "upper_locality", "upper_entropy_gap", "UNIFORM_TOLERANCE"]
+__all__ = ["judge_claims", "upper_locality", "upper_entropy_gap", "UNIFORM_TOLERANCE", "change_statistic",
+           "organisation_statistic", "baseline_shortfall"]
 
 UNIFORM_TOLERANCE = 1e-3
 """Attention whose entropy is within this fraction of uniform attention's has not been learnt."""
@@ -58,32 +72,81 @@ def upper_entropy_gap(record: ContrastRecord, model: str) -> float:
     return float(max(1.0 - v for v in values)) if values else float("nan")
 
 
-def _scratch(spec: StudySpec) -> str:
-    return next(c.name for c in spec.conditions if c.from_scratch)
+def _pair_mean(pairs: dict[tuple[int, int], float], seeds: Sequence[int]) -> float:
+    keep = set(seeds)
+    v = [x for (i, j), x in pairs.items() if i in keep and j in keep and np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _seed_mean(values: dict[int, float], seeds: Sequence[int]) -> float:
+    v = [values[s] for s in seeds if s in values and np.isfinite(values[s])]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def change_statistic(control: dict[tuple[int, int], float], compared: dict[int, float], seeds: Sequence[int]) -> float:
+    """``mean_{i<j} control[(i, j)] - mean_s compared[s]`` over the seeds given (NaN without a control pair).
+
+    ``control``: CKA of the scratch models of seeds i and j; ``compared``: CKA(scratch_s, pre-trained_s).
+    """
+    return _pair_mean(control, seeds) - _seed_mean(compared, seeds)
+
+
+def organisation_statistic(controls: Sequence[dict[tuple[int, int], float]], cross: dict[int, float],
+                           seeds: Sequence[int]) -> float:
+    """Mean over tasks of each task's seed-pair CKA, minus the mean over seeds of CKA(SR_s, DN_s)."""
+    return float(np.mean([_pair_mean(c, seeds) for c in controls])) - _seed_mean(cross, seeds)
+
+
+def baseline_shortfall(scores: pd.DataFrame, target: str, conditions: Sequence[str]) -> str:
+    """Empty when every model of ``conditions`` for ``target`` beats the best trivial baseline; else why not."""
+    if "baseline_psnr" not in scores:
+        return ""
+    s = scores[(scores.target == target) & scores.condition.isin(conditions)]
+    bad = s[~(s["over_baseline"] > 0)]
+    if bad.empty:
+        return ""
+    worst = bad.loc[bad["psnr"].idxmin()]
+    return (f"{len(bad)} of {len(s)} {target} models of {', '.join(conditions)} do not beat the best trivial baseline "
+            f"({worst['best_baseline']} {worst['baseline_psnr']:.2f} dB on the same images; lowest: {worst['run']} "
+            f"{worst['psnr']:.2f} dB), so a PSNR difference between them says nothing about what they learnt")
+
+
+def _psnr_claim(claim: str, d: pd.Series, what: str, short: str) -> Verdict:
+    effect = paired_effect(d.dropna())
+    if short:
+        return undecidable(claim, effect, short, what=what)
+    return verdict(claim, effect, what=what)
 
 
 def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRecord]) -> list[Verdict]:
-    scratch = _scratch(spec)
-    conds = [c for c in spec.conditions if not c.from_scratch]
+    """Every claim the study's design can address, Holm-adjusted over the tested ones."""
+    scratch, long = spec.scratch, spec.scratch_long
+    conds = spec.pretrained
+    seeds = list(spec.study.seeds)
     sr = [t for t in spec.tasks.targets if task_kind(t) == "sr"]
     dn = [t for t in spec.tasks.targets if task_kind(t) == "dn"]
     by_kind = {k: [r for r in records if r.plan.kind == k] for k in ("pretrain", "seed", "task")}
     out: list[Verdict] = []
 
-    def gain(target: str, cond: str) -> pd.Series:
-        return (_psnr(scores, target, cond) - _psnr(scores, target, scratch)).dropna()
+    def transfer(target: str, cond: str) -> pd.Series:
+        return (_psnr(scores, target, cond) - _psnr(scores, target, long)).dropna()
 
-    # 1 -- pre-training improves SR
+    def short(target: str, *cs: str) -> str:
+        return baseline_shortfall(scores, target, cs)
+
+    # 1 -- pre-training improves SR beyond the same compute from scratch (transfer)
     for t in sr:
         for c in conds:
-            out.append(verdict(f"Pre-training ({c.name}) improves {t} over training from scratch",
-                               paired_effect(gain(t, c.name)), what=f"PSNR gain on {spec.eval.sr}"))
+            out.append(_psnr_claim(f"Pre-training ({c.name}) improves {t} beyond training from scratch for the same "
+                                   f"steps and patches ({long})", transfer(t, c.name),
+                                   f"transfer PSNR({c.name}) - PSNR({long}) on {spec.eval.sr}", short(t, c.name, long)))
     # 2 -- more for SR than for DN
     if sr and dn:
         for c in conds:
-            d = (gain(sr[0], c.name) - gain(dn[0], c.name)).dropna()
-            out.append(verdict(f"Pre-training ({c.name}) helps {sr[0]} more than {dn[0]}", paired_effect(d),
-                               what="gain(SR) - gain(DN)"))
+            d = (transfer(sr[0], c.name) - transfer(dn[0], c.name)).dropna()
+            why = "; ".join(x for x in (short(sr[0], c.name, long), short(dn[0], c.name, long)) if x)
+            out.append(_psnr_claim(f"Pre-training ({c.name}) helps {sr[0]} more than {dn[0]}", d,
+                                   "transfer(SR) - transfer(DN)", why))
     # 3 -- multi-related beats single-task and multi-unrelated
     related = [c.name for c in conds if c.pretrain == "related"]
     for other_kind in ("same", "unrelated"):
@@ -93,46 +156,54 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
                 for o in others:
                     d = (_psnr(scores, t, r) - _psnr(scores, t, o)).dropna()
                     label = "single-task" if other_kind == "same" else "multi-unrelated"
-                    out.append(verdict(f"Multi-related pre-training ({r}) beats {label} ({o}) on {t}",
-                                       paired_effect(d), what=f"PSNR({r}) - PSNR({o})"))
-    # 4 -- pre-training changes SR more than DN (relative to the seed-to-seed control)
-    ctrl = {r.plan.target: r.same_layer_mean for r in by_kind["seed"] if r.plan.condition == scratch}
-    if sr and dn and sr[0] in ctrl and dn[0] in ctrl:
+                    out.append(_psnr_claim(f"Multi-related pre-training ({r}) beats {label} ({o}) on {t}", d,
+                                           f"PSNR({r}) - PSNR({o})", short(t, r, o)))
+    # 4 -- pre-training changes SR more than DN, against every pair of scratch seeds
+    control = {t: {(r.plan.seed, r.plan.seed_b): r.same_layer_mean for r in by_kind["seed"]
+                   if r.plan.target == t and r.plan.condition == scratch} for t in spec.tasks.targets}
+    if sr and dn:
         for c in conds:
-            change = {}
-            for t in (sr[0], dn[0]):
-                change[t] = pd.Series({r.plan.seed: ctrl[t] - r.same_layer_mean for r in by_kind["pretrain"]
-                                       if r.plan.target == t and r.plan.condition == c.name})
-            d = (change[sr[0]] - change[dn[0]]).dropna()
+            comp = {t: {r.plan.seed: r.same_layer_mean for r in by_kind["pretrain"]
+                        if r.plan.target == t and r.plan.condition == c.name} for t in (sr[0], dn[0])}
+
+            def stat(idx, comp=comp):
+                s = [seeds[i] for i in idx]
+                return (change_statistic(control[sr[0]], comp[sr[0]], s)
+                        - change_statistic(control[dn[0]], comp[dn[0]], s))
+
             out.append(verdict(f"Pre-training ({c.name}) changes {sr[0]} models more than {dn[0]} models "
-                               "(same-layer CKA below the seed-to-seed control)", paired_effect(d),
-                               what="[ctrl - CKA(scratch, pre)] SR - DN", unit="CKA"))
+                               "(same-layer CKA below the seed-to-seed control)", jackknife_effect(stat, len(seeds)),
+                               what=(f"[control - CKA(scratch, pre)] SR - DN, control every pair of {len(seeds)} "
+                                     "scratch seeds"), unit="CKA"))
     # 5 -- more local attention in the upper stages of pre-trained SR models
     for t in sr:
-        seed_rec = [r for r in by_kind["seed"] if r.plan.target == t and r.plan.condition == scratch]
-        control = (abs(upper_locality(seed_rec[0], seed_rec[0].plan.run_a)
-                       - upper_locality(seed_rec[0], seed_rec[0].plan.run_b)) if seed_rec else None)
         for c in conds:
             recs = [r for r in by_kind["pretrain"] if r.plan.target == t and r.plan.condition == c.name]
             d = pd.Series({r.plan.seed: upper_locality(r, r.plan.run_a) - upper_locality(r, r.plan.run_b)
-                           for r in recs})
+                           for r in recs}, dtype=float)
+            effect = paired_effect(d.dropna())
             gaps = [upper_entropy_gap(r, m) for r in recs for m in (r.plan.run_a, r.plan.run_b)]
             gaps = [g for g in gaps if np.isfinite(g)]
             claim = f"Pre-training ({c.name}) makes attention in the upper stages of {t} models more local"
+            what = "locality(scratch) - locality(pre), upper stages"
             if gaps and max(gaps) < UNIFORM_TOLERANCE:
-                out.append(Verdict(claim, "not decidable at this scale",
-                                   f"no model learnt attention: upper-stage entropy is within {max(gaps):.2g} of uniform "
-                                   f"attention's in every scratch and {c.name} model (below {UNIFORM_TOLERANCE:g}), so "
-                                   f"locality differences (locality(scratch) - locality(pre) = "
-                                   f"{paired_effect(d.dropna()).describe('', digits=6).replace('  ', ' ')}) say nothing about local information"))
+                out.append(undecidable(claim, effect,
+                                       f"no model learnt attention: upper-stage entropy is within {max(gaps):.2g} of "
+                                       f"uniform attention's in every {scratch} and {c.name} model (below "
+                                       f"{UNIFORM_TOLERANCE:g}), so locality differences say nothing about local "
+                                       "information", what=what, unit="(distance / uniform)"))
                 continue
-            out.append(verdict(claim, paired_effect(d.dropna()), what="locality(scratch) - locality(pre), upper stages",
-                               unit="(distance / uniform)", control=control,
-                               control_what="seed-to-seed |difference| of scratch models"))
+            out.append(verdict(claim, effect, what=what, unit="(distance / uniform)"))
     # 6 -- SR and DN organised differently
-    if sr and dn and sr[0] in ctrl and dn[0] in ctrl:
-        base = (ctrl[sr[0]] + ctrl[dn[0]]) / 2
-        d = pd.Series({r.plan.seed: base - r.same_layer_mean for r in by_kind["task"]})
+    if sr and dn:
+        cross = {r.plan.seed: r.same_layer_mean for r in by_kind["task"]}
+
+        def organisation(idx):
+            s = [seeds[i] for i in idx]
+            return organisation_statistic([control[sr[0]], control[dn[0]]], cross, s)
+
         out.append(verdict(f"{sr[0]} and {dn[0]} models are organised differently layer by layer",
-                           paired_effect(d.dropna()), what="seed-to-seed CKA - CKA(SR, DN), same layer", unit="CKA"))
-    return out
+                           jackknife_effect(organisation, len(seeds)),
+                           what="seed-to-seed CKA (every pair) - CKA(SR, DN), same layer", unit="CKA"))
+    return adjust_verdicts(out)
+

@@ -1,5 +1,10 @@
-"""The study's contrasts: scratch vs each pre-trained condition within a seed, seed vs seed (the control),
-SR vs DN; each reduced to a :class:`ContrastRecord` saved as strict JSON in ``contrasts/PAIR/record.json``.
+"""The study's contrasts: scratch vs each other condition within a seed (the pre-trained ones and
+scratch-long), scratch seed vs scratch seed for every pair of seeds (the control), SR vs DN; each
+reduced to a :class:`ContrastRecord` saved as strict JSON in ``contrasts/PAIR/record.json``.
+
+No two runs of a study share initial weights or batch order (:mod:`cka_lab.study.plan`), so a compared
+pair (scratch_s, condition_s) and a control pair (scratch_i, scratch_j) share the same thing: nothing.
+Every seed pair enters the control, so that its variance is measured, not assumed away.
 
 All contrasts of a study probe the same clean crops (``[analysis]`` patch, n_samples, seed 0), so their
 numbers are comparable; the noise of a denoising input is drawn per crop.
@@ -35,6 +40,7 @@ class ContrastPlan:
     target: str = ""
     condition: str = ""
     seed: int = -1
+    seed_b: int = -1  # seed contrasts: the seeds of run_a (seed) and run_b (seed_b)
 
 
 @dataclass
@@ -59,10 +65,10 @@ class ContrastRecord:
 
 
 def plan_contrasts(spec: StudySpec) -> list[ContrastPlan]:
-    """Every contrast the study needs (uses the first two seeds for seed-vs-seed controls)."""
+    """Every contrast the study needs (the seed-vs-seed control of the scratch condition for every pair of seeds)."""
     runs = {r.name: r for r in plan_runs(spec) if r.kind != "pretrain"}
     seeds = spec.study.seeds
-    scratch = next(c.name for c in spec.conditions if c.from_scratch)
+    scratch = spec.scratch
     out: list[ContrastPlan] = []
     for target in spec.tasks.targets:
         for seed in seeds:
@@ -72,11 +78,11 @@ def plan_contrasts(spec: StudySpec) -> list[ContrastPlan]:
                 a, b = f"{target}-{scratch}-s{seed}", f"{target}-{cond.name}-s{seed}"
                 out.append(ContrastPlan(f"{target}_{scratch}_vs_{cond.name}_s{seed}", "pretrain", a, b, target, target,
                                         target, cond.name, seed))
-        if len(seeds) >= 2:
-            for cond in spec.conditions:
-                a, b = f"{target}-{cond.name}-s{seeds[0]}", f"{target}-{cond.name}-s{seeds[1]}"
-                out.append(ContrastPlan(f"{target}_{cond.name}_s{seeds[0]}_vs_s{seeds[1]}", "seed", a, b, target,
-                                        target, target, cond.name))
+        for i, si in enumerate(seeds):
+            for sj in seeds[i + 1:]:
+                a, b = f"{target}-{scratch}-s{si}", f"{target}-{scratch}-s{sj}"
+                out.append(ContrastPlan(f"{target}_{scratch}_s{si}_vs_s{sj}", "seed", a, b, target,
+                                        target, target, scratch, si, sj))
     sr = [t for t in spec.tasks.targets if task_kind(t) == "sr"]
     dn = [t for t in spec.tasks.targets if task_kind(t) == "dn"]
     if sr and dn:

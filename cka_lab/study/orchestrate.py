@@ -20,7 +20,7 @@ from cka_lab.io import write_bytes
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
-from cka_lab.study.tables import gains, score_summary, scores_frame
+from cka_lab.study.tables import ALPHA, baselines_frame, gains, score_summary, scores_frame, verdict_table
 
 __all__ = ["study_from_args", "resolve_study_file"]
 
@@ -60,11 +60,14 @@ def study_from_args(args: argparse.Namespace) -> int:
             _wait_for(paths.model(r.name))
     device = _device(args.device)
     results = evaluate_runs(spec, paths, device=device)
+    from cka_lab.study.baselines import evaluate_baselines
+
+    baselines = evaluate_baselines(spec, paths)
     # a model in several contrasts (scratch runs are in most) has its attention measured once, in a pass of
     # its own, so that every table is the same whether or not the study was resumed midway
     cache = AttentionCache(separate=True)
     records = run_contrasts(spec, paths, lambda s, p, c: measure_contrast(s, p, c, device=device, attention_cache=cache))
-    report = write_outputs(spec, paths, results, records, hardware=hardware_description(device))
+    report = write_outputs(spec, paths, results, records, hardware=hardware_description(device), baselines=baselines)
     print(f"[study] {spec.study.name} done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0
 
@@ -73,25 +76,53 @@ def _mean_matrices(records: list[ContrastRecord], which: str) -> np.ndarray:
     return np.nanmean(np.stack([r.matrix(which) for r in records]), axis=0)
 
 
+def design_frame(spec: StudySpec) -> pd.DataFrame:
+    """Per target and condition: pre-training tasks, training steps and patches (pre-training included),
+    the training data and whether the pre-training corpus includes the target's training set."""
+    from cka_lab.study.plan import condition_compute
+    from cka_lab.study.spec import task_kind
+
+    rows = []
+    for t in spec.tasks.targets:
+        kind = task_kind(t)
+        for c in spec.conditions:
+            steps, patches = condition_compute(spec, t, c)
+            tasks = c.pretrain_tasks(t, spec.tasks.targets)
+            kinds = tuple(dict.fromkeys(task_kind(x) for x in tasks))
+            overlap = spec.pretrain_overlap(kind, kinds) if tasks else []
+            rows.append({"target": t, "condition": c.name, "pretrain": "+".join(tasks) or "none",
+                         "budget": "pre-training + fine-tune" if tasks else c.budget, "steps": steps,
+                         "patches": patches,
+                         "pretrain_data": _sources(tuple(s for k in kinds for s in getattr(spec.data, f"pretrain_{k}"))),
+                         "target_data": _sources(getattr(spec.data, f"target_{kind}")),
+                         "pretrain_includes_target_data": ", ".join(overlap) if tasks and overlap else "",
+                         "eval": getattr(spec.eval, kind)})
+    return pd.DataFrame(rows)
+
+
 def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], records: list[ContrastRecord], *,
-                  hardware: str) -> Path:
-    """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations and contrast records."""
+                  hardware: str, baselines: list[dict] = ()) -> Path:
+    """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations, baselines and contrast records."""
     from cka_lab.analysis.compare import stage_starts
     from cka_lab.reports.study_report import write_study_report
 
-    scratch = next(c.name for c in spec.conditions if c.from_scratch)
-    scores = scores_frame(results)
-    summary = score_summary(scores)
-    gain = gains(scores, scratch)
+    scratch, long = spec.scratch, spec.scratch_long
+    base = baselines_frame(list(baselines))
+    scores = scores_frame(results, base)
+    summary = score_summary(scores, base)
+    gain = gains(scores, scratch, long)
     verdicts = judge_claims(spec, scores, records)
+    design = design_frame(spec)
     same_layer = pd.DataFrame([{"pair": r.plan.pair, "kind": r.plan.kind, "target": r.plan.target,
-                                "condition": r.plan.condition, "seed": r.plan.seed, "same_layer_cka": r.same_layer_mean,
+                                "condition": r.plan.condition, "seed": r.plan.seed, "seed_b": r.plan.seed_b,
+                                "same_layer_cka": r.same_layer_mean,
                                 "lower": r.same_layer_lower, "upper": r.same_layer_upper} for r in records])
     locality = pd.DataFrame([{**row, "pair": r.plan.pair, "target": r.plan.target}
                              for r in records if r.plan.kind == "pretrain" for row in r.attention])
-    claims = pd.DataFrame([{"claim": v.claim, "status": v.status, "evidence": v.evidence} for v in verdicts])
+    claims = verdict_table(verdicts)
     for name, df in (("scores", scores), ("score_summary", summary), ("gains", gain), ("same_layer_cka", same_layer),
-                     ("attention_locality", locality), ("claims", claims)):
+                     ("attention_locality", locality), ("claims", claims), ("baselines", base),
+                     ("design", design)):
         write_bytes(paths.tables / f"{name}.csv", df.to_csv(index=False, float_format="%.6g").encode("utf-8"))
     protocol = protocol_label(spec)
     heatmaps, curves = [], []
@@ -106,8 +137,8 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
         seed_rec = [r for r in records if r.plan.kind == "seed" and r.plan.target == target and r.plan.condition == scratch]
         panels = [(f"{target} {c}: within-model CKA\n(mean over seeds)", m.tolist()) for c, m in per_cond.items()]
         if seed_rec:
-            panels.append((f"{target} {scratch}: seed {spec.study.seeds[0]} vs {spec.study.seeds[1]}\n(control: cross-model CKA)",
-                           seed_rec[0].matrix("cross").tolist()))
+            panels.append((f"{target} {scratch}: seed vs seed, mean over {len(seed_rec)} pairs\n(control: cross-model CKA)",
+                           _mean_matrices(seed_rec, "cross").tolist()))
         layers = records[0].layers if records else []
         heatmaps.append((f"{target}: CKA maps ({protocol})", [(t, np.asarray(m)) for t, m in panels],
                          stage_starts(layers)))
@@ -115,37 +146,71 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
         for r in records:
             if r.plan.kind == "pretrain" and r.plan.target == target:
                 series[f"{r.plan.condition} vs {scratch}"].append(np.asarray(r.same_layer))
-        control = {f"control: {r.plan.condition} seed vs seed": np.asarray(r.same_layer) for r in seed_rec}
+        control = {f"control: {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
+                   for r in seed_rec}
         curves.append((f"{target}: same-layer CKA between scratch and pre-trained models, one line per seed", series, control))
     task_recs = [r for r in records if r.plan.kind == "task"]
     if task_recs:
         curves.append(("SR vs DN (scratch): same-layer CKA, one line per seed",
                        {"SR vs DN": [np.asarray(r.same_layer) for r in task_recs]},
-                       {f"control: {r.plan.target} seed vs seed": np.asarray(r.same_layer)
+                       {f"control: {r.plan.target} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
                         for r in records if r.plan.kind == "seed" and r.plan.condition == scratch}))
-    b = spec.budget
-    title = [
+    title = _title_lines(spec, hardware, protocol, design, base)
+    return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
+                              summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
+                              protocol=protocol, hardware=hardware, study_name=spec.study.name, baselines=base,
+                              claims=claims, design=design)
+
+
+def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:
+    from cka_lab.study.plan import scratch_long_budget
+    from cka_lab.study.spec import task_kind
+
+    b, long = spec.budget, spec.scratch_long
+    lines = [
         f"Hardware: {hardware}.",
         f"Study file fingerprint {spec.fingerprint}; cka_lab {__version__}, torch {torch.__version__}.",
         f"Targets: {', '.join(spec.tasks.targets)}. Conditions: "
-        + "; ".join(f"{c.name} (pretrain = {c.pretrain if isinstance(c.pretrain, str) else '+'.join(c.pretrain)})"
+        + "; ".join(f"{c.name} (pretrain = {c.pretrain if isinstance(c.pretrain, str) else '+'.join(c.pretrain)}"
+                    + (", budget total" if c.is_scratch_long else "") + (", added by the study" if c.added else "") + ")"
                     for c in spec.conditions) + f". Seeds: {', '.join(map(str, spec.study.seeds))} (the error bars).",
         f"Budgets: pre-training {b.pretrain_iterations} iterations, batch {b.pretrain_batch_size or b.batch_size} per head; "
-        f"scratch and fine-tune {b.iterations} iterations each (the same budget), batch {b.batch_size}; "
-        f"patch {spec.data.patch_size} px at body resolution; EDT-{spec.study.size}.",
-        "Data: pre-training on " + _sources(spec.data.pretrain_sr + spec.data.pretrain_dn)
-        + "; target runs on " + _sources(spec.data.target_sr + spec.data.target_dn) + ".",
-        f"Evaluation: SR on {spec.eval.sr}, DN on {spec.eval.dn} (official protocols; max_images {spec.eval.max_images}, "
-        f"crop {spec.eval.crop}).",
-        f"Analysis protocol: {protocol}. Controls: the seed-to-seed contrast of each condition.",
+        f"scratch and fine-tune {b.iterations} iterations each, batch {b.batch_size}; patch {spec.data.patch_size} px at "
+        f"body resolution; EDT-{spec.study.size}.",
+    ]
+    if long:
+        lines.append(f"Equal compute: {long} trains from scratch for the steps of pre-training + fine-tuning at the batch "
+                     "that gives it at least the patches of the largest pre-training + fine-tune ("
+                     + "; ".join(f"{t}: {scratch_long_budget(spec, t)[0]} it x batch {scratch_long_budget(spec, t)[1]}"
+                                 for t in spec.tasks.targets)
+                     + "). A gain over scratch = extra training (scratch-long - scratch) + transfer (pre-trained - "
+                     "scratch-long); the pre-training claims are judged on the transfer. Steps and patches per condition: "
+                     "tables/design.csv.")
+    lines.append("Data: pre-training on " + _sources(spec.data.pretrain_sr + spec.data.pretrain_dn)
+                 + "; target runs on " + _sources(spec.data.target_sr + spec.data.target_dn)
+                 + ". No training source overlaps an evaluation folder (refused otherwise).")
+    for t in spec.tasks.targets:
+        kinds = tuple(dict.fromkeys(task_kind(x) for c in spec.pretrained for x in c.pretrain_tasks(t, spec.tasks.targets)))
+        overlap = spec.pretrain_overlap(task_kind(t), kinds) if kinds else []
+        if overlap:
+            lines.append(f"Departure: the {t} pre-training corpus INCLUDES the target's training set ({', '.join(overlap)}): "
+                         "a pre-trained model has seen the scratch run's images, besides images it never sees.")
+    lines.append(f"Evaluation: SR on {spec.eval.sr}, DN on {spec.eval.dn} (official protocols; max_images {spec.eval.max_images}, "
+                 f"crop {spec.eval.crop}). Trivial baselines on the same images by the same protocol: "
+                 + ("; ".join(f"{r.target} {r.baseline} {r.psnr:.2f} dB" + (f" ({r.detail})" if r.detail else "")
+                              for r in base.itertuples()) if not base.empty else "none measured") + ".")
+    lines += [
+        f"Analysis protocol: {protocol}. Seeds: every run has its own initialisation and batch-order seeds, so a compared "
+        "pair (scratch, pre-trained) and a control pair (scratch seed i, scratch seed j) share nothing; the CKA control "
+        "uses every pair of scratch seeds and enters with its variance (leave-one-seed-out jackknife).",
         "Departures from the paper: far smaller budgets and data (ImageNet pre-training in the paper); every SR model "
         "uses the pixelshuffle upsampler so that scratch and fine-tuned models share one architecture.",
-        "Verdicts: reproduced / not reproduced when the 95 % t-interval over seeds excludes zero (and exceeds the control "
-        "where one applies); otherwise not decidable at this scale.",
+        f"Verdicts: a claim is tested by its effect's two-sided p (t over seeds; seed jackknife for CKA claims); Holm's "
+        f"correction over the tested claims at {ALPHA:g}: reproduced / not reproduced by the sign of the effect where the "
+        "adjusted p is at most that, otherwise not decidable at this scale. A PSNR claim is tested only where every "
+        "compared model beats the best trivial baseline; a locality claim only where attention was learnt.",
     ]
-    return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
-                              summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
-                              protocol=protocol, hardware=hardware, study_name=spec.study.name)
+    return lines
 
 
 def _sources(values) -> str:

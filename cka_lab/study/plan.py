@@ -6,10 +6,24 @@ for the same pre-training task set at the same seed use one run.
 
 Names: ``pre-<tasks>-s<seed>`` (e.g. ``pre-x2x3x4-s0``), ``<target>-<condition>-s<seed>`` for scratch
 runs and fine-tunes (``x2-scratch-s0``, ``g25-related-s1``).
+
+Seeds. Each run's ``[run]`` has ``seed`` (the study seed, which also fixes its diagnostics probe) and
+its own ``init_seed`` and ``data_seed``, digests of the run's name (:func:`run_seeds`). So no two runs
+of a study share their initial weights or their batch order; a fine-tune starts from its pre-training's
+weights and nothing else. That is the design the CKA claims need (:mod:`cka_lab.study.claims`): the
+compared pair (scratch, pre-trained at one seed) and its control (two scratch runs) share nothing, so
+the control is built like the pair it judges. (With one seed for everything, as before, a single-task
+pre-training started from exactly the scratch run's weights and every fine-tune saw its scratch run's
+batches: CKA(scratch, pre-trained) was inflated against a control that shared nothing.) Sharing both,
+the alternative, leaves no control: two runs that share init and batches and differ in nothing else
+are the same run. The price: PSNR gains lose the variance reduction of common random numbers; their
+t-intervals over seeds stay valid, the seeds being independent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +32,7 @@ from cka_lab.errors import CkaLabError
 from cka_lab.models.registry import config_from_name
 from cka_lab.study.spec import StudySpec, task_kind
 
-__all__ = ["Run", "plan_runs", "arch_name", "run_config"]
+__all__ = ["Run", "plan_runs", "arch_name", "run_config", "run_seeds", "scratch_long_budget", "condition_compute"]
 
 
 def arch_name(tasks: tuple[str, ...], size: str) -> str:
@@ -49,6 +63,46 @@ class Run:
     batch_size: int = 0
     depends: tuple[str, ...] = ()
     arch: str = ""
+    init_seed: int = 0
+    data_seed: int = 0
+
+
+def run_seeds(name: str) -> tuple[int, int]:
+    """``(init_seed, data_seed)`` of a run: the first 31 bits of SHA-256 of ``"<name>/init"`` and ``"<name>/data"``."""
+    def digest(role: str) -> int:
+        return int.from_bytes(hashlib.sha256(f"{name}/{role}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+    return digest("init"), digest("data")
+
+
+def condition_compute(spec: StudySpec, target: str, cond) -> tuple[int, int]:
+    """``(steps, patches)`` a model of ``cond`` for ``target`` is trained with, pre-training included.
+
+    Patches are counted per head: a pre-training with k heads draws k batches per step.
+    """
+    b = spec.budget
+    pre_bs = b.pretrain_batch_size or b.batch_size
+    if cond.is_scratch_long:
+        it, bs = scratch_long_budget(spec, target)
+        return it, it * bs
+    tasks = cond.pretrain_tasks(target, spec.tasks.targets)
+    if not tasks:
+        return b.iterations, b.iterations * b.batch_size
+    return b.pretrain_iterations + b.iterations, len(tasks) * pre_bs * b.pretrain_iterations + b.iterations * b.batch_size
+
+
+def scratch_long_budget(spec: StudySpec, target: str) -> tuple[int, int]:
+    """``(iterations, batch_size)`` of the equal-compute scratch run of ``target``: the steps of
+    pre-training + fine-tuning, at the smallest batch that gives at least the patches of the largest
+    pre-training + fine-tune of that target (e.g. pre-training 160 it x 3 heads x 4 + fine-tune 80 x 4
+    = 2240 patches in 240 steps: batch 10, 2400 patches). With single-task pre-training at the target's
+    batch size this is exactly the pre-training + fine-tune's budget."""
+    b = spec.budget
+    steps = b.pretrain_iterations + b.iterations
+    patches = [condition_compute(spec, target, c)[1] for c in spec.pretrained]
+    if not patches:
+        return b.iterations, b.batch_size
+    return steps, max(b.batch_size, math.ceil(max(patches) / steps))
 
 
 def plan_runs(spec: StudySpec) -> list[Run]:
@@ -62,8 +116,9 @@ def plan_runs(spec: StudySpec) -> list[Run]:
             for cond in spec.conditions:
                 tasks = cond.pretrain_tasks(target, spec.tasks.targets)
                 if not tasks:
+                    it, bs = scratch_long_budget(spec, target) if cond.is_scratch_long else (b.iterations, b.batch_size)
                     targets.append(Run(f"{target}-{cond.name}-s{seed}", "scratch", seed, (target,), target,
-                                       cond.name, iterations=b.iterations, batch_size=b.batch_size))
+                                       cond.name, iterations=it, batch_size=bs))
                     continue
                 pname = f"pre-{''.join(tasks)}-s{seed}"
                 if pname not in pre:
@@ -73,7 +128,11 @@ def plan_runs(spec: StudySpec) -> list[Run]:
                 targets.append(Run(f"{target}-{cond.name}-s{seed}", "finetune", seed, (target,), target, cond.name,
                                    init=pname, drop=drop, iterations=b.iterations, batch_size=b.batch_size,
                                    depends=(pname,)))
-    runs = [replace(r, arch=arch_name(r.tasks, size)) for r in [*pre.values(), *targets]]
+    runs = [replace(r, arch=arch_name(r.tasks, size), init_seed=run_seeds(r.name)[0], data_seed=run_seeds(r.name)[1])
+            for r in [*pre.values(), *targets]]
+    seeds = [s for r in runs for s in (r.init_seed, r.data_seed)]
+    if len(set(seeds)) != len(seeds):  # 31-bit digests of distinct names: never seen, but never silent
+        raise CkaLabError("two runs of the study got the same derived seed: rename a condition")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -112,7 +171,8 @@ def run_config(spec: StudySpec, run: Run, *, models_dir: Path, device: str) -> d
         if key == lr_key and value is not None:
             optim["lr"] = value
     cfg: dict[str, dict[str, Any]] = {
-        "run": {"name": run.name, "seed": run.seed, "device": device, "threads": spec.study.threads},
+        "run": {"name": run.name, "seed": run.seed, "init_seed": run.init_seed, "data_seed": run.data_seed,
+                "device": device, "threads": spec.study.threads},
         "model": model,
         "data": data,
         "optim": optim,

@@ -7,6 +7,7 @@ from pre-trainings (the design of Li et al., arXiv 2112.10175, Sec. 4)::
     [tasks]     targets = ["x2", "g25"]               target tasks (one scratch + fine-tunes each)
     [conditions.NAME]
                 pretrain = "none" | "same" | "related" | "unrelated" | ["x2", "x3", ...]
+                budget = "target" | "total"           (from-scratch conditions only; default "target")
     [data]      root, patch_size, pretrain_sr, pretrain_dn, target_sr, target_dn
     [budget]    pretrain_iterations, iterations, batch_size, pretrain_batch_size, ckpt_every, log_every
     [optim]     passed to every run's [optim] (lr, betas, eps, milestones, ...); pretrain_lr, finetune_lr
@@ -19,9 +20,24 @@ pre-training), ``unrelated`` (the target plus one task of another kind from ``[t
 + DN g25 -- the paper's multi-unrelated mix). A list names the pre-training tasks explicitly; it must
 contain the target task, so that the fine-tune has a pre-trained head and tail to start from.
 
-The design follows the paper: a fine-tune gets the same budget (``budget.iterations``) as the matching
-scratch run; pre-training runs for ``budget.pretrain_iterations`` on ``data.pretrain_*``, a corpus that
-contains images the target runs never see (``data.target_*`` is a subset or a reduced copy).
+Fair design (what a gain over scratch is made of):
+
+* **Equal compute.** A fine-tune gets the same budget (``budget.iterations``) as the matching scratch
+  run, so a pre-trained model has had more training than ``scratch``. A from-scratch condition with
+  ``budget = "total"`` (the condition ``scratch-long``) trains from scratch for the total steps of
+  pre-training + fine-tuning (``pretrain_iterations + iterations``) at the batch that gives it at least as
+  many patches as the largest pre-training + fine-tune of its target (:func:`scratch_long_budget`). A gain
+  over scratch then splits into *extra training* (scratch-long - scratch) and *transfer* (pre-trained -
+  scratch-long); the claims about pre-training are judged on the transfer. Every study with a pre-trained
+  condition has one: when the file names none, ``[conditions.scratch-long] pretrain = "none", budget =
+  "total"`` is added (:attr:`Condition.added`).
+* **Disjoint evaluation.** A training source (pre-training or target) that is, contains or lies inside
+  an evaluation folder (``[eval] sr`` / ``dn`` of the study's target kinds) is refused in one line.
+* **Named overlap.** Where the pre-training corpus includes the target's training set (the same folder
+  at the same reduction, or a folder above it), :meth:`StudySpec.pretrain_overlap` names it and the
+  report and ``tables/design.csv`` say so.
+* **Seeds.** Every run gets its own initialisation and data-order seeds (:mod:`cka_lab.study.plan`), so
+  two runs share neither unless one is fine-tuned from the other.
 """
 
 from __future__ import annotations
@@ -52,9 +68,14 @@ __all__ = [
     "parse_study",
     "task_kind",
     "PRETRAIN_KEYWORDS",
+    "BUDGETS",
+    "SCRATCH_LONG",
 ]
 
 PRETRAIN_KEYWORDS = ("none", "same", "related", "unrelated")
+BUDGETS = ("target", "total")
+SCRATCH_LONG = "scratch-long"
+"""The name of the equal-compute from-scratch condition a study gets when its file names none."""
 _RELATED = {"sr": ("x2", "x3", "x4"), "dn": ("g15", "g25", "g50"), "dr": ("L", "H")}
 
 
@@ -93,10 +114,22 @@ class Condition:
 
     name: str
     pretrain: str | tuple[str, ...] = "none"
+    budget: str = "target"  # "total": from scratch for the steps and patches of pre-training + fine-tuning
+    added: bool = False  # added by the study (the equal-compute control), not named in the file
 
     @property
     def from_scratch(self) -> bool:
         return self.pretrain == "none"
+
+    @property
+    def is_scratch(self) -> bool:
+        """From scratch at the target budget: the reference every gain is measured from."""
+        return self.pretrain == "none" and self.budget == "target"
+
+    @property
+    def is_scratch_long(self) -> bool:
+        """From scratch at the total budget of pre-training + fine-tuning (equal compute)."""
+        return self.pretrain == "none" and self.budget == "total"
 
     def pretrain_tasks(self, target: str, targets: tuple[str, ...]) -> tuple[str, ...]:
         """The tasks of the pre-training for ``target`` (empty for scratch), in official head order."""
@@ -194,6 +227,54 @@ class StudySpec:
     def optim_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.optim}
 
+    @property
+    def scratch(self) -> str:
+        """The name of the from-scratch condition at the target budget."""
+        return next(c.name for c in self.conditions if c.is_scratch)
+
+    @property
+    def scratch_long(self) -> str | None:
+        """The name of the equal-compute from-scratch condition (None in a study without pre-training)."""
+        return next((c.name for c in self.conditions if c.is_scratch_long), None)
+
+    @property
+    def pretrained(self) -> tuple[Condition, ...]:
+        """The pre-trained conditions (fine-tunes), in file order."""
+        return tuple(c for c in self.conditions if not c.from_scratch)
+
+    def source_path(self, source: Any) -> Path:
+        """A ``[data]`` source (a string or ``{path, reduce}``) as an absolute path under the data root."""
+        return (self.data_root / (source["path"] if isinstance(source, dict) else str(source))).resolve()
+
+    def eval_path(self, kind: str) -> Path:
+        """The evaluation folder of a target kind (``sr`` or ``dn``) under the data root."""
+        return (self.data_root / getattr(self.eval, kind)).resolve()
+
+    def pretrain_overlap(self, kind: str, pretrain_kinds: tuple[str, ...] = ()) -> list[str]:
+        """The target training sources of ``kind`` that the pre-training corpus (``pretrain_<k>`` for each k
+        of ``pretrain_kinds``, default ``kind``) includes -- same folder at the same reduction, or a
+        pre-training folder above the target's -- as ``"path (1/r size)"`` texts."""
+        out = []
+        pre = [p for k in (pretrain_kinds or (kind,)) for p in getattr(self.data, f"pretrain_{k}")]
+        for t in getattr(self.data, f"target_{kind}"):
+            tp, tr = self.source_path(t), _reduce(t)
+            for p in pre:
+                pp, pr = self.source_path(p), _reduce(p)
+                if (pp == tp and pr == tr) or pp in tp.parents:
+                    out.append(describe_source(t))
+                    break
+        return out
+
+
+def _reduce(source: Any) -> int:
+    return int(source.get("reduce", 1)) if isinstance(source, dict) else 1
+
+
+def describe_source(source: Any) -> str:
+    """``"a"`` -> ``"a"``; ``{"path": "b", "reduce": 2}`` -> ``"b (1/2 size)"``."""
+    path = source["path"] if isinstance(source, dict) else str(source)
+    return f"{path} (1/{_reduce(source)} size)" if _reduce(source) != 1 else str(path)
+
 
 _SECTIONS = {
     "study": StudyMeta,
@@ -249,10 +330,17 @@ def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
     for name, body in table.items():
         if not isinstance(body, dict):
             raise CkaLabError(f"{where}: [conditions.{name}] must be a table with pretrain = ...")
-        extra = [k for k in body if k != "pretrain"]
+        extra = [k for k in body if k not in ("pretrain", "budget")]
         if extra:
-            raise CkaLabError(f"{where}: unknown key {extra[0]!r} in [conditions.{name}]; the only key is pretrain")
+            raise CkaLabError(f"{where}: unknown key {extra[0]!r} in [conditions.{name}]{_close(extra[0], ('pretrain', 'budget'))}; "
+                              "the keys are pretrain and budget")
+        budget = body.get("budget", "target")
+        if budget not in BUDGETS:
+            raise CkaLabError(f"{where}: [conditions.{name}] budget = {budget!r}; use \"target\" or \"total\"")
         pre = body.get("pretrain", "none")
+        if budget == "total" and pre != "none":
+            raise CkaLabError(f"{where}: [conditions.{name}] budget = \"total\" is for from-scratch conditions "
+                              "(pretrain = \"none\"): a fine-tune already gets pre-training + its target budget")
         if isinstance(pre, str):
             if pre not in PRETRAIN_KEYWORDS:
                 raise CkaLabError(
@@ -271,7 +359,12 @@ def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
             raise CkaLabError(f"{where}: [conditions.{name}] pretrain must be a keyword or a non-empty list of tasks")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
             raise CkaLabError(f"{where}: condition name {name!r} must be letters, digits, '-' and '_'")
-        out.append(Condition(name, pre))
+        out.append(Condition(name, pre, budget))
+    if any(c.pretrain != "none" for c in out) and not any(c.is_scratch_long for c in out):
+        if any(c.name == SCRATCH_LONG for c in out):
+            raise CkaLabError(f"{where}: [conditions.{SCRATCH_LONG}] is the equal-compute control's name: give it "
+                              "budget = \"total\" (from scratch for pre-training + fine-tuning) or rename it")
+        out.append(Condition(SCRATCH_LONG, "none", "total", added=True))
     return tuple(out)
 
 
@@ -323,8 +416,13 @@ def _validate(spec: StudySpec, where: str) -> None:
             raise CkaLabError(f"{where}: [budget] {key} must be >= 1, got {getattr(spec.budget, key)}")
     if spec.study.runs_per_device < 1:
         raise CkaLabError(f"{where}: [study] runs_per_device must be >= 1")
-    if not any(c.from_scratch for c in spec.conditions):
+    if not any(c.is_scratch for c in spec.conditions):
         raise CkaLabError(f"{where}: the study needs a from-scratch condition (pretrain = \"none\") to measure gains against")
+    for check in ("is_scratch", "is_scratch_long"):
+        same = [c.name for c in spec.conditions if getattr(c, check)]
+        if len(same) > 1:
+            raise CkaLabError(f"{where}: conditions {' and '.join(same)} are the same (from scratch, budget "
+                              f"{'total' if check == 'is_scratch_long' else 'target'}): keep one")
     for c in spec.conditions:
         for t in targets:
             c.pretrain_tasks(t, targets)  # raises for heads that do not fit
@@ -334,8 +432,23 @@ def _validate(spec: StudySpec, where: str) -> None:
             raise CkaLabError(f"{where}: [data] target_{kind} is empty: the {t} runs need training images")
         if any(not c.from_scratch for c in spec.conditions) and not getattr(spec.data, f"pretrain_{kind}"):
             raise CkaLabError(f"{where}: [data] pretrain_{kind} is empty: the {t} pre-trainings need images")
+    _check_disjoint(spec, where)
     if spec.analysis.n_samples < 8 or spec.analysis.batch_size < 4:
         raise CkaLabError(f"{where}: [analysis] needs n_samples >= 8 and batch_size >= 4")
+
+
+def _check_disjoint(spec: StudySpec, where: str) -> None:
+    """Refuse a training source that is, contains or lies inside an evaluation folder of the study."""
+    kinds = sorted({task_kind(t) for t in spec.tasks.targets})
+    evals = {k: spec.eval_path(k) for k in kinds}
+    for key in ("pretrain_sr", "pretrain_dn", "target_sr", "target_dn"):
+        for src in getattr(spec.data, key):
+            sp = spec.source_path(src)
+            for kind, ep in evals.items():
+                if sp == ep or ep in sp.parents or sp in ep.parents:
+                    raise CkaLabError(
+                        f"{where}: [data] {key} source {describe_source(src)!r} overlaps the evaluation folder "
+                        f"[eval] {kind} = {getattr(spec.eval, kind)!r}: keep the test images out of training")
 
 
 def load_study(path: str | Path) -> StudySpec:

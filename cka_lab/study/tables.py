@@ -1,20 +1,36 @@
-"""The study's tables: scores per run, mean +- std over seeds, gains over scratch with intervals, verdicts.
+"""The study's tables: scores per run beside the trivial baselines, mean +- std over seeds, gains over
+scratch split into extra training and transfer, with intervals; verdicts with raw and Holm-adjusted p.
 
-Seeds are the error bars: a gain is the paired difference ``PSNR(condition, seed) - PSNR(scratch, seed)``,
-its interval a Student-t interval over seeds (none with one seed). A claim is *reproduced* when the
-interval of its effect excludes zero in the paper's direction, *not reproduced* when it excludes zero in
-the other direction, and *not decidable at this scale* otherwise -- the sentence says which, with numbers.
+Seeds are the error bars: a gain is the difference ``PSNR(condition, seed) - PSNR(scratch, seed)``, its
+interval a Student-t interval over seeds (none with one seed); the runs of different seeds share nothing,
+so the differences are independent. Effects of CKA claims, which compare pairs of models against pairs of
+models, get a leave-one-seed-out jackknife interval instead (:func:`jackknife_effect`).
+
+A claim is *reproduced* when its effect is in the paper's direction and its Holm-adjusted p-value (over
+every claim of the study that was tested) is at most 0.05, *not reproduced* when it is in the other
+direction at that level, and *not decidable at this scale* otherwise -- or without a test at all when a
+precondition fails (models that do not beat their trivial baselines, attention never learnt, too few
+seeds); the sentence says which, with numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["Effect", "paired_effect", "scores_frame", "score_summary", "gains", "Verdict", "verdict"]
+from cka_lab.metrics.multiplicity import holm
+
+__all__ = ["Effect", "paired_effect", "jackknife_effect", "scores_frame", "score_summary", "gains", "baselines_frame",
+           "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE"]
+
+ALPHA = 0.05
+"""Family-wise error of the study's claims (Holm)."""
+
+UNDECIDABLE = "not decidable at this scale"
 
 
 @dataclass(frozen=True)
@@ -27,16 +43,30 @@ class Effect:
     lower: float
     upper: float
     level: float = 0.95
+    p: float = float("nan")  # two-sided p of "the effect is 0" (t with n - 1 degrees of freedom)
+    method: str = "t over seeds"
 
     def describe(self, unit: str = "dB", digits: int = 2) -> str:
         if self.n < 2 or not np.isfinite(self.lower):
             return f"{self.mean:+.{digits}f} {unit} (n = {self.n}, no interval)"
         return (f"{self.mean:+.{digits}f} {unit} ({int(self.level * 100)} % CI {self.lower:+.{digits}f} to "
-                f"{self.upper:+.{digits}f}, n = {self.n})")
+                f"{self.upper:+.{digits}f}, {self.method}, n = {self.n})")
+
+
+def _t_effect(mean: float, se: float, n: int, level: float, method: str, std: float = float("nan")) -> Effect:
+    """``mean`` with the t-interval and two-sided p of standard error ``se`` on ``n - 1`` degrees of freedom."""
+    if n < 2 or not np.isfinite(se) or not np.isfinite(mean):
+        return Effect(mean, std, n, float("nan"), float("nan"), level, float("nan"), method)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * se)
+    if se > 0:
+        p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    else:
+        p = 1.0 if mean == 0 else 0.0
+    return Effect(mean, std, n, mean - half, mean + half, level, p, method)
 
 
 def paired_effect(values, level: float = 0.95) -> Effect:
-    """Mean of paired differences with a t-interval (finite values only)."""
+    """Mean of paired differences with a t-interval and its two-sided p (finite values only)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     n = int(v.size)
     if n == 0:
@@ -45,22 +75,69 @@ def paired_effect(values, level: float = 0.95) -> Effect:
     if n < 2:
         return Effect(mean, float("nan"), n, float("nan"), float("nan"), level)
     std = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * std / np.sqrt(n))
-    return Effect(mean, std, n, mean - half, mean + half, level)
+    return _t_effect(mean, std / np.sqrt(n), n, level, "t over seeds", std)
 
 
-def scores_frame(results: list[dict]) -> pd.DataFrame:
-    """One row per evaluated model: run, target, condition, seed, psnr, ssim, dataset, images."""
+def jackknife_effect(statistic: Callable[[Sequence[int]], float], n: int, level: float = 0.95) -> Effect:
+    """A statistic of ``n`` independent units (seeds) with a leave-one-unit-out jackknife t-interval.
+
+    ``statistic(units)`` computes the effect from the units listed (indices into ``range(n)``); it must
+    be symmetric in them and may return NaN where it cannot be computed (e.g. a control mean over seed
+    pairs with fewer than two seeds left). The estimate is ``statistic(all)``, its standard error
+    ``sqrt((n-1)/n * sum_i (T_(-i) - mean T_(-))^2)``, the interval ``estimate +- t_(n-1) * se``.
+
+    By the Efron-Stein inequality the jackknife variance of a symmetric statistic of independent units
+    is biased upward, never downward, so the interval errs on the wide side; this is what lets a control
+    made of every seed pair (each model in several pairs) enter with its variance. Needs every
+    leave-one-out value finite (n >= 3 for a control over seed pairs); otherwise no interval.
+    """
+    full = float(statistic(list(range(n))))
+    if n < 3:
+        return Effect(full, float("nan"), n, float("nan"), float("nan"), level, float("nan"), "seed jackknife")
+    loo = np.array([statistic([j for j in range(n) if j != i]) for i in range(n)], dtype=np.float64)
+    if not np.all(np.isfinite(loo)) or not np.isfinite(full):
+        return Effect(full, float("nan"), n, float("nan"), float("nan"), level, float("nan"), "seed jackknife")
+    se = float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+    return _t_effect(full, se, n, level, "seed jackknife", se * np.sqrt(n))
+
+
+def baselines_frame(baselines: Sequence[dict]) -> pd.DataFrame:
+    """One row per target and trivial baseline: target, baseline, psnr, ssim, images, dataset, detail."""
+    cols = ["target", "baseline", "psnr", "ssim", "images", "dataset", "detail"]
+    return pd.DataFrame([{c: b[c] for c in cols} for b in baselines], columns=cols)
+
+
+def scores_frame(results: list[dict], baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per evaluated model: run, target, condition, seed, psnr, ssim, dataset, images; with
+    ``baselines`` (:func:`baselines_frame`) also the best baseline of its target, its PSNR and the margin
+    ``over_baseline = psnr - baseline_psnr`` (same images, same protocol)."""
     cols = ["run", "target", "condition", "seed", "psnr", "ssim", "dataset", "images"]
-    return pd.DataFrame([{c: r[c] for c in cols} for r in results], columns=cols)
+    df = pd.DataFrame([{c: r[c] for c in cols} for r in results], columns=cols)
+    if baselines is None or baselines.empty:
+        return df
+    best = baselines.loc[baselines.groupby("target")["psnr"].idxmax(), ["target", "baseline", "psnr"]]
+    best = best.rename(columns={"baseline": "best_baseline", "psnr": "baseline_psnr"})
+    df = df.merge(best, on="target", how="left")
+    df["over_baseline"] = df["psnr"] - df["baseline_psnr"]
+    return df
 
 
-def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std over seeds per target and condition."""
+def score_summary(scores: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean +- std over seeds per target and condition; the trivial baselines as rows of their own
+    (``condition`` "baseline: NAME", no seeds), and ``beats_baselines``: every seed above the best one."""
     g = scores.groupby(["target", "condition"], sort=False)
     out = g.agg(seeds=("seed", "nunique"), psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"),
                 ssim_mean=("ssim", "mean"), ssim_std=("ssim", "std")).reset_index()
-    return out
+    if baselines is None or baselines.empty or "over_baseline" not in scores:
+        return out
+    out["beats_baselines"] = list(g["over_baseline"].min().gt(0).reindex(
+        pd.MultiIndex.from_frame(out[["target", "condition"]])))
+    rows = [{"target": b.target, "condition": f"baseline: {b.baseline}", "seeds": 0, "psnr_mean": b.psnr,
+             "psnr_std": float("nan"), "ssim_mean": b.ssim, "ssim_std": float("nan"), "beats_baselines": None}
+            for b in baselines.itertuples()]
+    out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
+    order = {t: i for i, t in enumerate(scores.target.unique())}
+    return out.sort_values("target", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
 
 
 def _paired(scores: pd.DataFrame, target: str, cond: str, base: str, metric: str) -> list[float]:
@@ -70,8 +147,10 @@ def _paired(scores: pd.DataFrame, target: str, cond: str, base: str, metric: str
     return list((s[cond] - s[base]).dropna())
 
 
-def gains(scores: pd.DataFrame, scratch: str) -> pd.DataFrame:
-    """Per target and pre-trained condition: PSNR/SSIM gain over ``scratch``, paired by seed, with intervals."""
+def gains(scores: pd.DataFrame, scratch: str, scratch_long: str | None = None) -> pd.DataFrame:
+    """Per target and condition other than ``scratch``: PSNR/SSIM gain over ``scratch``, and with
+    ``scratch_long`` its split into extra training (scratch-long - scratch: the row of scratch-long) and
+    transfer (condition - scratch-long), each paired by seed with a 95 % t-interval over seeds."""
     rows = []
     for target in scores.target.unique():
         for cond in scores[scores.target == target].condition.unique():
@@ -79,41 +158,93 @@ def gains(scores: pd.DataFrame, scratch: str) -> pd.DataFrame:
                 continue
             p = paired_effect(_paired(scores, target, cond, scratch, "psnr"))
             s = paired_effect(_paired(scores, target, cond, scratch, "ssim"))
-            rows.append({"target": target, "condition": cond, "seeds": p.n, "psnr_gain": p.mean,
-                         "psnr_gain_lower": p.lower, "psnr_gain_upper": p.upper, "ssim_gain": s.mean,
-                         "ssim_gain_lower": s.lower, "ssim_gain_upper": s.upper})
+            row = {"target": target, "condition": cond, "seeds": p.n, "psnr_gain": p.mean,
+                   "psnr_gain_lower": p.lower, "psnr_gain_upper": p.upper}
+            if scratch_long is not None:
+                tr = paired_effect(_paired(scores, target, cond, scratch_long, "psnr")) if cond != scratch_long else None
+                row["part"] = "extra training" if cond == scratch_long else "extra training + transfer"
+                row["transfer"] = tr.mean if tr else float("nan")
+                row["transfer_lower"] = tr.lower if tr else float("nan")
+                row["transfer_upper"] = tr.upper if tr else float("nan")
+            row.update({"ssim_gain": s.mean, "ssim_gain_lower": s.lower, "ssim_gain_upper": s.upper})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One of the paper's claims, judged from the numbers."""
+    """One of the paper's claims, judged from the numbers.
+
+    ``p`` is the raw two-sided p of the claim's effect, ``p_adjusted`` its Holm-adjusted value over the
+    claims that were tested (NaN for a claim not tested: ``tested`` False, a precondition failed).
+    """
 
     claim: str
-    status: str  # "reproduced" | "not reproduced" | "not decidable at this scale" | "not tested"
+    status: str  # "reproduced" | "not reproduced" | "not decidable at this scale"
     evidence: str
+    effect: Effect | None = None
+    tested: bool = True
+    p_adjusted: float = float("nan")
+    unit: str = ""
+
+    @property
+    def p(self) -> float:
+        return self.effect.p if self.effect is not None else float("nan")
 
     def sentence(self) -> str:
-        return f"{self.claim}: {self.status.upper()} -- {self.evidence}"
+        ps = ""
+        if np.isfinite(self.p):
+            adj = f"{self.p_adjusted:.3g}" if np.isfinite(self.p_adjusted) else "not tested"
+            ps = f" [p = {self.p:.3g}, Holm-adjusted p = {adj}]"
+        return f"{self.claim}: {self.status.upper()} -- {self.evidence}{ps}"
 
 
-def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB", control: float | None = None,
-            control_what: str = "") -> Verdict:
-    """Judge an effect whose paper direction is positive.
-
-    Reproduced when the interval's lower end is above zero (and above ``control``, the size of the same
-    difference by chance, when one is given); not reproduced when the upper end is below zero; otherwise
-    not decidable at this scale.
-    """
+def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB") -> Verdict:
+    """A claim whose paper direction is positive, tested by its effect's p-value (status settled by
+    :func:`adjust_verdicts`; until then by the raw interval)."""
     text = f"{what} = {effect.describe(unit)}"
-    if control is not None and np.isfinite(control):
-        text += f"; {control_what} {control:.3g} {unit}".rstrip()
     if effect.n < 2 or not np.isfinite(effect.lower):
-        return Verdict(claim, "not decidable at this scale", text + " (needs at least 2 seeds for an interval)")
-    floor = max(0.0, control) if control is not None and np.isfinite(control) else 0.0
-    if effect.lower > floor:
-        return Verdict(claim, "reproduced", text)
-    if effect.upper < 0:
-        return Verdict(claim, "not reproduced", text + " (the opposite direction)")
-    reason = "the interval includes zero" if effect.lower <= 0 else "the effect does not exceed the control"
-    return Verdict(claim, "not decidable at this scale", f"{text} ({reason})")
+        return Verdict(claim, UNDECIDABLE, text + " (needs more seeds for an interval)", effect, tested=False, unit=unit)
+    status = "reproduced" if effect.lower > 0 else "not reproduced" if effect.upper < 0 else UNDECIDABLE
+    return Verdict(claim, status, text, effect, unit=unit)
+
+
+def undecidable(claim: str, effect: Effect | None, reason: str, *, what: str = "", unit: str = "dB") -> Verdict:
+    """A claim left untested because a precondition failed: ``reason`` says which, the effect is shown."""
+    text = reason if effect is None or not what else f"{reason}; {what} = {effect.describe(unit)}"
+    return Verdict(claim, UNDECIDABLE, text, effect, tested=False, unit=unit)
+
+
+def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
+    """Holm over the tested claims: a claim is decided (reproduced / not reproduced, by the sign of its
+    effect) only when its adjusted p is at most ``alpha``; the others become not decidable, saying why."""
+    p = np.array([v.p if v.tested else np.nan for v in verdicts], dtype=np.float64)
+    adj = holm(p)
+    m = int(np.isfinite(p).sum())
+    out = []
+    for v, a in zip(verdicts, adj):
+        if not v.tested or not np.isfinite(a):
+            out.append(replace(v, p_adjusted=float("nan")))
+            continue
+        evidence = v.evidence
+        if a <= alpha:
+            status = "reproduced" if v.effect.mean > 0 else "not reproduced"
+            if status == "not reproduced":
+                evidence += " (the opposite direction)"
+        else:
+            status = UNDECIDABLE
+            evidence += (" (the interval includes zero)" if v.effect.lower <= 0 <= v.effect.upper else
+                         f" (not significant after Holm's correction over the {m} claims tested)")
+        out.append(replace(v, status=status, evidence=evidence, p_adjusted=float(a)))
+    return out
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """claim, status, effect, lower, upper, unit, n, method, p, p_holm, tested, evidence."""
+    return pd.DataFrame([{
+        "claim": v.claim, "status": v.status,
+        "effect": v.effect.mean if v.effect else float("nan"),
+        "lower": v.effect.lower if v.effect else float("nan"),
+        "upper": v.effect.upper if v.effect else float("nan"),
+        "unit": v.unit, "n": v.effect.n if v.effect else 0, "method": v.effect.method if v.effect else "",
+        "p": v.p, "p_holm": v.p_adjusted, "tested": v.tested, "evidence": v.evidence} for v in verdicts])

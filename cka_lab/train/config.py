@@ -3,7 +3,7 @@
 A config file has these sections (every key is optional except ``model.arch``; the defaults are the
 official EDT training settings)::
 
-    [run]       name, out, seed, device, amp, precision, compile, threads, processes
+    [run]       name, out, seed, init_seed, data_seed, device, amp, precision, compile, threads, processes
     [model]     arch = "SRx2_EDTT", then any EDTConfig field to override (drop_path_rate, upsampler, ...)
     [data]      root, patch_size, augment, num_workers, sr, dn, dr
     [val]       every, sr, dn, dr, max_images, crop
@@ -75,17 +75,33 @@ class RunConfig:
     (0: torch's default, or cores / processes under DDP on CPU). ``processes``: on a CPU, the DDP
     ranks ``cka-lab train`` starts itself (0: one per core when the batch divides evenly; see
     :mod:`cka_lab.train.cpu_ranks`).
+
+    Seeds: ``init_seed`` seeds the initial weights and the training-time RNGs (drop-path masks);
+    ``data_seed`` seeds the batches (which patches, their augmentation and noise, in which order). Each
+    defaults to ``seed``, so a config that gives only ``seed`` behaves as before. Two runs share their
+    initialisation exactly when their init seeds are equal (and their architectures draw the same
+    weights), and their batch order when their data seeds are equal (and their data is the same).
     """
 
     name: str = ""
     out: Path | None = None
     seed: int = 0
+    init_seed: int | None = None
+    data_seed: int | None = None
     device: str = "auto"
     amp: bool = True
     precision: str = "auto"
     compile: bool = False
     threads: int = 0
     processes: int = 0
+
+    def resolved_init_seed(self) -> int:
+        """The seed of the initial weights and the training RNGs: ``init_seed``, else ``seed``."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    def resolved_data_seed(self) -> int:
+        """The seed of the batch order: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 @dataclass(frozen=True)
@@ -481,6 +497,8 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         ("run.threads", cfg.run.threads, 0),
         ("run.processes", cfg.run.processes, 0),
         ("run.seed", cfg.run.seed, 0),
+        ("run.init_seed", cfg.run.resolved_init_seed(), 0),
+        ("run.data_seed", cfg.run.resolved_data_seed(), 0),
     ):
         if value < low:
             raise CkaLabError(f"{where}: {key} must be >= {low}, got {value}")

@@ -212,7 +212,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg, env = self.cfg, self.env
         self._on_main(self._check_out)
-        seed_everything(cfg.run.seed + env.rank)
+        seed_everything(cfg.run.resolved_init_seed() + env.rank)
         model = build_model(cfg)
         resume_ckpt = None
         if self.resume:
@@ -255,7 +255,7 @@ class _Trainer:
             if len(rngs) == env.world_size:
                 restore_rng(rngs[env.rank])
             else:
-                seed_everything(cfg.run.seed + 7919 * start + env.rank)
+                seed_everything(cfg.run.resolved_init_seed() + 7919 * start + env.rank)
                 if env.is_main:
                     say(f"note: the checkpoint was written by {len(rngs)} processes, this run has {env.world_size}: "
                         "RNG states reseeded (drop-path masks differ from an uninterrupted run)")
@@ -302,7 +302,7 @@ class _Trainer:
             if env.is_main:
                 say(f"nothing to do: the run is at iteration {start}, the end is {self.end}")
             return result
-        batches = StepBatches(data.sets, self.batch, cfg.run.seed, env.rank)
+        batches = StepBatches(data.sets, self.batch, cfg.run.resolved_data_seed(), env.rank)
         loader = step_loader(batches, start, self.end, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         result = self._loop(net, model, optimizer, scheduler, scaler, loader, start, val, train_log, val_log)
         return result

@@ -48,7 +48,9 @@ def test_the_plan_shares_pretrainings_and_gives_finetunes_the_scratch_budget():
     assert runs["g25-unrelated-s1"].init == "pre-x2g25-s1" and runs["g25-unrelated-s1"].drop == ("x2",)
     assert runs["x2-related-s0"].drop == ("x3", "x4")
     for name, r in runs.items():
-        if r.kind != "pretrain":
+        if r.condition == "scratch-long":
+            assert r.iterations == 7 + 5, name  # added: from scratch for pre-training + fine-tuning
+        elif r.kind != "pretrain":
             assert r.iterations == 5, name  # a fine-tune gets exactly the scratch budget
         else:
             assert r.iterations == 7
@@ -56,7 +58,7 @@ def test_the_plan_shares_pretrainings_and_gives_finetunes_the_scratch_budget():
     for r in plan_runs(spec):
         for d in r.depends:
             assert order.index(d) < order.index(r.name)
-    assert len(runs) == 10 + 2 * 2 * 4
+    assert len(runs) == 10 + 2 * 2 * 5
 
 
 def test_every_sr_model_of_a_study_shares_one_upsampler(tmp_path):
@@ -74,8 +76,8 @@ def test_every_sr_model_of_a_study_shares_one_upsampler(tmp_path):
 
 def test_contrast_plan_has_pretrain_seed_and_task_contrasts():
     kinds = [p.kind for p in plan_contrasts(parse_study(BASE))]
-    assert kinds.count("pretrain") == 2 * 2 * 3  # targets x seeds x pre-trained conditions
-    assert kinds.count("seed") == 2 * 4  # targets x conditions, seeds 0 vs 1
+    assert kinds.count("pretrain") == 2 * 2 * 4  # targets x seeds x (pre-trained conditions + scratch-long)
+    assert kinds.count("seed") == 2 * 1  # targets x pairs of seeds, scratch condition
     assert kinds.count("task") == 2  # SR vs DN per seed
 
 

@@ -15,7 +15,7 @@ from cka_lab.study import load_study, preset_path
 from cka_lab.study.contrasts import plan_contrasts
 from cka_lab.study.plan import plan_runs
 
-TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims")
+TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims", "baselines", "design")
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,29 @@ def test_every_run_evaluation_contrast_and_the_pdf(finished):
         assert (finished / "tables" / f"{name}.csv").is_file()
     claims = pd.read_csv(finished / "tables" / "claims.csv")
     assert set(claims.status) <= {"reproduced", "not reproduced", "not decidable at this scale"}
-    assert len(claims) >= 4
+    assert len(claims) >= 4 and {"p", "p_holm", "effect", "lower", "upper", "tested"} <= set(claims.columns)
+    # the trivial baselines, on the models' own evaluation images, in the score tables
+    base = pd.read_csv(finished / "tables" / "baselines.csv")
+    assert sorted(base.baseline) == ["bicubic", "blur", "noisy"]
+    scores = pd.read_csv(finished / "tables" / "scores.csv")
+    assert (scores.over_baseline == scores.psnr - scores.baseline_psnr).all()
+    summary = pd.read_csv(finished / "tables" / "score_summary.csv")
+    assert "baseline: bicubic" in set(summary.condition)
+    # equal compute and the data overlap, named
+    design = pd.read_csv(finished / "tables" / "design.csv").set_index(["target", "condition"])
+    assert design.loc[("x2", "scratch-long"), "steps"] == design.loc[("x2", "related"), "steps"]
+    assert design.loc[("x2", "scratch-long"), "patches"] >= design.loc[("x2", "related"), "patches"]
+    assert design.loc[("x2", "related"), "pretrain_includes_target_data"] == "sr/Set14/HR/original"
+    assert "scratch-long" in set(pd.read_csv(finished / "tables" / "gains.csv").condition)
     pdfium = pytest.importorskip("pypdfium2")
     pdf = pdfium.PdfDocument(str(finished / "report.pdf"))
     assert len(pdf) >= 8
     first = pdf[0].get_textpage().get_text_range()
     assert "Hardware: CPU only" in first and "tiny" in first
+    assert "INCLUDES the target's training set" in first and "bicubic" in first
     claims_page = pdf[1].get_textpage().get_text_range()
     assert "NOT DECIDABLE AT THIS SCALE" in claims_page or "REPRODUCED" in claims_page
+    assert "Holm" in pdf[2].get_textpage().get_text_range()
 
 
 def test_a_killed_study_resumes_to_the_same_tables(study_env, finished, tmp_path):
