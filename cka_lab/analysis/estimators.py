@@ -13,8 +13,9 @@ difference between two maps needs.
   (:func:`~cka_lab.metrics.cka.plan_passes`) splits the keys into groups whose features fit the memory
   budget next to all N x N Grams; each group is one pass over the same crops through a
   :class:`~cka_lab.metrics.cka.FullBatchCKA` (features gathered over ranks under torchrun). The centred
-  Grams then give the estimate, the delete-a-group jackknife (:func:`deleted_group_inner`) and the two
-  half-draw maps (the Grams of the even and odd units, re-centred).
+  Grams then give the estimate, the delete-a-group jackknife of the *debiased* CKA of the same crops
+  (:func:`deleted_group_unbiased`: intervals that cover at D >= N) and the two half-draw maps (the
+  Grams of the even and odd units, re-centred).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cka_lab.metrics.cka import (
     LayerGrams,
     MinibatchCKA,
     deleted_group_inner,
+    deleted_group_unbiased,
     group_bounds,
     is_constant,
     plan_passes,
@@ -79,7 +81,9 @@ class KeyedEstimate:
 
     Attributes:
         estimate: (L, L) float64 CKA.
-        replicates: (G, L, L) float64 leave-one-unit (or group) out replicates, or None (G < 2).
+        replicates: (G, L, L) float64 leave-one-unit (or group) out replicates, or None (G < 2); for
+            biased-full the replicates of the debiased CKA (``interval_estimate``), whose intervals cover
+            at feature dimensions D >= N where the biased estimate's do not.
         halves: two (L, L) maps of the even and the odd units (disjoint crops), or None.
         n_samples, n_units: crops, and jackknife units/groups.
         unit: the resampling unit in words; constant: keys flagged constant; passes: passes made.
@@ -94,6 +98,12 @@ class KeyedEstimate:
     unit: str
     constant: list[str]
     passes: int = 1
+    interval_estimate: np.ndarray | None = None  # (L, L) what the replicates estimate, when not ``estimate``
+
+    @property
+    def centre_estimate(self) -> np.ndarray:
+        """The (L, L) estimate the jackknife replicates belong to: the debiased CKA for biased-full."""
+        return self.estimate if self.interval_estimate is None else self.interval_estimate
 
 
 class UnitCKA:
@@ -189,12 +199,17 @@ def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapp
     dead = is_constant(store.square, store.centred)
     const = [k for k, d in zip(keys, dead.tolist()) if d]
     bounds = group_bounds(n, n_groups)
-    full, deleted = deleted_group_inner(store.grams, store.grams, bounds)
+    full, _ = deleted_group_inner(store.grams, store.grams, [(0, n)])
     estimate = _ratio(full, full.diagonal(), full.diagonal(), dead)
-    replicates = None
-    if len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 2:
-        selfs = deleted.diagonal(dim1=-2, dim2=-1)  # (G, L)
-        replicates = _ratio(deleted, selfs, selfs, dead)
+    replicates = debiased = None
+    if len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 4:
+        # intervals from the debiased CKA of the same crops (see cka_lab.metrics.cka_full): the biased
+        # estimate's jackknife does not cover at feature dimensions D >= N
+        u_full, u_deleted = deleted_group_unbiased(store.grams, store.grams, bounds)
+        debiased = _ratio(u_full, u_full.diagonal(), u_full.diagonal(), dead).cpu().numpy()
+        selfs = u_deleted.diagonal(dim1=-2, dim2=-1)  # (G, L)
+        replicates = _ratio(u_deleted, selfs, selfs, dead)
     halves = _half_maps(store, n, unit_size, dead) if n >= 4 * unit_size else None
     return KeyedEstimate(keys, estimate.cpu().numpy(), replicates, halves, n, len(bounds),
-                         f"jackknife group of {max(e - s for s, e in bounds)} crops", const, len(plan))
+                         f"jackknife group of {max(e - s for s, e in bounds)} crops", const, len(plan),
+                         interval_estimate=debiased)

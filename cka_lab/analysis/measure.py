@@ -23,7 +23,7 @@ from cka_lab.features import FeatureExtractor
 from cka_lab.features.layersets import resolve_layer_spec
 from cka_lab.metrics.attention import AttentionDistance, attention_modules
 
-from .controls import paired_jackknife, probe_draw_control
+from .controls import paired_jackknife, paired_p_values, probe_draw_control, same_layer_mean_interval
 from .estimators import UnitCKA, full_keyed_cka, resolve_unit_size
 from .probing import IndexedBatch, ProbedModel, ProbeSequence, progress_enabled, shard_batches
 from .spec import AnalysisSpec
@@ -64,6 +64,9 @@ class Measurement:
     attention_b: pd.DataFrame | None = None
     stages_a: pd.DataFrame | None = None  # stage tables with intervals (AttentionDistance.summary())
     stages_b: pd.DataFrame | None = None
+    difference_p: np.ndarray | None = None  # (L, L) raw jackknife-t p of aa - bb (same layer count only)
+    difference_centre: np.ndarray | None = None  # (L, L) aa - bb of the estimate the interval is built on
+    same_layer: tuple[float, float, float] | None = None  # mean of diag(ab), its interval from paired replicates
 
     @property
     def a(self) -> list[int]:
@@ -188,12 +191,19 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
     ia, ib = list(range(len(layers[0]))), list(range(len(layers[0]), len(keys)))
     blocks = [(ia, ia), (ib, ib), (ia, ib)]
     same = len(ia) == len(ib)
-    cis, dcis = paired_jackknife(est.estimate, est.replicates, blocks, [(0, 1)] if same else [], level=spec.confidence)
+    centre = est.centre_estimate  # biased-full: the debiased CKA, whose jackknife covers at D >= N
+    diffs = [(0, 1)] if same else []
+    cis, dcis = paired_jackknife(centre, est.replicates, blocks, diffs, level=spec.confidence)
+    pvals = paired_p_values(centre, est.replicates, blocks, diffs)
     control_a = probe_draw_control(est.halves, ia, ia) if controls else None
     control_b = probe_draw_control(est.halves, ib, ib) if controls else None
     return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, est.unit,
                        dict(zip(("aa", "bb", "ab"), cis)), dcis[0] if same else None, control_a, control_b,
-                       est.constant, est.passes, *att)
+                       est.constant, est.passes, *att,
+                       difference_p=pvals[0] if same else None,
+                       difference_centre=(centre[np.ix_(ia, ia)] - centre[np.ix_(ib, ib)]) if same else None,
+                       same_layer=same_layer_mean_interval(centre, est.replicates, ia, ib, level=spec.confidence)
+                       if same else None)
 
 
 @torch.inference_mode()
