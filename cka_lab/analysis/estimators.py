@@ -44,8 +44,8 @@ from cka_lab.metrics.cka import (
     plan_passes,
 )
 
-__all__ = ["ESTIMATORS", "DEFAULT_UNIT_SIZE", "FULL_GROUPS", "KeyedEstimate", "UnitCKA", "full_keyed_cka",
-           "resolve_unit_size"]
+__all__ = ["ESTIMATORS", "DEFAULT_UNIT_SIZE", "FULL_GROUPS", "KeyedEstimate", "UnitCKA", "check_units_hold_whole_images",
+           "full_keyed_cka", "image_groups", "resolve_unit_size"]
 
 FULL_GROUPS = 32
 """Jackknife groups of crops for biased-full (the metrics package's default)."""
@@ -66,6 +66,30 @@ def resolve_unit_size(unit_size: int | None, batch_size: int, n_samples: int) ->
         raise CkaLabError(f"--n-samples {n_samples} leaves a last unit of {rest} crops (< {MIN_BATCH}): "
                           f"use a multiple of {unit}")
     return unit
+
+
+def image_groups(images: np.ndarray, n_groups: int = FULL_GROUPS) -> list[tuple[int, int]]:
+    """Jackknife groups of whole images: ``images`` (N,) the image of each crop, crops of one image
+    consecutive -> ``min(n_groups, n_images)`` contiguous (start, stop) crop ranges of near-equal numbers
+    of images."""
+    images = np.asarray(images)
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])  # first crop of each image
+    if len(np.unique(images)) != len(starts):
+        raise CkaLabError("the crops of one image must be consecutive to group the jackknife by image")
+    edges = [starts[i] for i, _ in group_bounds(len(starts), n_groups)] + [len(images)]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def check_units_hold_whole_images(images: np.ndarray, unit_size: int) -> None:
+    """Refuse (one line) units of ``unit_size`` consecutive crops that split an image's crops between two
+    units: the jackknife over units would then not be a resampling of images."""
+    images = np.asarray(images)
+    units = np.arange(len(images)) // unit_size
+    for img in np.unique(images):
+        if len(np.unique(units[images == img])) > 1:
+            per = int((images == img).sum())
+            raise CkaLabError(f"a resampling unit of {unit_size} crops splits the {per} crops of one probe image "
+                              f"between two units: use --unit-size a multiple of {per}, or fewer --n-samples")
 
 
 def _ratio(xy: Tensor, xx: Tensor, yy: Tensor, dead: Tensor) -> Tensor:
@@ -168,7 +192,7 @@ def _half_maps(grams: LayerGrams, n: int, unit: int, dead: Tensor) -> tuple[np.n
 def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapping[str, Tensor]]], *,
                    n_samples: int, feature_numel: Mapping[str, int], unit_size: int,
                    max_bytes: int = DEFAULT_MAX_BYTES, distributed: bool = False,
-                   n_groups: int = FULL_GROUPS) -> KeyedEstimate:
+                   n_groups: int = FULL_GROUPS, bounds: Sequence[tuple[int, int]] | None = None) -> KeyedEstimate:
     """Exact biased full-batch linear CKA between every pair of ``keys``, in as few passes as fit.
 
     ``run(group)`` makes one full pass over the same probe crops in the same order, with hooks on the
@@ -198,7 +222,7 @@ def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapp
         del grams
     dead = is_constant(store.square, store.centred)
     const = [k for k, d in zip(keys, dead.tolist()) if d]
-    bounds = group_bounds(n, n_groups)
+    bounds = group_bounds(n, n_groups) if bounds is None else [(int(a), int(b)) for a, b in bounds]
     full, _ = deleted_group_inner(store.grams, store.grams, [(0, n)])
     estimate = _ratio(full, full.diagonal(), full.diagonal(), dead)
     replicates = debiased = None

@@ -85,11 +85,14 @@ def full_intervals(k: torch.Tensor, l: torch.Tensor, groups: int = 32, debiased:
     n = k.shape[-1]
     bounds = group_bounds(n, groups)
     pieces = deleted_group_unbiased if debiased else deleted_group_inner
-    (kl, kl_d), (kk, kk_d), (ll, ll_d) = (pieces(p, q, bounds) for p, q in ((k, l), (k, k), (l, l)))
     diag = lambda t: t.diagonal(dim1=-2, dim2=-1)  # noqa: E731 -- the pair (x_r, y_r) of each draw
-    est = diag(kl) / (diag(kk) * diag(ll)).sqrt()
-    reps = diag(kl_d) / (diag(kk_d) * diag(ll_d)).sqrt()
-    low, high, _ = jackknife_interval(est, reps)
+    est, reps = [], []
+    for s in range(0, k.shape[0], 8):  # 8 draws as 8 layers a time: the cross terms of all pairs are 8 x 8
+        kk_, ll_ = k[s:s + 8], l[s:s + 8]
+        (kl, kl_d), (kk, kk_d), (ll, ll_d) = (pieces(p, q, bounds) for p, q in ((kk_, ll_), (kk_, kk_), (ll_, ll_)))
+        est.append(diag(kl) / (diag(kk) * diag(ll)).sqrt())
+        reps.append(diag(kl_d) / (diag(kk_d) * diag(ll_d)).sqrt())
+    low, high, _ = jackknife_interval(torch.cat(est), torch.cat(reps, 1))
     return low, high
 
 
