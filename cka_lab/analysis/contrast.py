@@ -65,6 +65,9 @@ class Contrast:
     control_b: np.ndarray | None = None
     seed_control: np.ndarray | None = None  # |CKA(seed s) - CKA(seed s')| of a seed pair, (L, L)
     seed_control_label: str = ""
+    difference_p: np.ndarray | None = None  # (L, L) raw two-sided jackknife-t p of each cell of the difference
+    difference_centre: np.ndarray | None = None  # (L, L) the difference the interval is built on (biased-full: debiased)
+    same_layer_interval: tuple[float, float, float] | None = None  # mean same-layer cross CKA, lower, upper
 
     @property
     def protocol(self) -> str:
@@ -75,12 +78,19 @@ class Contrast:
         """The controls a difference must clear, per cell: probe-draw of A and of B, seed-to-seed."""
         return [c for c in (self.control_a, self.control_b, self.seed_control) if c is not None]
 
-    def difference_decision(self) -> Decision:
-        """Cells of ``difference`` above their interval and every control (see :func:`decide`)."""
-        d = self.difference
+    def difference_decision(self, min_effect: float | None = None) -> Decision:
+        """Cells of the difference that are stated (see :func:`~cka_lab.analysis.controls.decide`):
+        Benjamini-Hochberg adjusted p over the cells above the diagonal below ``1 - confidence``,
+        ``|Δ| >= min_effect`` (default ``spec.min_effect``) and above every control; nothing with fewer
+        than :data:`MIN_UNITS` resampling units. For biased-full the tested difference is that of the
+        debiased maps (``difference_centre``), on which its interval is built."""
+        d = self.difference if self.difference_centre is None else self.difference_centre
         low = self.difference_low if self.difference_low is not None else np.full_like(d, np.nan)
         high = self.difference_high if self.difference_high is not None else np.full_like(d, np.nan)
-        dec = decide(d, low, high, self.controls())
+        p = self.difference_p  # None (a contrast built by hand): the interval must exclude 0, no correction
+        floor = self.spec.min_effect if min_effect is None else float(min_effect)
+        dec = decide(d, low, high, self.controls(), p=p, min_effect=floor, alpha=1 - self.spec.confidence,
+                     symmetric=True)
         if self.cross.n_units < MIN_UNITS:  # too few units for an interval to mean anything
             dec.stated[...] = False
         return dec
@@ -156,26 +166,55 @@ class Contrast:
         return out
 
     def difference_effect(self) -> dict:
-        """The decision on the difference map, in numbers: how many cells are stated and the strongest
-        (with interval and control), or the largest |difference| and why it is not decidable."""
+        """The decision on the difference map, in numbers: how many cells are tested and stated (after
+        Benjamini-Hochberg and the ``min_effect`` floor), the median |Δ| of the stated cells, and the
+        largest stated cell -- flagged ``selected``: it is quoted because it is the largest, so its size
+        is biased upward -- with raw and adjusted p, interval and control; or, when nothing is stated,
+        the largest |difference| and why it is not decidable."""
         dec = self.difference_decision()
         names = [short_layer_name(n) for n in self.within_a.layers_a]
-        off = ~np.eye(len(names), dtype=bool)
-        stated = dec.stated & off
-        out = {"stated_cells": int(stated.sum()), "cells": int(off.sum()), "n_units": self.cross.n_units,
-               "min_units": MIN_UNITS}
+        upper = np.triu(np.ones((len(names), len(names)), dtype=bool), k=1)
+        stated = dec.stated & upper
+        out = {"stated_cells": int(stated.sum()), "tested_cells": int(dec.family), "cells": int(upper.sum()),
+               "n_units": self.cross.n_units, "min_units": MIN_UNITS, "min_effect": dec.min_effect,
+               "fdr": dec.alpha, "correction": "Benjamini-Hochberg over the cells above the diagonal",
+               "effect_kind": "debiased CKA difference" if self.difference_centre is not None
+               and self.spec.estimator == "biased-full" else "CKA difference"}
+        out["median_abs_stated"] = float(np.median(np.abs(dec.effect[stated]))) if stated.any() else None
         if stated.any():
             idx = np.unravel_index(np.argmax(np.where(stated, np.abs(dec.effect), -np.inf)), stated.shape)
             out["decidable"] = True
         else:
-            mag = np.where(off & np.isfinite(dec.effect), np.abs(dec.effect), -np.inf)
+            mag = np.where(upper & np.isfinite(dec.effect), np.abs(dec.effect), -np.inf)
             idx = np.unravel_index(np.argmax(mag), mag.shape)
             out["decidable"] = False
         i, j = (int(k) for k in idx)
+
+        def num(a, k=(i, j)):
+            return float(a[k]) if a is not None and np.isfinite(a[k]) else None
+
         out.update({"layer_i": names[i], "layer_j": names[j], "difference": float(dec.effect[i, j]),
                     "low": float(dec.low[i, j]), "high": float(dec.high[i, j]),
-                    "control": float(dec.control[i, j]) if np.isfinite(dec.control[i, j]) else None})
+                    "p": num(dec.p), "p_adjusted": num(dec.q),
+                    "control": float(dec.control[i, j]) if np.isfinite(dec.control[i, j]) else None,
+                    "selected": True,
+                    "selection": "the largest |difference| of the " + ("stated" if stated.any() else "tested")
+                    + " cells: chosen because it is largest, so its size is biased upward (winner's curse)"})
         return out
+
+    def difference_table(self) -> pd.DataFrame:
+        """One row per cell above the diagonal: layer_i, layer_j, difference, low, high, p, p_adjusted
+        (Benjamini-Hochberg over these rows), control, stated -- raw and adjusted p side by side."""
+        dec = self.difference_decision()
+        names = [short_layer_name(n) for n in self.within_a.layers_a]
+        i, j = np.triu_indices(len(names), k=1)
+        nan = np.full(dec.effect.shape, np.nan)
+        return pd.DataFrame({
+            "layer_i": np.asarray(names, dtype=object)[i], "layer_j": np.asarray(names, dtype=object)[j],
+            "difference": dec.effect[i, j], "low": np.asarray(dec.low)[i, j], "high": np.asarray(dec.high)[i, j],
+            "p": (nan if dec.p is None else dec.p)[i, j], "p_adjusted": (nan if dec.q is None else dec.q)[i, j],
+            "control": dec.control[i, j], "stated": dec.stated[i, j],
+        })
 
     def summary(self) -> dict:
         """Headline numbers for a report or a JSON file (protocol and controls included)."""
@@ -202,6 +241,9 @@ class Contrast:
         }
         if self.cross.same_layers:
             out["mean_cross_same_layer_cka"] = float(np.nanmean(np.diag(self.cross.matrix)))
+            if self.same_layer_interval is not None:
+                _, low, high = self.same_layer_interval
+                out["mean_cross_same_layer_interval"] = [low, high]
         out["controls"] = self.control_summary()
         if self.comparable:
             d = self.difference
@@ -315,6 +357,9 @@ def contrast_models(
         difference_high=high,
         control_a=m.control_a,
         control_b=m.control_b,
+        difference_p=m.difference_p,
+        difference_centre=m.difference_centre,
+        same_layer_interval=m.same_layer,
     )
 
 

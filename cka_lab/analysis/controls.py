@@ -13,8 +13,14 @@ Everything here works on numbers the estimators already produced, so it costs no
 * **Seed-to-seed control** -- where two checkpoints differ only in their training seed
   (:func:`seed_pair`), ``|CKA(seed s) - CKA(seed s')|`` is how much a map moves by training noise alone.
 
-A finding states an effect only where it exceeds both: its interval excludes zero *and* its size is
-above every available control at that cell (:func:`decide`); otherwise "not decidable at this scale".
+A finding states a cell only where all of these hold (:func:`decide`): its Benjamini-Hochberg adjusted
+p-value over the cells of the heatmap is below ``1 - level`` (the raw p-value is the jackknife-t test of
+the same interval: ``p < 1 - level`` exactly where the interval excludes zero), its size is at least
+``min_effect`` (default :data:`MIN_EFFECT` = 0.01 CKA), and it is above every available control at that
+cell; otherwise "not decidable at this scale". The family of a difference map is its cells above the
+diagonal (the map is symmetric; the diagonal is 0 by construction), so an L x L map is
+L(L-1)/2 tests. The largest stated cell is a *selected* cell: its size is biased upward by the
+selection (the winner's curse), and the outputs say so.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cka_lab.metrics.cka import jackknife_interval
+from cka_lab.metrics.cka import jackknife_interval, jackknife_p_value
+from cka_lab.metrics.multiplicity import benjamini_hochberg
 
 __all__ = [
     "Decision",
+    "MIN_EFFECT",
     "MIN_UNITS",
     "decide",
     "paired_jackknife",
+    "paired_p_values",
+    "same_layer_mean_interval",
     "probe_draw_control",
     "config_key",
     "seed_pair",
@@ -42,6 +52,10 @@ __all__ = [
 
 MIN_UNITS = 8
 """Fewest resampling units (jackknife units or groups) for which a finding is stated at all."""
+
+MIN_EFFECT = 0.01
+"""Smallest |difference of CKA| ever stated (``--min-effect``): below it a cell is not a finding, however
+small its p-value (saturated body CKA near 1.0000 gives differences of 1e-5 with tiny intervals)."""
 
 
 def paired_jackknife(estimate: np.ndarray, replicates: Tensor | None,
@@ -83,6 +97,47 @@ def paired_jackknife(estimate: np.ndarray, replicates: Tensor | None,
     return out_blocks, out_diffs
 
 
+def paired_p_values(estimate: np.ndarray, replicates: Tensor | None,
+                    blocks: Sequence[tuple[Sequence[int], Sequence[int]]],
+                    differences: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Two-sided jackknife-t p-values (H0: no difference) of each cell of ``block k - block m``, from the
+    same paired replicates as :func:`paired_jackknife` (``p < 1 - level`` exactly where its interval
+    excludes 0); NaN arrays without replicates."""
+    est = torch.as_tensor(np.asarray(estimate, dtype=np.float64))
+    out = []
+    for k, m in differences:
+        (rk, ck), (rm, cm) = blocks[k], blocks[m]
+        e = est[list(rk)][:, list(ck)] - est[list(rm)][:, list(cm)]
+        if replicates is None or replicates.shape[0] < 2:
+            out.append(np.full(tuple(e.shape), np.nan))
+            continue
+        r = replicates[:, list(rk)][:, :, list(ck)] - replicates[:, list(rm)][:, :, list(cm)]
+        out.append(jackknife_p_value(e, r).numpy())
+    return out
+
+
+def same_layer_mean_interval(estimate: np.ndarray, replicates: Tensor | None, rows: Sequence[int],
+                             cols: Sequence[int], *, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of the diagonal of one square block (e.g. cross-model CKA of each layer with itself) and
+    its jackknife interval, from the paired replicates: each replicate's mean over the diagonal, then the
+    bias-corrected jackknife of that mean (not the average of the per-cell bounds, which is too wide:
+    it ignores that the cells move together but adds their half-widths). NaN cells (constant layers) are
+    left out of every mean. Returns (mean, lower, upper); NaN bounds without replicates."""
+    r, c = list(rows), list(cols)
+    if len(r) != len(c):
+        raise ValueError(f"a same-layer mean needs a square block, got {len(r)} x {len(c)}")
+    est = np.asarray(estimate, dtype=np.float64)[r, c]
+    keep = np.isfinite(est)
+    if not keep.any():
+        return float("nan"), float("nan"), float("nan")
+    mean = float(est[keep].mean())
+    if replicates is None or replicates.shape[0] < 2:
+        return mean, float("nan"), float("nan")
+    reps = replicates[:, r, c][:, torch.as_tensor(keep)].mean(1)  # (G,)
+    low, high, _ = jackknife_interval(torch.tensor(mean, dtype=torch.float64), reps, level)
+    return mean, float(low), float(high)
+
+
 def probe_draw_control(halves: tuple[np.ndarray, np.ndarray] | None, rows: Sequence[int],
                        cols: Sequence[int]) -> np.ndarray | None:
     """``|CKA(first draw) - CKA(second draw)|`` of one block, the two draws being disjoint halves of the
@@ -95,35 +150,74 @@ def probe_draw_control(halves: tuple[np.ndarray, np.ndarray] | None, rows: Seque
 
 @dataclass
 class Decision:
-    """Whether an effect is stated: per cell ``stated`` = interval excludes 0 and |effect| > every control."""
+    """Whether an effect is stated, per cell: adjusted p below ``alpha`` (or, without p-values, the
+    interval excludes 0), ``|effect| >= min_effect`` and ``|effect|`` above every control.
+
+    ``p`` / ``q``: raw and Benjamini-Hochberg adjusted p-values (NaN outside the family: the diagonal and
+    the cells below it of a symmetric map, NaN cells); None when no p-values were given."""
 
     effect: np.ndarray
     low: np.ndarray
     high: np.ndarray
     control: np.ndarray  # the largest control per cell (NaN where none is known)
     stated: np.ndarray  # bool
+    p: np.ndarray | None = None
+    q: np.ndarray | None = None
+    min_effect: float = 0.0
+    alpha: float = 0.05
+    family: int = 0  # number of tests in the BH family
 
     def strongest(self) -> tuple[int, ...] | None:
-        """Index of the largest stated |effect|, or None when nothing is decidable."""
+        """Index of the largest stated |effect|, or None when nothing is decidable. The cell is chosen
+        *because* it is largest: its size is selection-biased (winner's curse)."""
         if not self.stated.any():
             return None
         mag = np.where(self.stated, np.abs(self.effect), -np.inf)
         return tuple(int(i) for i in np.unravel_index(np.argmax(mag), mag.shape))
 
 
-def decide(effect: np.ndarray, low: np.ndarray, high: np.ndarray, controls: Sequence[np.ndarray]) -> Decision:
-    """Cells where ``effect`` exceeds its interval (the interval excludes 0) and every control.
+def decide(effect: np.ndarray, low: np.ndarray, high: np.ndarray, controls: Sequence[np.ndarray], *,
+           p: np.ndarray | None = None, min_effect: float = MIN_EFFECT, alpha: float = 0.05,
+           symmetric: bool = False) -> Decision:
+    """Which cells of ``effect`` are stated (see the module doc).
 
-    A cell without any finite control is never stated: without a control there is no bar to clear.
+    Args:
+        effect, low, high: (L, L) effect and its interval.
+        controls: arrays broadcastable to ``effect``; a cell without any finite control is never stated.
+        p: raw two-sided p-values of the cells (None: the interval must exclude 0, no correction).
+        min_effect: smallest |effect| stated (0 turns the floor off).
+        alpha: the false discovery rate of the Benjamini-Hochberg step (``1 - level``).
+        symmetric: ``effect`` is a symmetric map: the family is the cells above the diagonal, and each
+            cell's adjusted p is mirrored below it.
     """
     effect = np.asarray(effect, dtype=np.float64)
+    if not (np.isfinite(min_effect) and min_effect >= 0):
+        raise ValueError(f"min_effect must be a number >= 0, got {min_effect!r}")
     stack = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), effect.shape) for c in controls]) \
         if controls else np.full((1, *effect.shape), np.nan)
     finite = np.isfinite(stack).any(0)
     control = np.where(finite, np.nanmax(np.where(np.isfinite(stack), stack, -np.inf), axis=0), np.nan)
-    excludes = (np.asarray(low) > 0) | (np.asarray(high) < 0)
-    stated = excludes & finite & (np.abs(effect) > np.where(finite, control, np.inf)) & np.isfinite(effect)
-    return Decision(effect, np.asarray(low), np.asarray(high), control, stated)
+    big = (np.abs(effect) >= min_effect) & (np.abs(effect) > np.where(finite, control, np.inf)) & np.isfinite(effect)
+    q = None
+    family = 0
+    if p is None:
+        significant = (np.asarray(low) > 0) | (np.asarray(high) < 0)
+        p_out = None
+    else:
+        p_out = np.array(p, dtype=np.float64)
+        member = np.isfinite(p_out)
+        if symmetric and effect.ndim == 2 and effect.shape[0] == effect.shape[1]:
+            member &= np.triu(np.ones(effect.shape, dtype=bool), k=1)
+        p_out = np.where(member, p_out, np.nan)
+        q = benjamini_hochberg(p_out)
+        if symmetric and effect.ndim == 2 and effect.shape[0] == effect.shape[1]:
+            p_out = np.where(np.isfinite(p_out), p_out, p_out.T)
+            q = np.where(np.isfinite(q), q, q.T)
+        family = int(member.sum())
+        significant = np.nan_to_num(q, nan=np.inf) <= alpha
+    stated = significant & finite & big
+    return Decision(effect, np.asarray(low), np.asarray(high), control, stated, p_out, q, float(min_effect),
+                    float(alpha), family)
 
 
 _RUN_KEYS_IGNORED = {"seed", "name", "out"}

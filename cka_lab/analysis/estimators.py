@@ -13,8 +13,9 @@ difference between two maps needs.
   (:func:`~cka_lab.metrics.cka.plan_passes`) splits the keys into groups whose features fit the memory
   budget next to all N x N Grams; each group is one pass over the same crops through a
   :class:`~cka_lab.metrics.cka.FullBatchCKA` (features gathered over ranks under torchrun). The centred
-  Grams then give the estimate, the delete-a-group jackknife (:func:`deleted_group_inner`) and the two
-  half-draw maps (the Grams of the even and odd units, re-centred).
+  Grams then give the estimate, the delete-a-group jackknife of the *debiased* CKA of the same crops
+  (:func:`deleted_group_unbiased`: intervals that cover at D >= N) and the two half-draw maps (the
+  Grams of the even and odd units, re-centred).
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from cka_lab.metrics.cka import (
     LayerGrams,
     MinibatchCKA,
     deleted_group_inner,
+    deleted_group_unbiased,
     group_bounds,
     is_constant,
     plan_passes,
 )
 
-__all__ = ["ESTIMATORS", "DEFAULT_UNIT_SIZE", "FULL_GROUPS", "KeyedEstimate", "UnitCKA", "full_keyed_cka",
-           "resolve_unit_size"]
+__all__ = ["ESTIMATORS", "DEFAULT_UNIT_SIZE", "FULL_GROUPS", "KeyedEstimate", "UnitCKA", "check_units_hold_whole_images",
+           "full_keyed_cka", "image_groups", "resolve_unit_size"]
 
 FULL_GROUPS = 32
 """Jackknife groups of crops for biased-full (the metrics package's default)."""
@@ -66,6 +68,30 @@ def resolve_unit_size(unit_size: int | None, batch_size: int, n_samples: int) ->
     return unit
 
 
+def image_groups(images: np.ndarray, n_groups: int = FULL_GROUPS) -> list[tuple[int, int]]:
+    """Jackknife groups of whole images: ``images`` (N,) the image of each crop, crops of one image
+    consecutive -> ``min(n_groups, n_images)`` contiguous (start, stop) crop ranges of near-equal numbers
+    of images."""
+    images = np.asarray(images)
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])  # first crop of each image
+    if len(np.unique(images)) != len(starts):
+        raise CkaLabError("the crops of one image must be consecutive to group the jackknife by image")
+    edges = [starts[i] for i, _ in group_bounds(len(starts), n_groups)] + [len(images)]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def check_units_hold_whole_images(images: np.ndarray, unit_size: int) -> None:
+    """Refuse (one line) units of ``unit_size`` consecutive crops that split an image's crops between two
+    units: the jackknife over units would then not be a resampling of images."""
+    images = np.asarray(images)
+    units = np.arange(len(images)) // unit_size
+    for img in np.unique(images):
+        if len(np.unique(units[images == img])) > 1:
+            per = int((images == img).sum())
+            raise CkaLabError(f"a resampling unit of {unit_size} crops splits the {per} crops of one probe image "
+                              f"between two units: use --unit-size a multiple of {per}, or fewer --n-samples")
+
+
 def _ratio(xy: Tensor, xx: Tensor, yy: Tensor, dead: Tensor) -> Tensor:
     """(..., L, L) inner products and (..., L) self terms -> CKA, NaN for dead (constant) keys."""
     denom = (xx.clamp(min=0).unsqueeze(-1) * yy.clamp(min=0).unsqueeze(-2)).sqrt()
@@ -79,7 +105,9 @@ class KeyedEstimate:
 
     Attributes:
         estimate: (L, L) float64 CKA.
-        replicates: (G, L, L) float64 leave-one-unit (or group) out replicates, or None (G < 2).
+        replicates: (G, L, L) float64 leave-one-unit (or group) out replicates, or None (G < 2); for
+            biased-full the replicates of the debiased CKA (``interval_estimate``), whose intervals cover
+            at feature dimensions D >= N where the biased estimate's do not.
         halves: two (L, L) maps of the even and the odd units (disjoint crops), or None.
         n_samples, n_units: crops, and jackknife units/groups.
         unit: the resampling unit in words; constant: keys flagged constant; passes: passes made.
@@ -94,6 +122,12 @@ class KeyedEstimate:
     unit: str
     constant: list[str]
     passes: int = 1
+    interval_estimate: np.ndarray | None = None  # (L, L) what the replicates estimate, when not ``estimate``
+
+    @property
+    def centre_estimate(self) -> np.ndarray:
+        """The (L, L) estimate the jackknife replicates belong to: the debiased CKA for biased-full."""
+        return self.estimate if self.interval_estimate is None else self.interval_estimate
 
 
 class UnitCKA:
@@ -158,7 +192,7 @@ def _half_maps(grams: LayerGrams, n: int, unit: int, dead: Tensor) -> tuple[np.n
 def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapping[str, Tensor]]], *,
                    n_samples: int, feature_numel: Mapping[str, int], unit_size: int,
                    max_bytes: int = DEFAULT_MAX_BYTES, distributed: bool = False,
-                   n_groups: int = FULL_GROUPS) -> KeyedEstimate:
+                   n_groups: int = FULL_GROUPS, bounds: Sequence[tuple[int, int]] | None = None) -> KeyedEstimate:
     """Exact biased full-batch linear CKA between every pair of ``keys``, in as few passes as fit.
 
     ``run(group)`` makes one full pass over the same probe crops in the same order, with hooks on the
@@ -188,13 +222,18 @@ def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapp
         del grams
     dead = is_constant(store.square, store.centred)
     const = [k for k, d in zip(keys, dead.tolist()) if d]
-    bounds = group_bounds(n, n_groups)
-    full, deleted = deleted_group_inner(store.grams, store.grams, bounds)
+    bounds = group_bounds(n, n_groups) if bounds is None else [(int(a), int(b)) for a, b in bounds]
+    full, _ = deleted_group_inner(store.grams, store.grams, [(0, n)])
     estimate = _ratio(full, full.diagonal(), full.diagonal(), dead)
-    replicates = None
-    if len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 2:
-        selfs = deleted.diagonal(dim1=-2, dim2=-1)  # (G, L)
-        replicates = _ratio(deleted, selfs, selfs, dead)
+    replicates = debiased = None
+    if len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 4:
+        # intervals from the debiased CKA of the same crops (see cka_lab.metrics.cka_full): the biased
+        # estimate's jackknife does not cover at feature dimensions D >= N
+        u_full, u_deleted = deleted_group_unbiased(store.grams, store.grams, bounds)
+        debiased = _ratio(u_full, u_full.diagonal(), u_full.diagonal(), dead).cpu().numpy()
+        selfs = u_deleted.diagonal(dim1=-2, dim2=-1)  # (G, L)
+        replicates = _ratio(u_deleted, selfs, selfs, dead)
     halves = _half_maps(store, n, unit_size, dead) if n >= 4 * unit_size else None
     return KeyedEstimate(keys, estimate.cpu().numpy(), replicates, halves, n, len(bounds),
-                         f"jackknife group of {max(e - s for s, e in bounds)} crops", const, len(plan))
+                         f"jackknife group of {max(e - s for s, e in bounds)} crops", const, len(plan),
+                         interval_estimate=debiased)

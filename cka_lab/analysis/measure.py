@@ -23,9 +23,9 @@ from cka_lab.features import FeatureExtractor
 from cka_lab.features.layersets import resolve_layer_spec
 from cka_lab.metrics.attention import AttentionDistance, attention_modules
 
-from .controls import paired_jackknife, probe_draw_control
-from .estimators import UnitCKA, full_keyed_cka, resolve_unit_size
-from .probing import IndexedBatch, ProbedModel, ProbeSequence, progress_enabled, shard_batches
+from .controls import paired_jackknife, paired_p_values, probe_draw_control, same_layer_mean_interval
+from .estimators import UnitCKA, check_units_hold_whole_images, full_keyed_cka, image_groups, resolve_unit_size
+from .probing import IndexedBatch, ProbedModel, ProbeSequence, crop_images, progress_enabled, resampling_label, shard_batches
 from .spec import AnalysisSpec
 
 __all__ = ["Measurement", "measure", "measure_attention", "distributed_rank"]
@@ -64,6 +64,9 @@ class Measurement:
     attention_b: pd.DataFrame | None = None
     stages_a: pd.DataFrame | None = None  # stage tables with intervals (AttentionDistance.summary())
     stages_b: pd.DataFrame | None = None
+    difference_p: np.ndarray | None = None  # (L, L) raw jackknife-t p of aa - bb (same layer count only)
+    difference_centre: np.ndarray | None = None  # (L, L) aa - bb of the estimate the interval is built on
+    same_layer: tuple[float, float, float] | None = None  # mean of diag(ab), its interval from paired replicates
 
     @property
     def a(self) -> list[int]:
@@ -146,7 +149,10 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
     local = shard_batches(batches, rank, world) if world > 1 else batches
     n_total = _n_crops(batches)
     unit = resolve_unit_size(spec.unit_size, _batch_size(batches), n_total)
+    images = crop_images(batches)  # the image of each crop: the resampling unit is the image
     if spec.estimator == "unbiased-minibatch":
+        if images is not None:
+            check_units_hold_whole_images(images, unit)
         acc = UnitCKA(keys, unit)
         with ExitStack() as stack:
             exts = _feature_extractors(stack, probed, layers, spec.features)
@@ -175,7 +181,8 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
 
         budget = {"max_bytes": spec.max_bytes} if spec.max_bytes else {}
         est = full_keyed_cka(keys, run, n_samples=n_total, feature_numel=numel, unit_size=unit,
-                             distributed=world > 1, **budget)
+                             distributed=world > 1, bounds=image_groups(images) if images is not None else None,
+                             **budget)
         att = [None] * 4
         if attention:
             with ExitStack() as stack:
@@ -188,12 +195,23 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
     ia, ib = list(range(len(layers[0]))), list(range(len(layers[0]), len(keys)))
     blocks = [(ia, ia), (ib, ib), (ia, ib)]
     same = len(ia) == len(ib)
-    cis, dcis = paired_jackknife(est.estimate, est.replicates, blocks, [(0, 1)] if same else [], level=spec.confidence)
+    centre = est.centre_estimate  # biased-full: the debiased CKA, whose jackknife covers at D >= N
+    diffs = [(0, 1)] if same else []
+    cis, dcis = paired_jackknife(centre, est.replicates, blocks, diffs, level=spec.confidence)
+    pvals = paired_p_values(centre, est.replicates, blocks, diffs)
     control_a = probe_draw_control(est.halves, ia, ia) if controls else None
     control_b = probe_draw_control(est.halves, ib, ib) if controls else None
-    return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, est.unit,
+    unit_label = f"{est.unit}; {resampling_label(images, est.n_units, spec.estimator)}"
+    if est.interval_estimate is not None:
+        unit_label += ("; biased-full intervals and tests are of the debiased CKA of the same crops (unbiased "
+                       "HSIC_1): the biased estimate's own jackknife does not cover at feature dimensions >= N")
+    return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, unit_label,
                        dict(zip(("aa", "bb", "ab"), cis)), dcis[0] if same else None, control_a, control_b,
-                       est.constant, est.passes, *att)
+                       est.constant, est.passes, *att,
+                       difference_p=pvals[0] if same else None,
+                       difference_centre=(centre[np.ix_(ia, ia)] - centre[np.ix_(ib, ib)]) if same else None,
+                       same_layer=same_layer_mean_interval(centre, est.replicates, ia, ib, level=spec.confidence)
+                       if same else None)
 
 
 @torch.inference_mode()

@@ -6,9 +6,19 @@ Every probe crop has a global index (its position in the probe plan). What a mod
 ``i`` depends only on the clean crop, the seed, ``i`` and the model's task and patch -- never on the
 batch the crop lands in, the batch size, the batch order or the rank that runs it:
 
-* SR and derain heads get the clean crop (its centre ``patch`` px when the model is probed smaller);
+* every model sees the *whole* clean crop (the same image content), at its own probe size: a crop of
+  C px is brought to a model probed at p < C px by the official MATLAB bicubic ``imresize`` with
+  antialiasing (:func:`cka_lab.data.degrade.imresize`, uint8 in and out, as the official LR files were
+  made). The crops are cut at the largest *region* of the targets: an SR x s head probed at p px covers
+  ``s * p`` px of HR content, any other head p px. So an SR x2 model alone (48 px LR) gets the official
+  bicubic LR of a 96 px HR crop; SR x2 next to EDT-T's denoising head (192 px, body 48 x 48 tokens) gets
+  the 192 px crop downscaled x4 to 48 px, so both bodies see 48 x 48 tokens of the same image content
+  (matched tokens per content);
 * denoising heads (``g<sigma>``) get it plus Gaussian noise from :func:`cka_lab.data.probes.crop_noise`,
-  seeded by ``(seed, i)``.
+  seeded by ``(seed, i)``, added at the model's input size.
+
+The default probe set is the 68 bundled CBSD68 crops (:func:`default_probe_images`), one resampling unit
+per image (:func:`crop_images`).
 """
 
 from __future__ import annotations
@@ -31,7 +41,10 @@ __all__ = [
     "IndexedBatch",
     "ProbedModel",
     "check_patch",
+    "crop_images",
     "default_probe_images",
+    "probe_region",
+    "resampling_label",
     "indexed_batches",
     "model_input",
     "probe_loader",
@@ -44,7 +57,7 @@ __all__ = [
     "training_patch",
 ]
 
-PROBE_LABEL = "bundled probe images (Set5 HR, McMaster crops)"
+PROBE_LABEL = "bundled probe set: 68 CBSD68 crops, 192 px (not in training, not a scored test set)"
 
 
 def progress_enabled() -> bool:
@@ -53,8 +66,36 @@ def progress_enabled() -> bool:
 
 
 def default_probe_images() -> list[Path]:
-    """The images bundled with the package: Set5 HR and McMaster crops (natural, clean content)."""
-    return bundled_images("sr_hr") + bundled_images("clean")
+    """The default probe set: 68 CBSD68 crops of 192 x 192 px bundled with the package
+    (``cka_lab/data/assets/probes_cbsd68``, provenance in its ``PROVENANCE.csv``).
+
+    Why CBSD68: its images are BSDS test images, disjoint from the training data (Sun_Hays80 and the 400
+    BSD training images, ``BSD400_gray``) and from the sets the bundled models and the studies are scored
+    on (Set5, McMaster); 68 distinct natural images give 68 resampling units. (CBSD68 is a denoising test
+    set elsewhere: do not use these probes for a study that scores on CBSD68.)"""
+    return bundled_images("probes")
+
+
+def crop_images(batches) -> np.ndarray | None:
+    """(N,) int: the image index of every crop of a :class:`ProbeSequence` (its probe plan), or None for
+    batches given by hand (each crop is then its own unit)."""
+    if isinstance(batches, ProbeSequence):
+        plan, bs = batches.batches.plan, batches.batches.batch_size
+        return np.asarray([c.image for n in batches.numbers for c in plan[n * bs:(n + 1) * bs]], dtype=np.int64)
+    return None
+
+
+def resampling_label(images: np.ndarray | None, n_units: int, estimator: str) -> str:
+    """What an interval is conditional on, in words, for the outputs."""
+    if images is None:
+        return (f"jackknife over {n_units} units of the given crops; conditional on these crops "
+                "(the population is crops like them)")
+    n_img = len(np.unique(images))
+    per = int(np.bincount(images).max())
+    what = "HSIC units" if estimator == "unbiased-minibatch" else "groups"
+    return (f"jackknife over {n_units} {what} of whole images ({n_img} images, {per} crop(s) each): the "
+            "population is natural images like the probe set; conditional on each image's crop position(s) "
+            "and noise draw")
 
 
 def _sigma(task: str | None) -> float | None:
@@ -67,8 +108,8 @@ def model_input(x: Tensor, task: str | None, *, seed: int, first_index: int = 0,
     """What a head of ``task`` is fed for the clean crops ``x: (B, 3, P, P)`` with global indices
     ``first_index .. first_index + B - 1`` -> ``(B, 3, p, p)``, ``p = patch or P``.
 
-    ``patch < P`` takes the centre ``p x p`` of each crop (a model probed at a smaller size than the
-    shared crops). Denoising tasks add per-crop noise seeded by ``(seed, crop index)``, drawn on the
+    ``patch < P`` brings the whole crop to ``p x p`` by the official bicubic downscaling (MATLAB
+    ``imresize`` with antialiasing, uint8 in and out): every model sees the same image content. Denoising tasks add per-crop noise seeded by ``(seed, crop index)``, drawn on the
     CPU so it is the same on every device.
     """
     size = x.shape[-1]
@@ -76,9 +117,7 @@ def model_input(x: Tensor, task: str | None, *, seed: int, first_index: int = 0,
     if p > size or p < 1:
         raise CkaLabError(f"a model probed at {p} px cannot be fed {size} px crops; use crops of at least {p} px")
     if p < size:
-        top = (x.shape[-2] - p) // 2
-        left = (size - p) // 2
-        x = x[..., top:top + p, left:left + p]
+        x = downscale(x, p)
     sigma = _sigma(task)
     if sigma is None:
         return x
@@ -86,6 +125,32 @@ def model_input(x: Tensor, task: str | None, *, seed: int, first_index: int = 0,
         np.stack([crop_noise(seed, first_index + k, sigma, tuple(x.shape[1:])) for k in range(x.shape[0])])
     )
     return (x.cpu() + noise).to(x.device)
+
+
+def downscale(x: Tensor, p: int) -> Tensor:
+    """Clean crops ``(B, 3, P, P)`` in [0, 1] -> ``(B, 3, p, p)`` by MATLAB bicubic ``imresize(., p / P)``
+    on uint8 (the official LR rounding), on the CPU."""
+    from cka_lab.data.degrade import imresize
+
+    size = x.shape[-1]
+    out = []
+    for img in x.detach().cpu():
+        u8 = np.floor(img.clamp(0, 1).numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+        small = imresize(u8, p / size)[:p, :p]
+        out.append(torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))).to(torch.float32) / 255.0)
+    return torch.stack(out).to(x.device)
+
+
+def probe_region(model: nn.Module, task: str | None, size: int | None) -> int | None:
+    """The px of image content a model probed at ``size`` px covers: ``scale * size`` for an SR head
+    (its input is the LR of an HR crop that large), ``size`` otherwise."""
+    if size is None:
+        return None
+    cfg = getattr(model, "config", None)
+    if cfg is None or task is None:
+        return size
+    head = cfg.head(task)
+    return size * head.out_scale
 
 
 def training_patch(model: nn.Module, task: str | None) -> int | None:
@@ -248,7 +313,8 @@ def prepare_probe(probe, targets: Sequence[tuple[nn.Module, str | None]], batche
         sizes = [probe.patch if probe.patch is not None else None for _ in targets]
         label = "given batches"
     else:
-        known = [s for s in sizes if s is not None]
+        regions = [probe_region(m, t, s) for (m, t), s in zip(targets, sizes)]
+        known = [r for r in regions if r is not None]
         crop = max(known) if known else 48
         sizes = [s if s is not None and s != crop else None for s in sizes]
         loader, label = probe_loader(probe.data, patch=crop, n_samples=probe.n_samples, seed=probe.seed,

@@ -84,6 +84,8 @@ class AnalysisSpec:
         confidence: level of the intervals.
         max_bytes: memory budget of biased-full (features kept + N x N Grams; None: the metrics
             package's 4 GiB). A larger budget means fewer passes over the crops.
+        min_effect: smallest |difference of CKA| a contrast ever states (default 0.01,
+            :data:`~cka_lab.analysis.controls.MIN_EFFECT`; ``--min-effect``).
     """
 
     probe: ProbeSpec = field(default_factory=ProbeSpec)
@@ -95,6 +97,7 @@ class AnalysisSpec:
     unit_size: int | None = None
     confidence: float = 0.95
     max_bytes: int | None = None
+    min_effect: float = 0.01
 
     def __post_init__(self) -> None:
         if not isinstance(self.probe, ProbeSpec):
@@ -121,6 +124,9 @@ class AnalysisSpec:
             _positive("max_bytes", self.max_bytes)
         if not 0 < self.confidence < 1:
             raise CkaLabError(f"confidence must be in (0, 1), got {self.confidence}")
+        if isinstance(self.min_effect, bool) or not isinstance(self.min_effect, (int, float)) \
+                or not 0 <= self.min_effect < 1:
+            raise CkaLabError(f"min_effect (--min-effect) must be a number in [0, 1), got {self.min_effect!r}")
 
     @property
     def layer_set(self) -> str:
@@ -157,6 +163,7 @@ class AnalysisSpec:
             "data": self.probe.data_label,
             "unit_size": self.unit_size,
             "confidence": self.confidence,
+            "min_effect": self.min_effect,
         }
 
     def replace(self, **changes) -> AnalysisSpec:

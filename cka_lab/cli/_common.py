@@ -126,6 +126,9 @@ def add_analysis_args(p: argparse.ArgumentParser, *, n_samples: int = 128) -> No
                    help="memory budget of biased-full in GiB (default 4): features of one pass + all N x N Grams; "
                         "more memory, fewer passes over the crops")
     p.add_argument("--seed", type=int, default=0, help="seed of the crop positions and noise (default 0)")
+    p.add_argument("--min-effect", type=float, default=0.01,
+                   help="smallest |difference of CKA| ever stated (default 0.01); cells are also tested with "
+                        "Benjamini-Hochberg over the heatmap and against the controls")
     add_device_arg(p)
 
 
@@ -140,7 +143,7 @@ def spec_from_args(args: argparse.Namespace, *, attention: bool = False, control
         probe=ProbeSpec(data=args.data, patch=args.patch, n_samples=args.n_samples, seed=args.seed,
                         batch_size=args.batch_size),
         layers=layers, features=args.features, estimator=args.estimator, attention=attention,
-        controls=controls, unit_size=args.unit_size,
+        controls=controls, unit_size=args.unit_size, min_effect=getattr(args, "min_effect", 0.01),
         max_bytes=None if args.max_gib is None else max(1, int(args.max_gib * 2**30)),
     )
 

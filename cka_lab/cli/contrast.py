@@ -150,6 +150,7 @@ def contrast_caption(result) -> str:
 
 def difference_long_table(result):
     """One row per layer pair: the difference, its interval and the controls, and whether it is stated."""
+    import numpy as np
     import pandas as pd
 
     dec = result.difference_decision()
@@ -160,6 +161,8 @@ def difference_long_table(result):
             rows.append({
                 "layer_i": a, "layer_j": b, "cka_a": result.within_a.matrix[i, j], "cka_b": result.within_b.matrix[i, j],
                 "difference": dec.effect[i, j], "low": dec.low[i, j], "high": dec.high[i, j],
+                "p": None if dec.p is None or not np.isfinite(dec.p[i, j]) else float(dec.p[i, j]),
+                "p_adjusted": None if dec.q is None or not np.isfinite(dec.q[i, j]) else float(dec.q[i, j]),
                 "probe_draw_a": None if result.control_a is None else result.control_a[i, j],
                 "probe_draw_b": None if result.control_b is None else result.control_b[i, j],
                 "seed_to_seed": None if result.seed_control is None else result.seed_control[i, j],
@@ -178,8 +181,10 @@ def print_contrast(result) -> None:
     eff = s.get("difference_effect")
     if eff:
         if eff["decidable"]:
-            print(f"  {eff['stated_cells']} of {eff['cells']} layer pairs differ beyond their interval and the controls; "
-                  f"largest at ({eff['layer_i']}, {eff['layer_j']}): {eff['difference']:+.4f}")
+            print(f"  {eff['stated_cells']} of {eff['tested_cells']} layer pairs differ (Benjamini-Hochberg q <= "
+                  f"{eff['fdr']:g}, |diff| >= {eff['min_effect']:g}, above the controls; median |diff| "
+                  f"{eff['median_abs_stated']:.4f}); largest (selected, so biased upward) at ({eff['layer_i']}, "
+                  f"{eff['layer_j']}): {eff['difference']:+.4f}, p {eff['p']:.2g}, adjusted {eff['p_adjusted']:.2g}")
         else:
             print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
     if result.attention_stages_a is not None:

@@ -2,14 +2,19 @@
 
 ``probe_batches(images, patch=48, n_samples=64, seed=0, batch_size=16)`` gives float32 batches
 ``(B, 3, patch, patch)`` in [0, 1] (noisy inputs can leave [0, 1]). The crops depend only on the
-sorted image list, their sizes, ``patch``, ``n_samples`` and ``seed``, not on ``batch_size``: sample
-``i`` comes from image ``i mod n`` (round robin over the images that are large enough, in file-name
-order) at a position drawn from ``numpy.random.default_rng(seed)``. For a denoising task (``g15``,
+sorted image list, their sizes, ``patch``, ``n_samples`` and ``seed``, not on ``batch_size``. They are
+laid out *image by image*: with m usable images (large enough, in file-name order) each image gives
+``c = crops_per_image(n_samples, m)`` consecutive crops (the smallest power of two >= n_samples / m, so
+that ``c`` divides a resampling unit of 8 crops or is a multiple of it), from the first
+``ceil(n_samples / c)`` images, at positions drawn from ``numpy.random.default_rng(seed)``. Crops of one
+image are therefore never split between two resampling units of a multiple of ``c`` crops: the
+resampling unit of the analysis is the image. ``ProbeCrop.image`` is the image's index. For a denoising task (``g15``,
 ``g25``, ``g50``) each crop gets Gaussian noise (``sigma / 255`` std, no clipping) from a generator
 seeded with ``(seed, i)``, so it is the same whatever the batch size.
 
 The package carries its own small images (``cka_lab/data/assets``, see its README for provenance):
-``bundled_images("sr_lr_x2" | "sr_hr" | "clean" | "rain" | "norain")``.
+``bundled_images("sr_lr_x2" | "sr_hr" | "clean" | "rain" | "norain" | "probes")``. ``probes`` (68 CBSD68
+crops, see ``assets/probes_cbsd68/PROVENANCE.csv``) is the default probe set of the analysis.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ BUNDLED_KINDS: dict[str, tuple[str, str]] = {
     "clean": ("clean", "McMaster color test images, 240x240 crops (3 images)"),
     "rain": ("rain", "Rain100L test rain images, 240x240 crops (2 images)"),
     "norain": ("norain", "Rain100L clean backgrounds of the 'rain' images, same crops (2 images)"),
+    "probes": ("probes_cbsd68", "CBSD68 192x192 centre crops (68 images), the default analysis probe set"),
 }
 
 _DENOISE_TASK = re.compile(r"g(\d+)")
@@ -62,6 +68,16 @@ class ProbeCrop:
     top: int
     left: int
     size: int
+    image: int = 0  # index of the image among the images used (the resampling unit of the analysis)
+
+
+def crops_per_image(n_samples: int, n_images: int) -> int:
+    """Crops taken from each image: the smallest power of two >= ``n_samples / n_images`` (1 when there are
+    at least as many images as crops). A power of two divides a unit of 8 crops, or is a multiple of it."""
+    c = 1
+    while c * n_images < n_samples:
+        c *= 2
+    return c
 
 
 def crop_noise(seed: int, index: int, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
@@ -131,12 +147,14 @@ def probe_plan(paths_or_dir: str | Path | Sequence[str | Path], *, patch: int, n
             "use a smaller patch"
         )
     rng = np.random.default_rng(seed)
+    per_image = crops_per_image(n_samples, len(usable))
     plan = []
     for i in range(n_samples):
-        path, (h, w) = usable[i % len(usable)]
+        j = i // per_image
+        path, (h, w) = usable[j]
         top = int(rng.integers(0, h - patch + 1))
         left = int(rng.integers(0, w - patch + 1))
-        plan.append(ProbeCrop(i, path, top, left, patch))
+        plan.append(ProbeCrop(i, path, top, left, patch, j))
     return plan
 
 

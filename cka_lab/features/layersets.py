@@ -9,7 +9,12 @@
   ``...blocks.j``), then the stage output after its global residual (``body.layers.i``), then the tail
   blocks of the task (``tail_<task>.k``; an ``nn.Identity`` placeholder of the one-step upsampler is
   skipped: its output is the upsampler's). For EDT-T (4 stages of 6 blocks, head/tail depth 2) that is
-  4 + 4 x (6 x 2 + 1) + 3 = 59 layers, for SR and for denoising alike.
+  4 + 4 x (6 x 2 + 1) + 3 = 59 layers for SR x2 with the official upsampler and for denoising, and 60
+  for SR x2 with the ``pixelshuffle`` upsampler (one tail block more), which every study model uses.
+
+  Choices of ours where the authors' description is silent: ``body.norm`` (the LayerNorm after the last
+  stage) and ``body.conv_after_body`` (the conv before the body's global residual) are left out -- the
+  description names neither; add them by name (``--layers``) to include them.
 
   The authors compared raw outputs, without normalisation, so the ``paper`` set takes ``output``
   features; ``update`` features (output minus input) are refused for it: the identity taps would give

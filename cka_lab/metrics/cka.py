@@ -26,6 +26,8 @@ from cka_lab.metrics.cka_full import (
     biased_cka_result,
     deleted_group_inner,
     deleted_group_self,
+    deleted_group_unbiased,
+    deleted_group_unbiased_self,
     group_bounds,
 )
 from cka_lab.metrics.cka_functional import (
@@ -50,7 +52,7 @@ from cka_lab.metrics.cka_functional import (
 from cka_lab.metrics.cka_minibatch import MinibatchCKA, minibatch_cka
 from cka_lab.metrics.cka_passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, feature_room, plan_passes
 from cka_lab.metrics.cka_protocol import CKAAccumulator
-from cka_lab.metrics.cka_result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval
+from cka_lab.metrics.cka_result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval, jackknife_p_value
 
 __all__ = [
     "CONSTANT_TOL",
@@ -72,6 +74,8 @@ __all__ = [
     "cka_by_passes",
     "deleted_group_inner",
     "deleted_group_self",
+    "deleted_group_unbiased",
+    "deleted_group_unbiased_self",
     "double_centre",
     "feature_room",
     "full_centred_gram",
@@ -80,6 +84,7 @@ __all__ = [
     "group_bounds",
     "is_constant",
     "jackknife_interval",
+    "jackknife_p_value",
     "linear_cka",
     "minibatch_cka",
     "plan_passes",

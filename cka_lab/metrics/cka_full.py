@@ -10,14 +10,19 @@ process's memory, ``cka_by_passes`` fills the Grams layer group by layer group.
 Memory: ``N · D · itemsize`` bytes of features per layer (566 MB for an EDT-T block at 48 px and
 N = 1024) up to ``max_bytes`` (a one-line error beyond), plus ``L · N² · 8`` bytes of Grams.
 
-Interval: a delete-a-group bias-corrected jackknife over ``n_groups`` contiguous groups of crops (default 32; the
-crops in the order they were added). Each replicate is the biased CKA of the other N - m crops,
-re-centred over them; all replicates come from the Grams in O(La·Lb·N²) (``deleted_group_inner``)
-without recomputing any Gram. The interval is the bias-corrected jackknife interval
-``estimate - bias ± t_{G-1} · se_jack`` for the population CKA (``cka_result.jackknife_interval``);
-the reported estimate stays the paper's biased one, and ``CKAResult.bias`` says how far it is from the
-centre of its interval (1.9 standard deviations for D = 16 Gaussian features at N = 128; see
-``tests/metrics/test_cka_coverage.py``). The cost at N = 1024 and 50 x 50 layers: 4.7 s on one loaded
+Interval: from the *debiased* CKA of the same N crops (the ratio of Song et al.'s unbiased HSIC_1 over
+all N crops, ``deleted_group_unbiased``), not from the biased estimate. The biased estimator's O(D/N)
+bias is not removed by a jackknife bias correction when the feature dimension D is comparable to or
+larger than N: in the linear-Gaussian case of ``tests/metrics/test_cka_coverage.py`` (population CKA
+0.2, N = 128) the bias-corrected jackknife interval of the *biased* CKA covered the truth in 91 % of
+200 draws at D = 16 but 0 % at D = 64, 256 and 4096, while the interval of the debiased CKA covers it
+at every D tested (``COVERAGE.md`` in the tests). The interval is the bias-corrected jackknife interval
+``debiased - bias_jack ± t_{G-1} · se_jack`` over ``n_groups`` contiguous groups of crops (default 32;
+the crops in the order they were added); each replicate is the debiased CKA of the other N - m crops,
+all from the kept Grams in O(La·Lb·N²) without recomputing any Gram (HSIC_1 is unchanged by the
+double centring). The reported ``matrix`` stays the paper's biased estimate, which can lie outside its
+own interval; ``CKAResult.interval_estimate`` holds the debiased CKA and ``CKAResult.bias`` the
+distance of the biased estimate from the interval's centre. The cost at N = 1024 and 50 x 50 layers: 4.7 s on one loaded
 CPU thread, next to the Grams themselves (2·N²·D FLOPs per layer: 290 GFLOP in float64 for an EDT-T
 block at 48 px).
 
@@ -49,6 +54,8 @@ __all__ = [
     "biased_cka_result",
     "deleted_group_inner",
     "deleted_group_self",
+    "deleted_group_unbiased",
+    "deleted_group_unbiased_self",
     "group_bounds",
 ]
 
@@ -177,6 +184,107 @@ def deleted_group_self(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Te
     return total, deleted
 
 
+def _diag_left_in(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The diagonals of (L, N, N) Grams -> (diag (L, N), keep (G, N) float64: 1 where crop k is left in)."""
+    n = a.shape[-1]
+    gid = _group_index(n, bounds, a.device)
+    keep = (gid[None, :] != torch.arange(len(bounds), device=a.device)[:, None]).to(torch.float64)  # (G, N)
+    return a.diagonal(dim1=-2, dim2=-1), keep
+
+
+def _song_hsic(trace: Tensor, diag_prod: Tensor, sum_a: Tensor, sum_b: Tensor, rows: Tensor, n: Tensor) -> Tensor:
+    """Song et al.'s HSIC_1 from the pieces of the zero-diagonal Grams K~, L~ of n crops:
+    ``[tr(K~L~) + 1ᵀK~1·1ᵀL~1/((n-1)(n-2)) - 2/(n-2)·1ᵀK~L~1] / (n(n-3))`` with
+    ``tr(K~L~) = trace - diag_prod``."""
+    return (trace - diag_prod + sum_a * sum_b / ((n - 1) * (n - 2)) - 2 / (n - 2) * rows) / (n * (n - 3))
+
+
+def deleted_group_unbiased(a: Tensor, b: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The unbiased HSIC_1 (Song et al. 2012) of all pairs, on all N crops and with each group left out.
+
+    The debiased CKA of the same full batch (the ratio of HSIC_1 values; Nguyen et al. 2021 with one
+    unit of N crops) is built from these. The Grams may be raw or double-centred: HSIC_1 does not
+    change under ``K_ij -> K_ij + c_i + c_j + c`` (its U-centring removes such shifts), so the centred
+    Grams that biased-full keeps serve. For the crops S left in (n = |S| >= 4), with ``d`` the diagonal
+    and ``a_k = Σ_{i∈S, i≠k} A_ki``: ``tr(Ã_S B̃_S) = tr(A_S B_S) - Σ_{k∈S} d^A_k d^B_k``,
+    ``1ᵀÃ_S1 = Σ_{k∈S} a_k`` and ``1ᵀÃ_S B̃_S 1 = Σ_{k∈S} a_k b_k``; ``tr(A_S B_S)`` comes from the same
+    row-group sums as :func:`deleted_group_inner`. O(La·Lb·N²), no Gram recomputed.
+
+    Args:
+        a: (La, N, N) symmetric float64 Grams.
+        b: (Lb, N, N) symmetric float64 Grams of the same crops.
+        bounds: G groups (start, stop) partitioning range(N); every complement must hold >= 4 crops.
+
+    Returns:
+        (full, deleted): (La, Lb) HSIC_1 over all crops and (G, La, Lb) over each complement S_g.
+    """
+    la, n = a.shape[0], a.shape[1]
+    lb = b.shape[0]
+    if n - max(e - s for s, e in bounds) < 4 or n < 4:
+        raise CkaLabError(f"the unbiased HSIC needs at least 4 crops left in every jackknife replicate, got {n} crops "
+                          f"in groups of up to {max(e - s for s, e in bounds)}")
+    g = len(bounds)
+    q = torch.empty(g, la, lb, dtype=torch.float64, device=a.device)
+    w = torch.empty_like(q)
+    for k, (s, e) in enumerate(bounds):
+        q[k] = a[:, s:e, :].reshape(la, -1) @ b[:, s:e, :].reshape(lb, -1).T
+        w[k] = a[:, s:e, s:e].reshape(la, -1) @ b[:, s:e, s:e].reshape(lb, -1).T
+    total = q.sum(0)  # (La, Lb) tr(A B)
+    da, keep = _diag_left_in(a, bounds)  # (La, N), (G, N)
+    db = b.diagonal(dim1=-2, dim2=-1)  # (Lb, N)
+    dd_full = da @ db.T  # (La, Lb)
+    dd = (keep[:, None, :] * da[None]) @ db.T  # (G, La, Lb) Σ_{k∈S} d^A_k d^B_k
+    rows_a = a.sum(-1) - da  # (La, N) off-diagonal row sums over all crops
+    rows_b = b.sum(-1) - db
+    nf = torch.tensor(float(n), dtype=torch.float64, device=a.device)
+    full = _song_hsic(total, dd_full, rows_a.sum(-1)[:, None], rows_b.sum(-1)[None, :], rows_a @ rows_b.T, nf)
+    left_a, _, sizes = _rows_left_in(a, bounds)  # (G, La, N) including the diagonal, zero for k in g
+    left_b, _, _ = _rows_left_in(b, bounds)
+    left_a = left_a - keep[:, None, :] * da[None]  # off-diagonal sums over S, for k in S
+    left_b = left_b - keep[:, None, :] * db[None]
+    nn = sizes[:, None, None]
+    deleted = _song_hsic(total - 2 * q + w, dd, left_a.sum(-1)[:, :, None], left_b.sum(-1)[:, None, :],
+                         left_a @ left_b.transpose(1, 2), nn)
+    return full, deleted
+
+
+def deleted_group_unbiased_self(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """``deleted_group_unbiased(a_l, a_l)`` of every layer l alone (the debiased CKA's denominators).
+
+    Args:
+        a: (L, N, N) symmetric float64 Grams.
+        bounds: G groups (start, stop) partitioning range(N).
+
+    Returns:
+        (full, deleted): (L,) HSIC_1(A_l, A_l) and (G, L) the same over each S_g.
+    """
+    l, n = a.shape[0], a.shape[1]
+    g = len(bounds)
+    if n - max(e - s for s, e in bounds) < 4 or n < 4:
+        raise CkaLabError(f"the unbiased HSIC needs at least 4 crops left in every jackknife replicate, got {n} crops")
+    gid = _group_index(n, bounds, a.device)
+    total = torch.empty(l, dtype=torch.float64, device=a.device)
+    q = torch.empty(g, l, dtype=torch.float64, device=a.device)
+    w = torch.empty(g, l, dtype=torch.float64, device=a.device)
+    for i in range(l):
+        square = a[i] * a[i]  # (N, N)
+        by_row = square.sum(1)
+        total[i] = by_row.sum()
+        q[:, i] = torch.zeros(g, dtype=torch.float64, device=a.device).index_add_(0, gid, by_row)
+        blocks = torch.zeros(n, g, dtype=torch.float64, device=a.device).index_add_(1, gid, square)
+        w[:, i] = torch.zeros(g, g, dtype=torch.float64, device=a.device).index_add_(0, gid, blocks).diagonal()
+    da, keep = _diag_left_in(a, bounds)  # (L, N), (G, N)
+    nf = torch.tensor(float(n), dtype=torch.float64, device=a.device)
+    rows = a.sum(-1) - da  # (L, N)
+    full = _song_hsic(total, da.square().sum(-1), rows.sum(-1), rows.sum(-1), rows.square().sum(-1), nf)
+    left, _, sizes = _rows_left_in(a, bounds)  # (G, L, N)
+    left = left - keep[:, None, :] * da[None]
+    dd = keep @ da.square().T  # (G, L)
+    nn = sizes[:, None]
+    deleted = _song_hsic(total - 2 * q + w, dd, left.sum(-1), left.sum(-1), left.square().sum(-1), nn)
+    return full, deleted
+
+
 def biased_cka_result(
     grams_a: LayerGrams,
     grams_b: LayerGrams,
@@ -233,13 +341,19 @@ def biased_cka_result(
         return torch.where(ok, xy / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(xy, math.nan))
 
     estimate = ratio(cross, aa, bb).cpu()
-    lower = upper = bias = None
+    lower = upper = bias = debiased = None
     interval = "none"
-    if intervals and len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 2:
-        replicates = ratio(cross_del, aa_del, bb_del).cpu()
-        low, high, bias_t = jackknife_interval(estimate, replicates, level)
-        lower, upper, bias = low.numpy(), high.numpy(), bias_t.numpy()
-        interval = f"delete-a-group bias-corrected jackknife over {len(bounds)} groups of crops, Student t with {len(bounds) - 1} df"
+    if intervals and len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 4:
+        u_cross, u_cross_del = deleted_group_unbiased(a, b, bounds)
+        u_aa, u_aa_del = deleted_group_unbiased_self(a, bounds)
+        u_bb, u_bb_del = deleted_group_unbiased_self(b, bounds)
+        debiased_t = ratio(u_cross, u_aa, u_bb).cpu()
+        replicates = ratio(u_cross_del, u_aa_del, u_bb_del).cpu()
+        low, high, _ = jackknife_interval(debiased_t, replicates, level)
+        lower, upper, debiased = low.numpy(), high.numpy(), debiased_t.numpy()
+        bias = estimate.numpy() - (lower + upper) / 2
+        interval = (f"debiased CKA (unbiased HSIC_1 of the same {n} crops): delete-a-group bias-corrected jackknife "
+                    f"over {len(bounds)} groups of crops, Student t with {len(bounds) - 1} df")
     size = max(e - s for s, e in bounds)
     return CKAResult(
         matrix=estimate.numpy().astype(np.float64),
@@ -258,6 +372,7 @@ def biased_cka_result(
         constant_b=tuple(const_b),
         bias=bias,
         passes=passes,
+        interval_estimate=debiased,
     )
 
 

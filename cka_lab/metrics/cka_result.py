@@ -30,7 +30,7 @@ from torch import Tensor
 
 from cka_lab.errors import CkaLabError
 
-__all__ = ["ESTIMATORS", "CKAResult", "check_estimator", "jackknife_interval"]
+__all__ = ["ESTIMATORS", "CKAResult", "check_estimator", "jackknife_interval", "jackknife_p_value"]
 
 ESTIMATORS = ("unbiased-minibatch", "biased-full")
 """``unbiased-minibatch``: Nguyen et al. 2021 (sums of Song et al.'s HSIC_1 over units of crops);
@@ -75,6 +75,37 @@ def jackknife_interval(
     return centre - half, centre + half, bias
 
 
+def jackknife_p_value(estimate: Tensor, replicates: Tensor, null: float = 0.0) -> Tensor:
+    """Two-sided p-value of ``H0: value = null`` from the same jackknife as :func:`jackknife_interval`.
+
+    ``t = (estimate - bias - null) / se`` against Student t with G - 1 degrees of freedom, so that
+    ``p < 1 - level`` exactly where the interval at ``level`` excludes ``null``.
+
+    Args:
+        estimate: (...) the estimate from all units.
+        replicates: (G, ...) the leave-one-out replicates, G >= 2.
+        null: the value under the null hypothesis (0 for a difference of CKA maps).
+
+    Returns:
+        (...) float64 p in [0, 1]; NaN where the estimate or a replicate is NaN; with se = 0, 0 where
+        the centre differs from ``null`` and 1 where it equals it.
+    """
+    g = replicates.shape[0]
+    if g < 2:
+        raise CkaLabError(f"a jackknife needs at least 2 units, got {g}")
+    from scipy.stats import t as student_t
+
+    replicates = replicates.to(torch.float64)
+    estimate = torch.as_tensor(estimate, dtype=torch.float64)
+    mean = replicates.mean(0)
+    se = torch.sqrt((g - 1) / g * (replicates - mean).square().sum(0))
+    centre = estimate - (g - 1) * (mean - estimate)
+    gap = (centre - null).abs()
+    t = torch.where(se > 0, gap / torch.where(se > 0, se, torch.ones_like(se)), torch.where(gap > 0, math.inf, 0.0))
+    p = torch.from_numpy(2 * student_t.sf(t.numpy(), g - 1)).clamp(max=1.0)
+    return torch.where(torch.isfinite(centre) & torch.isfinite(se), p, torch.full_like(p, math.nan))
+
+
 @dataclass(frozen=True)
 class CKAResult:
     """A CKA matrix between the layers of two models, with intervals and provenance.
@@ -93,8 +124,10 @@ class CKAResult:
         interval: how the intervals were made, in words.
         constant_a, constant_b: layers flagged as constant (see ``cka_functional.is_constant``).
         passes: the number of passes over the probe crops that produced the result.
-        bias: (La, Lb) jackknife estimate of the estimator's bias (the interval is centred at
-            ``matrix - bias``), or None.
+        bias: (La, Lb) how far ``matrix`` lies from the centre of its interval (unbiased-minibatch: the
+            jackknife bias estimate; biased-full: biased minus the centre of the debiased interval), or None.
+        interval_estimate: (La, Lb) the estimate the interval is built on when it is not ``matrix``
+            (biased-full: the debiased CKA, unbiased HSIC_1 of the same crops), else None.
     """
 
     matrix: np.ndarray
@@ -113,6 +146,7 @@ class CKAResult:
     constant_b: tuple[str, ...] = field(default=())
     passes: int = 1
     bias: np.ndarray | None = None
+    interval_estimate: np.ndarray | None = None
 
     def provenance(self) -> dict[str, object]:
         """Plain fields that label an output: estimator, n_samples, unit, n_units, interval, level, passes."""

@@ -103,9 +103,13 @@ def findings(c: Contrast) -> list[str]:
         if e["decidable"]:
             more = c.name_a if e["difference"] > 0 else c.name_b
             out.append(
-                f"{e['stated_cells']} of {e['cells']} layer pairs differ by more than their interval and every control. "
-                f"Largest at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f} {_interval(e['low'], e['high'])}, "
-                f"control {_fmt(e['control'], 4)}: {more} treats these layers as more alike."
+                f"{e['stated_cells']} of {e['tested_cells']} layer pairs differ: Benjamini-Hochberg adjusted p <= "
+                f"{e['fdr']:g} over the {e['tested_cells']} cells above the diagonal, |difference| >= {e['min_effect']:g} "
+                f"and above every control (median |difference| of the stated cells {_fmt(e['median_abs_stated'], 4)}). "
+                f"Largest (a selected cell: quoted because it is largest, so its size is biased upward) at "
+                f"({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f} {_interval(e['low'], e['high'])}, "
+                f"p {e['p']:.2g}, adjusted {e['p_adjusted']:.2g}, control {_fmt(e['control'], 4)}: {more} treats "
+                f"these layers as more alike."
             )
         elif e["n_units"] < e["min_units"]:
             out.append(
@@ -113,11 +117,15 @@ def findings(c: Contrast) -> list[str]:
                 f"interval needs here. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f}."
             )
         else:
+            p_text = (f", p {e['p']:.2g}, adjusted {e['p_adjusted']:.2g}" if e.get("p") is not None
+                      and e.get("p_adjusted") is not None else "")
             out.append(
-                f"No difference between the two maps exceeds both its interval and the controls: not decidable at this "
-                f"scale. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.3f} "
-                f"{_interval(e['low'], e['high'])}, control {_fmt(e['control'])}."
+                f"No difference between the two maps passes Benjamini-Hochberg over its {e['tested_cells']} cells, "
+                f"the {e['min_effect']:g} floor and the controls: not decidable at this scale. Largest |difference| "
+                f"at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.3f} {_interval(e['low'], e['high'])}"
+                f"{p_text}, control {_fmt(e['control'])}."
             )
+    out.append(f"Intervals: {c.cross.meta.get('unit', '')}.")
     if c.cross.same_layers:
         diag = np.diag(c.cross.matrix)
         names = [short_layer_name(n) for n in c.cross.layers_a]
@@ -126,7 +134,9 @@ def findings(c: Contrast) -> list[str]:
         if c.cross.ci_low is not None:
             lo, hi = float(c.cross.ci_low[k, k]), float(c.cross.ci_high[k, k])
         out.append(
-            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average; "
+            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average"
+            + (" {}".format(_interval(*s["mean_cross_same_layer_interval"])) if s.get("mean_cross_same_layer_interval")
+               else "") + "; "
             f"lowest at {names[k]}: {_fmt(diag[k])} [{_fmt(lo)}, {_fmt(hi)}]."
         )
     out += attention_findings(c)

@@ -48,9 +48,12 @@ def test_the_probe_module_and_the_analysis_add_the_same_per_crop_noise():
     assert torch.equal(noisy, model_input(clean, "g25", seed=5, first_index=0))
 
 
-def test_a_model_probed_smaller_than_the_crops_sees_their_centre():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    assert torch.equal(model_input(x, "x2", seed=0, patch=4), x[..., 2:6, 2:6])
+def test_a_model_probed_smaller_than_the_crops_sees_the_whole_crop_by_official_bicubic():
+    from cka_lab.data.degrade import bicubic_downscale
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 16, 16), generator=g).float() / 255
+    assert torch.equal(model_input(x, "x2", seed=0, patch=8), bicubic_downscale(x, 2))  # the official LR
 
 
 def test_models_are_probed_at_their_training_size_by_default():
@@ -58,7 +61,9 @@ def test_models_are_probed_at_their_training_size_by_default():
     assert training_patch(sr, "x2") == 48 and training_patch(dn, "g25") == 192  # 48 px body x 4 (downsampling)
     assert probe_size(sr, "x2", None) == 48 and probe_size(dn, "g25", None) == 192
     batches, sizes, _ = prepare_probe(ProbeSpec(n_samples=4, batch_size=4), [(sr, "x2"), (dn, "g25")])
-    assert batches[0].x.shape[-1] == 192 and sizes == [48, None]  # SR gets the centre 48 px of each crop
+    assert batches[0].x.shape[-1] == 192 and sizes == [48, None]  # SR gets the crop downscaled x4: same content
+    batches, sizes, _ = prepare_probe(ProbeSpec(n_samples=4, batch_size=4), [(sr, "x2"), (sr, "x2")])
+    assert batches[0].x.shape[-1] == 96 and sizes == [48, 48]  # SR alone: the x2 LR of a 96 px HR crop
 
 
 def test_shards_are_contiguous_blocks_of_whole_batches_in_order():

@@ -87,10 +87,13 @@ def test_a_different_seed_gives_different_crops():
     assert not torch.equal(a, b)
 
 
-def test_probe_crops_are_exact_windows_of_the_images_in_round_robin_order():
+def test_probe_crops_are_exact_windows_of_the_images_image_by_image():
     paths = bundled_images("clean")
-    plan = probe_plan(paths, patch=40, n_samples=6, seed=0)
-    assert [c.path for c in plan] == paths + paths
+    plan = probe_plan(paths, patch=40, n_samples=6, seed=0)  # 3 images: 2 crops each, consecutive
+    assert [c.path for c in plan] == [paths[0], paths[0], paths[1], paths[1], paths[2], paths[2]]
+    assert [c.image for c in plan] == [0, 0, 1, 1, 2, 2]
+    plan = probe_plan(paths, patch=40, n_samples=5, seed=0)  # 2 crops per image, the last image gives one
+    assert [c.image for c in plan] == [0, 0, 1, 1, 2]
     first = next(iter(probe_batches(paths, patch=40, n_samples=6, seed=0, batch_size=6)))
     for crop, tensor in zip(plan, first):
         img = read_uint8(crop.path)[crop.top:crop.top + 40, crop.left:crop.left + 40]
@@ -142,3 +145,19 @@ def test_a_batch_size_below_one_raises(batch_size):
 def test_an_unknown_task_raises():
     with pytest.raises(CkaLabError, match="unknown task"):
         probe_batches(bundled_images("clean"), patch=16, n_samples=4, seed=0, batch_size=2, task="blur")
+
+
+def test_the_default_probe_set_is_68_distinct_cbsd68_crops_with_their_provenance():
+    import csv
+    import hashlib
+
+    paths = bundled_images("probes")
+    assert len(paths) == 68
+    rows = {r["file"]: r for r in csv.DictReader(open(paths[0].parent / "PROVENANCE.csv"))}
+    assert sorted(rows) == [p.name for p in paths]
+    for p in paths:
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == rows[p.name]["sha256"]
+        assert read_uint8(p).shape == (192, 192, 3)
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}) == 68
+    plan = probe_plan(paths, patch=192, n_samples=128, seed=0)
+    assert [c.image for c in plan][:4] == [0, 0, 1, 1] and len({c.image for c in plan}) == 64

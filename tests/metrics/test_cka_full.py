@@ -136,26 +136,77 @@ def test_biased_full_at_1024_crops_through_several_passes_equals_the_formula_to_
     assert result.lower is not None and result.n_units == 32 and result.unit == "jackknife group of 32 crops"
 
 
-def test_the_jackknife_replicates_are_the_cka_of_the_crops_left_in():
-    """Each delete-a-group replicate equals the paper's CKA recomputed on the other crops (re-centred)."""
+def song_hsic(x: np.ndarray, y: np.ndarray) -> float:
+    """Song et al. (2012) HSIC_1 from features, float64, written from the paper's formula."""
+    n = x.shape[0]
+    k, l = x @ x.T, y @ y.T
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    one = np.ones(n)
+    return float((np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                  - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3)))
+
+
+def debiased_matrix(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray:
+    """Debiased CKA: HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) over all given crops."""
+    flat = lambda f: f.reshape(f.shape[0], -1).astype(np.float64)  # noqa: E731
+    return np.array([[song_hsic(flat(x), flat(y)) / math.sqrt(song_hsic(flat(x), flat(x)) * song_hsic(flat(y), flat(y)))
+                      for y in ys] for x in xs])
+
+
+def test_the_jackknife_replicates_are_the_debiased_cka_of_the_crops_left_in():
+    """The interval of biased-full is built on the debiased CKA of the same crops (unbiased HSIC_1): each
+    delete-a-group replicate equals the debiased CKA recomputed from the features of the other crops, the
+    estimate stays the paper's biased CKA, and ``bias`` is its distance from the interval's centre."""
     a, b = layers(40, seed=4)
     metric = FullBatchCKA(["a0", "a1"], ["b0", "b2"], n_groups=5)
     metric.update(a, b)
     result = metric.result(level=0.9)
     from scipy.stats import t as student_t
 
+    xs = [a[k].numpy() for k in ("a0", "a1")]
+    ys = [b[k].numpy() for k in ("b0", "b2")]
     reps = []
     for s, e in group_bounds(40, 5):
         keep = np.r_[0:s, e:40]
-        reps.append(kornblith_matrix([a[k].numpy()[keep] for k in ("a0", "a1")], [b[k].numpy()[keep] for k in ("b0", "b2")]))
+        reps.append(debiased_matrix([x[keep] for x in xs], [y[keep] for y in ys]))
     reps = np.stack(reps)
+    deb = debiased_matrix(xs, ys)
     est = reference({k: a[k] for k in ("a0", "a1")}, {k: b[k] for k in ("b0", "b2")})
     se = np.sqrt(4 / 5 * ((reps - reps.mean(0)) ** 2).sum(0))
-    bias = 4 * (reps.mean(0) - est)
+    centre = deb - 4 * (reps.mean(0) - deb)
     half = student_t.ppf(0.95, 4) * se
-    np.testing.assert_allclose(result.bias, bias, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(result.lower, est - bias - half, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(result.upper, est - bias + half, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.matrix, est, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.interval_estimate, deb, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.lower, centre - half, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.upper, centre + half, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.bias, est - centre, rtol=0, atol=1e-9)
+    assert result.interval.startswith("debiased CKA")
+
+
+def test_deleted_group_unbiased_matches_song_hsic_on_raw_and_centred_grams():
+    """HSIC_1 of every pair, on all crops and with each group left out, equals Song et al.'s formula on the
+    raw features -- from raw Grams and from the double-centred Grams biased-full keeps."""
+    from cka_lab.metrics.cka import deleted_group_unbiased, deleted_group_unbiased_self, double_centre
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 23, 6, generator=g, dtype=torch.float64) + 4.0  # a large common component
+    y = torch.randn(2, 23, 9, generator=g, dtype=torch.float64)
+    k, l = x @ x.transpose(1, 2), y @ y.transpose(1, 2)
+    bounds = group_bounds(23, 4)
+    for kk, ll in ((k, l), (double_centre(k), double_centre(l))):
+        full, deleted = deleted_group_unbiased(kk, ll, bounds)
+        full_self, deleted_self = deleted_group_unbiased_self(kk, bounds)
+        want = np.array([[song_hsic(x[i].numpy(), y[j].numpy()) for j in range(2)] for i in range(3)])
+        np.testing.assert_allclose(full.numpy(), want, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(full_self.numpy(), [song_hsic(x[i].numpy(), x[i].numpy()) for i in range(3)],
+                                   rtol=1e-10)
+        for gi, (s, e) in enumerate(bounds):
+            keep = np.r_[0:s, e:23]
+            want = np.array([[song_hsic(x[i].numpy()[keep], y[j].numpy()[keep]) for j in range(2)] for i in range(3)])
+            np.testing.assert_allclose(deleted[gi].numpy(), want, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(deleted_self[gi].numpy(),
+                                       [song_hsic(x[i].numpy()[keep], x[i].numpy()[keep]) for i in range(3)], rtol=1e-10)
 
 
 def test_merge_of_two_halves_equals_one_run():
