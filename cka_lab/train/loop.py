@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from cka_lab.errors import CkaLabError
 from cka_lab.io import made_dirs, remove_empty_dirs, write_text
+from cka_lab.io.lock import folder_lock
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
@@ -90,7 +91,8 @@ def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = Fal
     try:
         trainer = _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters)
         try:
-            return trainer.run()
+            with trainer.locks:  # the run folder's lock (rank 0), released before a failed run's clean-up
+                return trainer.run()
         except BaseException:
             remove_empty_dirs(trainer.created)  # a failed run leaves no empty run folder behind
             raise
@@ -111,6 +113,7 @@ class _Trainer:
         self.last_val: dict[str, TaskScore] = {}
         self.diag: TrainingDiagnostics | None = None
         self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
+        self.locks = contextlib.ExitStack()  # rank 0 holds the run folder's lock while the run writes it
 
     # -- helpers -------------------------------------------------------------------------------------
     def _on_main(self, fn: Callable[[], T]) -> T | None:
@@ -125,6 +128,11 @@ class _Trainer:
         if err:
             raise CkaLabError(err)
         return result
+
+    def _lock(self) -> None:
+        """Create the run folder and lock it: a second process training into it is refused (its PID named)."""
+        self.created += made_dirs(self.out)
+        self.locks.enter_context(folder_lock(self.out, "run folder"))
 
     def _check_out(self) -> None:
         last = self.out / LAST
@@ -192,6 +200,7 @@ class _Trainer:
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, env = self.cfg, self.env
+        self._on_main(self._lock)
         self._on_main(self._check_out)
         seed_everything(cfg.run.seed + env.rank)
         model = build_model(cfg)
@@ -251,7 +260,7 @@ class _Trainer:
             diag = TrainingDiagnostics(model, probe, self.device)
         self.diag = diag
         if env.is_main:
-            self.created = made_dirs(self.out)
+            self.created += made_dirs(self.out)
             for stale in self.out.glob(f".{LAST}.*.tmp"):
                 stale.unlink()  # a write that a killed process left half done
             train_log = CsvLog(self.out / "train_log.csv",
