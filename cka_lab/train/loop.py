@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from cka_lab.errors import CkaLabError
 from cka_lab.io import made_dirs, remove_empty_dirs, write_text
 from cka_lab.io.lock import folder_lock
+from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes, training_bytes
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
@@ -68,15 +69,30 @@ def resolve_out(cfg: TrainConfig, out: str | Path | None) -> Path:
     return Path("runs") / cfg.run.name
 
 
-def build_model(cfg: TrainConfig) -> EDT:
-    """The EDT of ``[model]``; ``image_size`` (mask buffers) defaults to ``data.patch_size``."""
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> EDT:
+    """The EDT of ``[model]``; ``image_size`` (mask buffers) defaults to ``data.patch_size``.
+
+    Sizes are checked against the memory of the machine (``device``) before the model is built.
+    """
     overrides = {"image_size": cfg.data.patch_size, **cfg.model.override_dict()}
     try:
         model_cfg = config_from_name(cfg.model.arch, **overrides)
     except TypeError as exc:
         raise CkaLabError(f"[model] bad override: {exc}") from None
     check_patch_size(model_cfg, cfg.data.patch_size)
+    check_training_memory(model_cfg, cfg.data.patch_size, cfg.schedule.batch_size, device)
     return EDT(model_cfg)
+
+
+def check_training_memory(model_cfg, patch_size: int, batch_size: int, device: torch.device | str = "cpu") -> None:
+    """Refuse (one line) a patch, image size or batch whose estimated memory the machine does not have."""
+    p = model_cfg.image_size
+    check_fits(stored_mask_bytes(model_cfg), available_memory("cpu"), f"the attention masks of image_size {p}",
+               "use a smaller data.patch_size (or [model] image_size)")
+    sides = {h.key: patch_size * (1 if h.kind == "sr" or model_cfg.sf else 2**model_cfg.depth) for h in model_cfg.heads}
+    check_fits(training_bytes(model_cfg, batch_size, sides), available_memory(device),
+               f"training at data.patch_size {patch_size} with batch_size {batch_size}",
+               "use a smaller data.patch_size or schedule.batch_size")
 
 
 def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = False,
@@ -203,7 +219,7 @@ class _Trainer:
         self._on_main(self._lock)
         self._on_main(self._check_out)
         seed_everything(cfg.run.seed + env.rank)
-        model = build_model(cfg)
+        model = build_model(cfg, self.device)
         resume_ckpt = None
         if self.resume:
             resume_ckpt = read_training_checkpoint(self.out / LAST)
