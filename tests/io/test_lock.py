@@ -34,7 +34,7 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_may_lock_after_it_
         msg = str(err.value)
         assert f"PID {holder.pid}" in msg and "run folder" in msg and "\n" not in msg
     finally:
-        holder.communicate("\n", timeout=60)
+        holder.communicate("\n", timeout=600)
     assert not (tmp_path / LOCK_NAME).exists()  # released: the lock file is gone
     with folder_lock(tmp_path):
         assert lock_holder(tmp_path / LOCK_NAME) == os.getpid()
@@ -45,7 +45,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
-    holder.wait(timeout=60)
+    holder.wait(timeout=600)
     assert (tmp_path / LOCK_NAME).exists()  # kill -9 leaves the file, but not the flock
     with folder_lock(tmp_path):
         assert lock_holder(tmp_path / LOCK_NAME) == os.getpid()

@@ -29,7 +29,7 @@ UNDER_LIMIT = textwrap.dedent("""
 def _under_memory_limit(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "CKA_LAB_NO_PROGRESS": "1"}
     return subprocess.run([sys.executable, "-c", UNDER_LIMIT, *argv], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=600)
 
 
 def test_a_huge_patch_is_refused_before_the_model_is_built(data_dir, train_folders, tmp_path):
