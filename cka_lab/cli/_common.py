@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -90,13 +91,63 @@ def parse_layers(spec: str | None) -> list[str] | None:
     return names
 
 
+#: Bytes an analysis keeps per probe crop whatever the model (its place in the crop plan, per-crop
+#: statistics), rounded up: bounds ``--n-samples`` by the memory before any crop is planned.
+BYTES_PER_CROP = 4096
+
+
 def check_probe_args(args: argparse.Namespace) -> None:
-    """``--patch``, ``--n-samples``: positive when given (0 is refused, never read as "the default")."""
+    """``--patch``, ``--n-samples``, ``--batch-size``, ``--unit-size``, ``--max-gib``: in range, before any
+    model is loaded (0 is refused, never read as "the default"; a budget is a finite size this machine has)."""
+    from cka_lab.models.bounds import available_memory, check_fits
+    from cka_lab.models.tiling import memory_budget
+
     if getattr(args, "patch", None) is not None and args.patch < 1:
         raise CkaLabError(f"--patch must be a positive crop size in pixels, got {args.patch} "
                           "(leave it out for the default: 48, or 96 for a downsampling head)")
     if getattr(args, "n_samples", 1) < 1:
         raise CkaLabError(f"--n-samples must be >= 1, got {args.n_samples}")
+    for flag in ("batch_size", "unit_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise CkaLabError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if hasattr(args, "n_samples"):
+        check_fits(args.n_samples * BYTES_PER_CROP, memory_budget("cpu"), f"--n-samples {args.n_samples}",
+                   "use fewer probe crops")
+    gib = getattr(args, "max_gib", None)
+    if gib is not None:
+        from cka_lab.io.inputs import format_bytes
+
+        if not math.isfinite(gib) or gib <= 0:
+            raise CkaLabError(f"--max-gib must be a positive number of GiB, got {gib} (leave it out for 4)")
+        if gib * 2**30 < 2**20:
+            raise CkaLabError(f"--max-gib {gib} is less than 1 MiB, too little to hold one Gram: give at least 0.001")
+        avail = available_memory("cpu")
+        if gib * 2**30 > avail:
+            raise CkaLabError(f"--max-gib {gib} is more than the {format_bytes(avail)} of memory available: "
+                              f"give at most {avail / 2**30:.3g}")
+
+
+def check_probe_bounds(args: argparse.Namespace, targets, device: torch.device | str = "cpu") -> None:
+    """``--n-samples`` against the probe data and ``--batch-size``/``--patch`` against the memory, for each
+    ``(model, task)`` at the size it will be probed at: refused in one line before the first crop is cut."""
+    from cka_lab.analysis.probing import default_probe_images, probe_size
+    from cka_lab.data.images import image_size, list_images
+    from cka_lab.models.bounds import available_memory, check_fits, inference_bytes
+
+    images = default_probe_images() if args.data is None else list_images(args.data)
+    sizes = [image_size(p) for p in images]
+    for model, task in targets:
+        p = probe_size(model, task, args.patch)
+        if p is None:
+            continue
+        crops = sum(max(0, h - p + 1) * max(0, w - p + 1) for h, w in sizes)
+        if 0 < crops < args.n_samples:
+            raise CkaLabError(f"--n-samples {args.n_samples} is more than the {crops} distinct crops of {p} px that "
+                              f"the {len(sizes)} probe images hold: use fewer crops, or more or larger images (--data)")
+        batch = min(args.batch_size, args.n_samples)
+        check_fits(batch * inference_bytes(model.config, task, p, p), available_memory(device),
+                   f"a forward batch of {batch} crops of {p} px on {model.name}", "use a smaller --batch-size or --patch")
 
 
 def add_analysis_args(p: argparse.ArgumentParser, *, n_samples: int = 128) -> None:
@@ -144,7 +195,7 @@ def spec_from_args(args: argparse.Namespace, *, attention: bool = False, control
                         batch_size=args.batch_size),
         layers=layers, features=args.features, estimator=args.estimator, attention=attention,
         controls=controls, unit_size=args.unit_size, min_effect=getattr(args, "min_effect", 0.01),
-        max_bytes=None if args.max_gib is None else max(1, int(args.max_gib * 2**30)),
+        max_bytes=None if args.max_gib is None else int(args.max_gib * 2**30),  # checked: check_probe_args
     )
 
 

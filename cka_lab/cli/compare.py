@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from cka_lab.cli._common import Session, add_analysis_args, check_probe_args, probe_tasks, spec_from_args, writable_dir
-from cka_lab.io import write_csv, write_json
+from cka_lab.cli._common import (Session, add_analysis_args, check_probe_args, check_probe_bounds, probe_tasks,
+                                 spec_from_args, writable_dir)
+from cka_lab.io import folder_lock, write_csv, write_json
+from cka_lab.io.output_set import output_set
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +39,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_probe_args(args)
     spec = spec_from_args(args, attention=False, controls=False)
-    with Session(args.device) as session:
-        out = writable_dir(Path(args.out)) if session.writes else Path(args.out)
+    with Session(args.device) as session, contextlib.ExitStack() as held:
+        out = Path(args.out)
+        if session.writes:  # the folder is locked from before the work until its files are in place
+            held.enter_context(folder_lock(writable_dir(out)))
         model_a = load_model(args.ckpt_a, arch=args.arch_a)
         model_b = load_model(args.ckpt_b, arch=args.arch_b)
         task_a, task_b = probe_tasks(args.task, model_a, model_b)
+        check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], session.device)
         name_a, name_b = Path(args.ckpt_a).stem, Path(args.ckpt_b).stem
         if name_a == name_b:
             name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
@@ -48,16 +54,21 @@ def run(args: argparse.Namespace) -> int:
                                 device=session.device)
         if not session.writes:
             return 0
-    result.meta.update({"ckpt_a": str(args.ckpt_a), "ckpt_b": str(args.ckpt_b)})
-    fig = plot_cka_heatmap(
-        result.matrix, [short_layer_name(n) for n in result.layers_a], [short_layer_name(n) for n in result.layers_b],
-        name_a=f"{name_a} ({result.arch_a}, {task_a})", name_b=f"{name_b} ({result.arch_b}, {task_b})",
-        title=f"linear CKA: {result.protocol}, crops of {result.patch}px",
-        stages_a=stage_starts(result.layers_a), stages_b=stage_starts(result.layers_b),
-    )
-    _write(out, fig, result)
+        result.meta.update({"ckpt_a": str(args.ckpt_a), "ckpt_b": str(args.ckpt_b)})
+        fig = plot_cka_heatmap(
+            result.matrix, [short_layer_name(n) for n in result.layers_a], [short_layer_name(n) for n in result.layers_b],
+            name_a=f"{name_a} ({result.arch_a}, {task_a})", name_b=f"{name_b} ({result.arch_b}, {task_b})",
+            title=f"linear CKA: {result.protocol}, crops of {result.patch}px",
+            stages_a=stage_starts(result.layers_a), stages_b=stage_starts(result.layers_b),
+        )
+        with output_set(out, OUTPUT_FILES) as staging:  # all files, or (on a failure) none: never a mix of runs
+            _write(staging, fig, result)
     _print_summary(result, result.summary(), out)
     return 0
+
+
+#: Every file ``compare`` may write into its folder (one set: an earlier run's file the new set lacks is removed).
+OUTPUT_FILES = ("cka.png", "cka.svg", "cka.csv", "cka_long.csv", "summary.json")
 
 
 def _write(out: Path, fig, result) -> None:

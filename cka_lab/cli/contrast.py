@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cka_lab.cli._common import add_analysis_args, check_probe_args, probe_tasks, spec_from_args, writable_dir
+from cka_lab.cli._common import (add_analysis_args, check_probe_args, check_probe_bounds, probe_tasks, spec_from_args,
+                                 writable_dir)
 from cka_lab.io import write_csv, write_json
 
 
@@ -53,6 +54,7 @@ def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=N
     model_a = load_model(ckpt_a)
     model_b = load_model(ckpt_b)
     task_a, task_b = probe_tasks(args.task, model_a, model_b)
+    check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], device)
     name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
@@ -196,16 +198,30 @@ def print_contrast(result) -> None:
               "uniform attention beyond their interval (attention_layers.csv)")
 
 
+#: Every file ``contrast`` may write into its folder (one set: an earlier run's file the new set lacks is removed).
+OUTPUT_FILES = ("cka_side_by_side.png", "cka_side_by_side.svg", "cka_cross.png", "cka_a.csv", "cka_b.csv",
+                "cka_cross.csv", "cka_difference.png", "cka_difference.csv", "cka_difference_long.csv", "stages.csv",
+                "attention_distance.png", "attention_locality.png", "attention_heads.csv", "attention_layers.csv",
+                "summary.json")
+
+
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from cka_lab.cli._common import Session
+    from cka_lab.io import folder_lock
+    from cka_lab.io.output_set import output_set
 
     check_probe_args(args)
-    with Session(args.device) as session:
-        out = writable_dir(Path(args.out)) if session.writes else Path(args.out)
+    with Session(args.device) as session, contextlib.ExitStack() as held:
+        out = Path(args.out)
+        if session.writes:  # the folder is locked from before the work until its files are in place
+            held.enter_context(folder_lock(writable_dir(out)))
         result = run_contrast(args.ckpt_a, args.ckpt_b, args, device=session.device)
         if not session.writes:
             return 0
-        written = write_contrast(result, out)
+        with output_set(out, OUTPUT_FILES) as staging:  # all files, or (on a failure) none: never a mix of runs
+            written = [out / p.name for p in write_contrast(result, staging)]
     print_contrast(result)
     print(f"  wrote {len(written)} files to {out}/ (cka_side_by_side.png, cka_difference.png, cka_cross.png, "
           "attention_distance.png, CSV tables, summary.json)")

@@ -47,11 +47,20 @@ def run(args: argparse.Namespace) -> int:
     if size % model.config.pad_multiple(task):
         raise CkaLabError(f"--size {size} is not a multiple of {model.config.pad_multiple(task)}, "
                           f"which the {task} head needs")
+    from cka_lab.models.bounds import check_fits, inference_bytes
+    from cka_lab.models.tiling import memory_budget
+
+    check_fits(inference_bytes(model.config, task, size, size), memory_budget("cpu"),  # before the input exists
+               f"a forward pass at --size {size}", "use a smaller --size (the shapes scale with it)")
     df = list_layers(_TaskView(model, task), torch.rand(1, 3, size, size))
     df = df[df["name"] != "model"].copy()
     df["name"] = df["name"].str.removeprefix("model.")
-    df = df[df["name"].map(lambda n: fnmatch.fnmatchcase(n, args.match))]
     df = df[df["calls"] > 0]
+    matched = df[df["name"].map(lambda n: fnmatch.fnmatchcase(n, args.match))]
+    if matched.empty:
+        raise CkaLabError(f"--match {args.match!r} matches none of the {len(df)} modules of {model.name}: "
+                          "run without --match to list them (e.g. 'body.layers.*')")
+    df = matched
     df["output_shape"] = df["output_shape"].map(lambda s: "x".join(map(str, s)) if s else "-")
     print(f"{model.name}, task {task}, input 1x3x{size}x{size}: {len(df)} modules")
     print(df[["name", "class", "output_shape"]].to_string(index=False))

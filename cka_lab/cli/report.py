@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
-from cka_lab.cli._common import check_probe_args, parse_layers, probe_tasks, writable_dir
+from cka_lab.cli._common import check_probe_args, check_probe_bounds, parse_layers, probe_tasks, writable_dir
 from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, run_contrast
 from cka_lab.errors import CkaLabError
+from cka_lab.io import file_lock
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,27 +40,34 @@ def _check_out(out: Path, ckpts) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.ckpts) < 2 or len(args.ckpts) % 2:
+        raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
+    check_probe_args(args)
+    parse_layers(args.layers)
+    out = Path(args.out)
+    with contextlib.ExitStack() as held:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+            _check_out(out, args.ckpts)
+            held.enter_context(file_lock(out, "report"))  # a second report into the same PDF is refused now
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from cka_lab.analysis.attention_cache import AttentionCache
     from cka_lab.analysis.contrast import attach_seed_controls
     from cka_lab.cli._common import Session, spec_from_args
     from cka_lab.models import load_model
     from cka_lab.reports import model_info, write_report
 
-    if len(args.ckpts) < 2 or len(args.ckpts) % 2:
-        raise CkaLabError(f"give checkpoints in pairs (A B [C D ...]); got {len(args.ckpts)}")
-    check_probe_args(args)
-    parse_layers(args.layers)
-    out = Path(args.out)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
-        _check_out(out, args.ckpts)
     spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
     for ck in args.ckpts:
-        if not Path(ck).is_file():
+        if not Path(ck).exists():  # a folder or a FIFO is named for what it is when it is loaded
             raise CkaLabError(f"checkpoint {ck!r} does not exist: check the path")
     pairs = list(zip(args.ckpts[0::2], args.ckpts[1::2]))
     models = {ck: load_model(ck) for ck in dict.fromkeys(args.ckpts)}  # every checkpoint read before any pair
     for a, b in pairs:
-        probe_tasks(args.task, models[a], models[b])  # a task some pair's model lacks: now, not after earlier pairs
+        ta, tb = probe_tasks(args.task, models[a], models[b])  # a task some pair's model lacks: now, not after earlier pairs
+        check_probe_bounds(args, [(models[a], ta), (models[b], tb)])  # crops and batches that cannot fit: now too
     with Session(args.device) as session:
         contrasts = []
         cache = AttentionCache()  # a checkpoint in several pairs has its attention measured once

@@ -44,6 +44,7 @@ def _pairs(inp: Path, out: Path, ref: Path | None) -> list[tuple[Path, Path, Pat
     """Every (input, output, reference) job, checked before any work: names, collisions, inputs never overwritten."""
     from cka_lab.data.images import IMAGE_EXTENSIONS, list_images
     from cka_lab.io import check_not_input, same_file
+    from cka_lab.io.inputs import check_input_file
 
     if not inp.exists():
         raise CkaLabError(f"input {str(inp)!r} does not exist")
@@ -77,12 +78,18 @@ def _pairs(inp: Path, out: Path, ref: Path | None) -> list[tuple[Path, Path, Pat
         jobs = [(inp, out, ref)]
     for src, dst, r in jobs:
         check_not_input(dst, [src] + ([r] if r is not None else []))
+        for f, what in ((src, "input image"), (r, "reference image")):
+            if f is not None:
+                check_input_file(f, what)  # a FIFO or a device is refused, never opened for reading
     return jobs
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from cka_lab.data.images import image_size, read_uint8, write_image
-    from cka_lab.io import output_dir
+    from cka_lab.io import file_lock, folder_lock, output_dir
+    from cka_lab.io.output_set import output_set
     from cka_lab.metrics.quality import psnr_ssim, task_metric_settings
     from cka_lab.models import load_model
     from cka_lab.models.tiling import check_pixel_limit, check_tile_args, plan_tiles, restore_tiled_uint8
@@ -90,8 +97,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     jobs = _pairs(Path(args.input), out, Path(args.reference) if args.reference else None)
     check_tile_args(args.tile, args.tile_overlap)
-    folder = out if Path(args.input).is_dir() else (out.parent if str(out.parent) else Path("."))
-    with output_dir(folder):  # writable (checked without following links); removed again if left empty by a failure
+    many = Path(args.input).is_dir()
+    folder = out if many else (out.parent if str(out.parent) else Path("."))
+    # writable (checked without following links), removed again if left empty by a failure; locked while written
+    with output_dir(folder), contextlib.ExitStack() as held:
+        held.enter_context(folder_lock(folder, "output folder") if many else file_lock(out, "output image"))
         device = resolve_device(args.device)
         model = load_model(args.ckpt, arch=args.arch, device=device)
         s = model.config.head(args.task).out_scale  # fail early on a task the model has no head for
@@ -103,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
             if ref is not None and image_size(ref) != (h * s, w * s):
                 rh, rw = image_size(ref)
                 raise CkaLabError(f"reference {ref} is {rh}x{rw} but the result of {src.name} will be {h * s}x{w * s}")
+        if many:  # every image decodes (a truncated one is refused) before the first result is written
+            for src, _, ref in jobs:
+                read_uint8(src)
+                if ref is not None:
+                    read_uint8(ref)
+        # a folder's results are written as a set: all of them, or (on a failure) none
+        staging = held.enter_context(output_set(folder)) if many else None
         y_channel, border = task_metric_settings(args.task)
         for src, dst, ref in tqdm(jobs, desc=f"restore {args.task}", unit="img", disable=len(jobs) < 2):
             x = read_uint8(src)
@@ -111,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             with torch.inference_mode():
                 y = restore_tiled_uint8(model, x, args.task, plan, device)
             del x
-            write_image(dst, y)
+            write_image(dst if staging is None else staging / dst.name, y)
             line = f"{src} -> {dst} ({sizes[src][0]}x{sizes[src][1]} -> {y.shape[0]}x{y.shape[1]}"
             line += f", {plan.n_tiles} tiles of {plan.tile} px + {plan.overlap} px overlap)" if not plan.whole else ")"
             if ref is not None:

@@ -1,5 +1,7 @@
-"""Safe output: every file cka_lab writes goes through :mod:`cka_lab.io.safe_write`."""
+"""Safe input and output: every file cka_lab writes goes through :mod:`cka_lab.io.safe_write`, every
+folder it writes is locked (:mod:`cka_lab.io.lock`)."""
 
+from cka_lab.io.lock import file_lock, folder_lock
 from cka_lab.io.safe_write import (
     WRITE_ERRORS,
     atomic_write,
@@ -23,6 +25,8 @@ __all__ = [
     "atomic_write",
     "check_not_input",
     "check_writable_dir",
+    "file_lock",
+    "folder_lock",
     "made_dirs",
     "open_append",
     "output_dir",

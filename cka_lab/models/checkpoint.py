@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import pickle
 import subprocess
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,28 +77,52 @@ class Checkpoint:
         return (self.config or infer_edt(self.state_dict)).name
 
 
+def _max_checkpoint_bytes() -> int:
+    from cka_lab.models.bounds import available_memory
+
+    return available_memory("cpu")
+
+
 def _torch_load(path: Path) -> Any:
-    if not path.exists():
-        raise CkaLabError(f"checkpoint {str(path)!r} does not exist: check the path")
-    if path.is_dir():
-        raise CkaLabError(f"{str(path)!r} is a folder, not a checkpoint file")
-    with open(path, "rb") as f:
+    """``torch.load(weights_only=True)`` of a file checked first: a regular file (a FIFO would block
+    forever) that fits in memory. torch's warnings are silenced: the outcome is one line either way."""
+    from cka_lab.io.inputs import open_input
+
+    with open_input(path, "checkpoint", max_bytes=_max_checkpoint_bytes(),
+                    hint="free some memory, or load it on a machine with more") as f:
         magic = f.read(4)
-    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or a raw pickle
-        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint (it is neither a torch.save zip nor a pickle)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "global" in msg.lower():
-            raise CkaLabError(
+        if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or a raw pickle
+            raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint (it is neither a torch.save zip nor a pickle)")
+        f.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4", "looks like a TorchScript archive"
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+            raise _load_error(path, exc) from None
+
+
+def _load_error(path: Path, exc: Exception) -> CkaLabError:
+    """One line for a file ``torch.load(weights_only=True)`` refused; never torch's advice to load unsafely."""
+    msg = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in msg.lower():
+        if "global" in msg.lower() or "reduce" in msg.lower():
+            return CkaLabError(
                 f"refusing to load {str(path)!r}: it holds pickled Python objects that could run code "
                 "(only tensors and plain types are accepted); re-save it as a state dict from a trusted source"
-            ) from None
-        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({_clip(first)})") from None
+            )
+    if "TorchScript" in msg:
+        return CkaLabError(f"{str(path)!r} is a TorchScript archive, not a checkpoint: save the model's state_dict "
+                           "with torch.save and load that")
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "weights_only" not in ln
+             and "weights only load failed" not in ln.lower()]
+    first = lines[0] if lines else type(exc).__name__
+    for cut in ("In PyTorch 2.6", "Re-running `torch.load`"):  # torch's advice, when on the same line
+        first = first.split(cut, 1)[0].strip() or type(exc).__name__
+    if "weights only load failed" in msg.lower():
+        return CkaLabError(f"refusing to load {str(path)!r}: the safe (weights-only) loader cannot read it "
+                           f"({_clip(first)}); re-save it with torch.save from a trusted source")
+    return CkaLabError(f"{str(path)!r} is not a PyTorch checkpoint ({_clip(first)})")
 
 
 def _clip(text: str, limit: int = 160) -> str:
@@ -130,13 +156,99 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     obj = _torch_load(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        try:
-            cfg = EDTConfig.from_dict(obj["config"])
-            sd = _as_state_dict(obj["model"], path)
-        except (KeyError, TypeError) as exc:
-            raise CkaLabError(f"{str(path)!r} is a damaged cka_lab checkpoint (missing {exc})") from None
-        return Checkpoint(path, sd, FORMAT, cfg, dict(obj.get("meta") or {}), obj.get("train"))
+        for key in ("config", "model"):
+            if key not in obj:
+                raise _damaged(path, f"it has no {key!r} entry")
+        cfg = _config_from(obj["config"], path)
+        sd = _as_state_dict(obj["model"], path)
+        meta = obj.get("meta")
+        _check_fields(meta, _META_TYPES, "meta", path)
+        _check_val(meta, path)
+        _check_fields(obj.get("train"), _TRAIN_TYPES, "train", path)
+        return Checkpoint(path, sd, FORMAT, cfg, dict(meta or {}), obj.get("train"))
     return Checkpoint(path, _as_state_dict(obj, path), "official")
+
+
+# What each entry of a cka_lab checkpoint must be: a damaged file (any field of the wrong type) is one line.
+_NUMBER = (int, float)
+_META_TYPES: dict[str, tuple] = {
+    **{k: (str, type(None)) for k in ("torch", "cka_lab", "git_commit", "device", "precision", "run", "config_file",
+                                      "config_toml")},
+    "iteration": (int, type(None)),
+    "val": (Mapping, type(None)),
+}
+_TRAIN_TYPES: dict[str, tuple] = {
+    "iteration": (int,), "optimizer": (Mapping,), "scheduler": (Mapping,), "scaler": (Mapping, type(None)),
+    "rng": (list, tuple), "world_size": (int,), "config": (Mapping,), "config_toml": (str,),
+    "best_psnr": (*_NUMBER, type(None)),
+}
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", tuple: "a list", str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            type(None): "null"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _damaged(path: Path, what: str) -> CkaLabError:
+    return CkaLabError(f"{str(path)!r} is a damaged cka_lab checkpoint: {what}; re-save it, or use another file")
+
+
+def _check_fields(entry: Any, types: Mapping[str, tuple], name: str, path: Path) -> None:
+    """``entry`` (``meta`` / ``train``) must be a table (or absent) whose known keys have their types."""
+    if entry is None:
+        return
+    if not isinstance(entry, Mapping):
+        raise _damaged(path, f"its {name!r} is {_kind(entry)}, expected a table")
+    for key, value in entry.items():
+        if not isinstance(key, str):
+            raise _damaged(path, f"its {name!r} has the key {key!r}, expected names")
+        want = types.get(key)
+        if want is not None and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+            raise _damaged(path, f"{name}.{key} is {_kind(value)}")
+
+
+def _check_val(meta: Any, path: Path) -> None:
+    """``meta.val``: task -> {psnr, ssim, images} with numbers (or null)."""
+    val = meta.get("val") if isinstance(meta, Mapping) else None
+    for task, score in (val or {}).items():
+        if not isinstance(score, Mapping):
+            raise _damaged(path, f"meta.val.{task} is {_kind(score)}, expected a table")
+        for k in ("psnr", "ssim"):
+            v = score.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBER)):
+                raise _damaged(path, f"meta.val.{task}.{k} is {_kind(v)}")
+
+
+def _config_from(d: Any, path: Path) -> EDTConfig:
+    """The EDTConfig of a checkpoint's ``config`` entry, every field checked against its default's type."""
+    if not isinstance(d, Mapping):
+        raise _damaged(path, f"its 'config' is {_kind(d)}, expected a table")
+    defaults = EDTConfig()
+    for key, value in d.items():
+        if not isinstance(key, str) or not hasattr(defaults, key):
+            raise _damaged(path, f"its config has the unknown field {key!r}")
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, (list, tuple)) else None
+            elem = type(default[0]) if default else (str if key == "rain_levels" else int)
+            if items is None or not all(_is_a(v, elem) for v in items):
+                raise _damaged(path, f"config.{key} is {_kind(value)} {value!r:.40}, expected a list of {elem.__name__}s")
+        elif not _is_a(value, type(default)):
+            raise _damaged(path, f"config.{key} is {_kind(value)} {value!r:.40}, expected {_kind(default)}")
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise _damaged(path, f"config.{key} is {value}, expected a size >= 0")
+    try:
+        return EDTConfig.from_dict(dict(d))
+    except (TypeError, ValueError) as exc:
+        raise _damaged(path, f"its config does not describe an EDT ({exc})") from None
+
+
+def _is_a(value: Any, tp: type) -> bool:
+    if tp is float:
+        return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,12 +442,34 @@ def load_model(
         cfg = config_from_name(arch)
     elif ckpt.config is not None and not drop:
         cfg = ckpt.config
+        _check_config_fits_weights(cfg, sd, ckpt.path)
     else:
         cfg = infer_edt(sd)
+    from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes
+
+    check_fits(stored_mask_bytes(cfg), available_memory("cpu"), f"the attention masks of image_size {cfg.image_size} "
+               f"in {str(ckpt.path)!r}", "its config is damaged, or give --arch")
     model = EDT(cfg)
     load_weights(model, Checkpoint(ckpt.path, sd, ckpt.format, ckpt.config, ckpt.meta, ckpt.train))
     model.checkpoint_info = {"path": str(ckpt.path), "format": ckpt.format, **ckpt.meta}
     return model.to(device).eval()
+
+
+def _check_config_fits_weights(cfg: EDTConfig, sd: Mapping[str, Tensor], path: Path) -> None:
+    """A checkpoint's config must describe its own weights (a damaged one is refused before a model is built)."""
+    if len(cfg.window_size) != 2 or min(cfg.window_size) < 1 or len(cfg.num_heads) != len(cfg.depths):
+        raise _damaged(path, f"its config has window_size {list(cfg.window_size)}, {len(cfg.depths)} depths and "
+                             f"{len(cfg.num_heads)} head counts")
+    try:
+        embed = _shape(sd, "body.patch_embed.norm.weight", 1)[0]
+        n_layers = _indices(sd, "body.layers.", "layer")
+        depths = tuple(_indices(sd, f"body.layers.{i}.residual_group.blocks.", f"block of layer {i}")
+                       for i in range(n_layers))
+    except CkaLabError as exc:
+        raise _damaged(path, str(exc)) from None
+    if embed != cfg.embed_dim or depths != tuple(cfg.depths):
+        raise _damaged(path, f"its config says embed_dim {cfg.embed_dim}, depths {list(cfg.depths)} but its weights "
+                             f"have embed_dim {embed}, depths {list(depths)}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ whose tile fits. Images whose output exceeds :data:`MAX_OUTPUT_PIXELS` are refus
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -112,26 +111,12 @@ def forward_bytes_per_pixel(cfg, task: str) -> float:
 
 
 def memory_budget(device: torch.device | str) -> int:
-    """Bytes one forward pass may use: half the free CUDA memory, or a quarter of the available RAM."""
+    """Bytes one forward pass may use: half the free CUDA memory, or a quarter of the available RAM
+    (:func:`cka_lab.models.bounds.available_memory`: also bounded by a cgroup limit or ``RLIMIT_AS``)."""
+    from cka_lab.models.bounds import available_memory
+
     device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    avail = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 8 << 30
-    return int(avail * 0.25)
+    return int(available_memory(device) * (0.5 if device.type == "cuda" else 0.25))
 
 
 def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:

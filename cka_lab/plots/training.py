@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cka_lab.errors import CkaLabError
 
-__all__ = ["plot_training_log", "log_stages"]
+__all__ = ["plot_training_log", "log_stages", "numeric_log"]
 
 _STAGE = re.compile(r"^s(\d+)_(?:plain_entropy_rel|attn_entropy_rel)$")
 _PARTS = {"q": "#1f77b4", "k": "#d62728", "v": "#7f7f7f"}
@@ -54,6 +54,18 @@ def _kind_columns(tl: pd.DataFrame, stat: str, s: int) -> list[tuple[str, str]]:
     if not cols and old in tl.columns:
         cols = [("both", old)]
     return cols
+
+
+def numeric_log(log: pd.DataFrame, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``log`` with every column but ``keep`` numeric: text, garbage and +-inf become NaN (a diverged run
+    logs inf/NaN losses), rows without an iteration number are dropped."""
+    out = log.copy()
+    for col in out.columns:
+        if col not in keep:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+    num = [c for c in out.columns if c not in keep]
+    out[num] = out[num].replace([np.inf, -np.inf], np.nan)
+    return out[out["iteration"].notna()] if "iteration" in out.columns else out
 
 
 def _note(ax, text: str) -> None:
@@ -111,7 +123,15 @@ def plot_training_log(train_log: pd.DataFrame, val_log: pd.DataFrame | None = No
             raise CkaLabError(f"the training log has no {col!r} column: is it a cka-lab train_log.csv?")
     if train_log.empty:
         raise CkaLabError("the training log has no rows yet")
-    tl = train_log.sort_values("iteration")
+    tl = numeric_log(train_log)
+    if heads is not None:
+        heads = numeric_log(heads, keep=("kind",))
+    if tl.empty:
+        raise CkaLabError("the training log has no row with an iteration number: is it a cka-lab train_log.csv?")
+    tl = tl.sort_values("iteration")
+    if val_log is not None and {"iteration", "task", "psnr"} <= set(val_log.columns):
+        val_log = numeric_log(val_log, keep=("task",))
+        val_log = val_log[val_log["psnr"].notna()]
     it = tl["iteration"].to_numpy()
     stages = log_stages(tl)
     palette = sns.color_palette("viridis", max(1, len(stages)))
@@ -127,7 +147,11 @@ def plot_training_log(train_log: pd.DataFrame, val_log: pd.DataFrame | None = No
         for c in loss_cols:
             ax_loss.plot(it, tl[c], lw=1, alpha=0.7, label=c.removeprefix("loss_"))
     ax_loss.plot(it, tl["loss"], color="black", lw=1.6, label="mean" if len(loss_cols) > 1 else None)
-    ax_loss.set_yscale("log")
+    if (tl["loss"] > 0).any():
+        ax_loss.set_yscale("log")
+    if tl["loss"].isna().any():
+        ax_loss.text(0.02, 0.02, f"{int(tl['loss'].isna().sum())} rows without a finite loss (not drawn)",
+                     transform=ax_loss.transAxes, fontsize=8, color="#d62728")
     ax_loss.set_title("training loss (L1)")
     if len(loss_cols) > 1:
         ax_loss.legend(fontsize=8, frameon=False)

@@ -16,7 +16,8 @@ from cka_lab.analysis.attention_cache import AttentionCache
 from cka_lab.errors import CkaLabError
 from cka_lab.study.claims import judge_claims
 from cka_lab.study.contrasts import ContrastRecord, run_contrasts
-from cka_lab.io import write_bytes
+from cka_lab.io import made_dirs, remove_empty_dirs, write_bytes
+from cka_lab.io.lock import folder_lock
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
@@ -29,6 +30,10 @@ def resolve_study_file(name: str) -> Path:
     """A path, or the name of a bundled preset (a folder of that name, e.g. the study's own output, is not a file)."""
     path = Path(name)
     if path.suffix == ".toml" or path.is_file():
+        if path.exists():  # a FIFO or a huge file is refused before it is read
+            from cka_lab.io.inputs import check_input_file
+
+            check_input_file(path, "study file", max_bytes=1 << 20, hint="a study file is a small TOML file")
         return path
     from cka_lab.study import preset_path
 
@@ -40,6 +45,21 @@ def study_from_args(args: argparse.Namespace) -> int:
     if args.max_runs is not None and args.max_runs < 0:
         raise CkaLabError(f"--max-runs must be >= 0, got {args.max_runs}")
     out = Path(args.out) if args.out else Path("studies") / spec.study.name
+    if out.exists() and not out.is_dir():
+        raise CkaLabError(f"--out {str(out)!r} is a file: a study writes a folder; choose another --out")
+    rank = int(os.environ.get("RANK", 0))
+    if rank != 0:
+        return _run_study(spec, out, args)
+    created = made_dirs(out)
+    try:
+        with folder_lock(out, "study folder"):  # one study process writes a folder at a time
+            return _run_study(spec, out, args)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+
+
+def _run_study(spec: StudySpec, out: Path, args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     t0 = time.perf_counter()
     if rank == 0:

@@ -36,6 +36,7 @@ import torch
 from cka_lab import __version__
 from cka_lab.errors import CkaLabError
 from cka_lab.io import open_append, write_bytes
+from cka_lab.io.lock import LOCK_NAME
 from cka_lab.study.plan import Run, plan_runs, run_config
 from cka_lab.study.spec import StudySpec
 
@@ -130,7 +131,7 @@ def prepare_folder(spec: StudySpec, out: Path, *, resume: bool) -> StudyPaths:
         if not resume:
             raise CkaLabError(f"{paths.root} already holds this study: add --resume to continue it, or choose another --out")
         return paths
-    if paths.root.exists() and any(paths.root.iterdir()):
+    if paths.root.exists() and any(p.name != LOCK_NAME for p in paths.root.iterdir()):  # its lock is ours
         raise CkaLabError(f"{paths.root} exists and is not empty: choose another --out for a new study")
     for d in (paths.root, paths.configs, paths.runs, paths.models, paths.eval, paths.contrasts, paths.tables):
         d.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -342,6 +343,8 @@ def _scalar(value: Any, tp: type, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CkaLabError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has inf and nan: no field takes them
+            raise CkaLabError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -413,6 +416,22 @@ def _section(name: str, cls: type, table: Any, base: Path) -> Any:
     return cls(**kwargs)
 
 
+#: [model] numbers with a range: key -> (test, the range in words).
+_MODEL_RANGES = {
+    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mlp_ratio": (lambda v: v > 0, "> 0"),
+}
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse (one line, naming the field) an inf or nan anywhere in a [model] value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CkaLabError(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
 def _model_section(table: dict) -> ModelConfig:
     from cka_lab.models.registry import EDTConfig
 
@@ -431,6 +450,9 @@ def _model_section(table: dict) -> ModelConfig:
             raise CkaLabError(
                 f"[model] has no key {key!r}{_close(key, ['arch'] + allowed)}; valid keys: arch, {', '.join(allowed)}"
             )
+        _check_finite(value, f"model.{key}")
+        if key in _MODEL_RANGES and isinstance(value, (int, float)) and not _MODEL_RANGES[key][0](value):
+            raise CkaLabError(f"model.{key} must be {_MODEL_RANGES[key][1]}, got {value!r}")
         overrides.append((key, tuple(value) if isinstance(value, list) else value))
     cfg = ModelConfig(arch=arch, overrides=tuple(sorted(overrides)))
     # Fail now, not after the data is loaded, on a bad name or override.
@@ -536,13 +558,17 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         raise CkaLabError(f"{where}: run.device must be auto, cpu, cuda or cuda:N, got {cfg.run.device!r}")
 
 
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path, *, data_root: str | Path | None = None) -> TrainConfig:
     """Read a TOML training config. ``data_root`` replaces ``[data] root`` (relative to the CWD)."""
+    from cka_lab.io.inputs import open_input
+
     path = Path(path)
-    if not path.is_file():
-        raise CkaLabError(f"config file {str(path)!r} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a folder, a FIFO or a huge file is refused before it is read
+        with open_input(path, "config file", max_bytes=_MAX_CONFIG_BYTES, hint="a training config is a small TOML file") as f:
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CkaLabError(f"cannot read config {str(path)!r}: {exc}") from None
     return parse_config(text, source=path, data_root=data_root)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from cka_lab.errors import CkaLabError
 from cka_lab.io import made_dirs, remove_empty_dirs, write_text
+from cka_lab.io.lock import folder_lock
+from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes, training_bytes
 from cka_lab.models.checkpoint import load_weights, save_checkpoint
 from cka_lab.models.edt import EDT, compile_for_training
 from cka_lab.models.registry import config_from_name
@@ -79,15 +81,30 @@ def resolve_out(cfg: TrainConfig, out: str | Path | None) -> Path:
     return Path("runs") / cfg.run.name
 
 
-def build_model(cfg: TrainConfig) -> EDT:
-    """The EDT of ``[model]``; ``image_size`` (mask buffers) defaults to ``data.patch_size``."""
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> EDT:
+    """The EDT of ``[model]``; ``image_size`` (mask buffers) defaults to ``data.patch_size``.
+
+    Sizes are checked against the memory of the machine (``device``) before the model is built.
+    """
     overrides = {"image_size": cfg.data.patch_size, **cfg.model.override_dict()}
     try:
         model_cfg = config_from_name(cfg.model.arch, **overrides)
     except TypeError as exc:
         raise CkaLabError(f"[model] bad override: {exc}") from None
     check_patch_size(model_cfg, cfg.data.patch_size)
+    check_training_memory(model_cfg, cfg.data.patch_size, cfg.schedule.batch_size, device)
     return EDT(model_cfg)
+
+
+def check_training_memory(model_cfg, patch_size: int, batch_size: int, device: torch.device | str = "cpu") -> None:
+    """Refuse (one line) a patch, image size or batch whose estimated memory the machine does not have."""
+    p = model_cfg.image_size
+    check_fits(stored_mask_bytes(model_cfg), available_memory("cpu"), f"the attention masks of image_size {p}",
+               "use a smaller data.patch_size (or [model] image_size)")
+    sides = {h.key: patch_size * (1 if h.kind == "sr" or model_cfg.sf else 2**model_cfg.depth) for h in model_cfg.heads}
+    check_fits(training_bytes(model_cfg, batch_size, sides), available_memory(device),
+               f"training at data.patch_size {patch_size} with batch_size {batch_size}",
+               "use a smaller data.patch_size or schedule.batch_size")
 
 
 def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = False,
@@ -107,7 +124,8 @@ def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = Fal
         trainer = _Trainer(cfg, env, resolve_out(cfg, out), resume, max_iters)
         trainer.batch = cfg.schedule.batch_size // env.world_size if split_batch else cfg.schedule.batch_size
         try:
-            return trainer.run()
+            with trainer.locks:  # the run folder's lock (rank 0), released before a failed run's clean-up
+                return trainer.run()
         except BaseException:
             remove_empty_dirs(trainer.created)  # a failed run leaves no empty run folder behind
             raise
@@ -130,6 +148,7 @@ class _Trainer:
         self.heads_log: CsvLog | None = None
         self.batch = cfg.schedule.batch_size  # per head and process
         self.created: list[Path] = []  # folders this run made (removed again if it fails and leaves them empty)
+        self.locks = contextlib.ExitStack()  # rank 0 holds the run folder's lock while the run writes it
 
     # -- helpers -------------------------------------------------------------------------------------
     def _on_main(self, fn: Callable[[], T]) -> T | None:
@@ -144,6 +163,11 @@ class _Trainer:
         if err:
             raise CkaLabError(err)
         return result
+
+    def _lock(self) -> None:
+        """Create the run folder and lock it: a second process training into it is refused (its PID named)."""
+        self.created += made_dirs(self.out)
+        self.locks.enter_context(folder_lock(self.out, "run folder"))
 
     def _check_out(self) -> None:
         last = self.out / LAST
@@ -211,9 +235,10 @@ class _Trainer:
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, env = self.cfg, self.env
+        self._on_main(self._lock)
         self._on_main(self._check_out)
         seed_everything(cfg.run.resolved_init_seed() + env.rank)
-        model = build_model(cfg)
+        model = build_model(cfg, self.device)
         resume_ckpt = None
         if self.resume:
             resume_ckpt = read_training_checkpoint(self.out / LAST)
@@ -270,7 +295,7 @@ class _Trainer:
             diag = self._diagnostics(model, data, val)
         self.diag = diag
         if env.is_main:
-            self.created = made_dirs(self.out)
+            self.created += made_dirs(self.out)
             for stale in self.out.glob(f".{LAST}.*.tmp"):
                 stale.unlink()  # a write that a killed process left half done
             train_log = CsvLog(self.out / "train_log.csv",
