@@ -159,7 +159,9 @@ class Comparison:
             "protocol": self.protocol,
             "n_units": self.n_units,
             "mean_cka": float(np.nanmean(m)),
-            "best_match_of_a": {a: self.layers_b[j] for a, j in zip(self.layers_a, best)},
+            # a row that is all NaN (a constant layer of A) has no best match: None (null in JSON)
+            "best_match_of_a": {a: (None if np.isnan(row).all() else self.layers_b[j])
+                                for a, j, row in zip(self.layers_a, best, m)},
             **self.meta,
         }
         if self.same_layers:

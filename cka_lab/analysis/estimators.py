@@ -21,6 +21,7 @@ difference between two maps needs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -56,11 +57,13 @@ def resolve_unit_size(unit_size: int | None, batch_size: int, n_samples: int) ->
     the forward batches and a last short unit must keep the unbiased HSIC's 4 crops (one-line errors)."""
     unit = unit_size or min(DEFAULT_UNIT_SIZE, batch_size)
     if unit < MIN_BATCH:
+        flag = "--unit-size" if unit_size else "--batch-size"
         raise CkaLabError(f"a resampling unit of {unit} crops is too small: the unbiased HSIC needs at least "
-                          f"{MIN_BATCH}; use --batch-size >= {MIN_BATCH}")
+                          f"{MIN_BATCH}; use {flag} >= {MIN_BATCH}")
     if batch_size % unit:
+        sizes = sorted({max(unit, batch_size // unit * unit), (batch_size // unit + 1) * unit})
         raise CkaLabError(f"--batch-size {batch_size} is not a multiple of the resampling unit ({unit} crops): "
-                          f"use a batch size of {max(unit, batch_size // unit * unit)} or {(batch_size // unit + 1) * unit}")
+                          f"use a batch size of {' or '.join(map(str, sizes))}")
     rest = n_samples % unit
     if rest and rest < MIN_BATCH:
         raise CkaLabError(f"--n-samples {n_samples} leaves a last unit of {rest} crops (< {MIN_BATCH}): "
@@ -222,6 +225,9 @@ def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapp
         del grams
     dead = is_constant(store.square, store.centred)
     const = [k for k, d in zip(keys, dead.tolist()) if d]
+    if const:  # as the minibatch estimator does: the layer is named, its CKA is NaN
+        warnings.warn(f"layer {', '.join(repr(k) for k in const)} has constant features over all {n} samples; "
+                      "its CKA is undefined and set to NaN", stacklevel=2)
     bounds = group_bounds(n, n_groups) if bounds is None else [(int(a), int(b)) for a, b in bounds]
     full, _ = deleted_group_inner(store.grams, store.grams, [(0, n)])
     estimate = _ratio(full, full.diagonal(), full.diagonal(), dead)
