@@ -49,7 +49,7 @@ _OTHER_TASK = re.compile(r"x\d+|L|H|dr_L|dr_H")
 def bundled_images(kind: str = "sr_lr_x2") -> list[Path]:
     """Paths of the images bundled with the package for ``kind``, sorted by file name.
 
-    Kinds: ``sr_lr_x2``, ``sr_hr``, ``clean``, ``rain``, ``norain`` (see :data:`BUNDLED_KINDS`).
+    Kinds: ``sr_lr_x2``, ``sr_hr``, ``clean``, ``rain``, ``norain``, ``probes`` (see :data:`BUNDLED_KINDS`).
     """
     if kind not in BUNDLED_KINDS:
         raise CkaLabError(f"unknown bundled image kind {kind!r}; use one of {', '.join(BUNDLED_KINDS)}")

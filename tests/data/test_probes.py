@@ -19,7 +19,7 @@ from cka_lab.errors import CkaLabError
 
 def test_every_bundled_kind_has_images():
     counts = {kind: len(bundled_images(kind)) for kind in BUNDLED_KINDS}
-    assert counts == {"sr_lr_x2": 5, "sr_hr": 5, "clean": 3, "rain": 2, "norain": 2}
+    assert counts == {"sr_lr_x2": 5, "sr_hr": 5, "clean": 3, "rain": 2, "norain": 2, "probes": 68}
 
 
 def test_bundled_sr_lr_pairs_with_hr_by_sorted_name_at_half_size():
@@ -31,18 +31,33 @@ def test_bundled_sr_lr_pairs_with_hr_by_sorted_name_at_half_size():
 
 def test_bundled_assets_stay_small():
     total = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*") if p.is_file())
-    assert total < 3_000_000
+    probes = sum(p.stat().st_size for p in (ASSETS_DIR / "probes_cbsd68").iterdir())
+    assert total - probes < 3_000_000  # the demo images
+    assert probes < 5_000_000  # 68 lossless 192 px crops, the default probe set
 
 
 def test_assets_readme_records_the_sha256_of_every_bundled_image():
     readme = (ASSETS_DIR / "README.md").read_text()
     rows = re.findall(r"^\| ([\w-]+/[\w.-]+\.png) \| .*? \| .*? \| ([0-9a-f]{64}) \| ([0-9a-f]{64}|same) \|$",
                       readme, flags=re.M)
-    bundled = {f"{p.parent.name}/{p.name}" for kind in BUNDLED_KINDS for p in bundled_images(kind)}
-    assert {r[0] for r in rows} == bundled
+    bundled = {f"{p.parent.name}/{p.name}" for kind in BUNDLED_KINDS if kind != "probes"
+               for p in bundled_images(kind)}
+    assert {r[0] for r in rows} == bundled  # the probe crops have their own PROVENANCE.csv (next test)
     for rel, source_sha, own_sha in rows:
         digest = hashlib.sha256((ASSETS_DIR / rel).read_bytes()).hexdigest()
         assert digest == (source_sha if own_sha == "same" else own_sha), rel
+
+
+def test_probe_crops_provenance_records_every_crop_and_its_sha256():
+    import csv
+
+    with (ASSETS_DIR / "probes_cbsd68" / "PROVENANCE.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    files = {p.name for p in bundled_images("probes")}
+    assert {r["file"] for r in rows} == files and len(files) == 68
+    for r in rows:
+        assert hashlib.sha256((ASSETS_DIR / "probes_cbsd68" / r["file"]).read_bytes()).hexdigest() == r["sha256"]
+        assert r["source_repo"] and len(r["source_commit"]) == 40
 
 
 def test_bundled_lr_files_are_the_shared_official_files(data_dir):
