@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
+from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes
 from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
 
@@ -754,6 +755,10 @@ class EDT(nn.Module):
         if not cfg.heads:
             raise CkaLabError("an EDT needs at least one task head (SR scale, noise level or rain level)")
         self.config = cfg
+        # the stored shifted-window masks of the training size are the one allocation that grows with the
+        # square of image_size: refuse (one line) a size whose masks the machine cannot hold, before any
+        check_fits(stored_mask_bytes(cfg), available_memory("cpu"), f"the attention masks of image_size {cfg.image_size}",
+                   "use a smaller image_size (masks for other input sizes are built when an input of that size comes)")
         gen = stable_generator()  # before any submodule draws: PyTorch's own init never reaches the weights
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         for h in cfg.heads:

@@ -96,3 +96,26 @@ def test_a_second_training_into_a_run_folder_is_refused_naming_the_holder(data_d
     assert f"run folder {str(out)!r} is being written by another cka-lab process (PID {os.getpid()})" in err
     assert "\n" not in err
     assert list(out.iterdir()) == []  # nothing written, lock released
+
+
+def test_the_model_constructor_refuses_masks_the_machine_cannot_hold_before_allocating_them(tmp_path):
+    """``create_edt(image_size=4800)`` in Python (no CLI in front of it), under a 4 GB address-space cap."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+        from cka_lab.errors import CkaLabError
+        from cka_lab.models import create_edt
+        try:
+            create_edt("SRx2_EDTT", image_size=4800)
+        except CkaLabError as exc:
+            print("refused:", exc)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the attention masks of image_size 4800" in proc.stdout and "GiB" in proc.stdout
