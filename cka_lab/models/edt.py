@@ -193,8 +193,13 @@ def window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int])
 
 @lru_cache(maxsize=8)
 def _cached_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device: str) -> Tensor:
-    """Read-only masks shared by all shifted blocks for one input size (the official code recomputes them)."""
-    return window_mask(H, W, window, shift).to(device)
+    """Read-only masks shared by all shifted blocks for one input size (the official code recomputes them).
+
+    Built outside inference mode: a cached tensor made under ``torch.inference_mode`` could not be saved
+    for a later backward (the same holds for every cache below).
+    """
+    with torch.inference_mode(False):
+        return window_mask(H, W, window, shift).to(device)
 
 
 @lru_cache(maxsize=16)
@@ -205,13 +210,14 @@ def window_tokens(H: int, W: int, window: tuple[int, int], shift: tuple[int, int
     rolled by ``-shift`` (window after window, row-major inside a window: the order of
     :func:`window_partition`); ``windowed[:, inv]`` puts them back (and so undoes the roll).
     """
-    idx = torch.arange(H * W).view(1, H, W, 1)
-    if shift is not None:
-        idx = torch.roll(idx, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    perm = window_partition(idx, *window).reshape(-1)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(H * W)
-    return perm.to(device), inv.to(device)
+    with torch.inference_mode(False):  # cached: see _cached_mask
+        idx = torch.arange(H * W).view(1, H, W, 1)
+        if shift is not None:
+            idx = torch.roll(idx, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        perm = window_partition(idx, *window).reshape(-1)
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(H * W)
+        return perm.to(device), inv.to(device)
 
 
 @lru_cache(maxsize=16)
@@ -224,17 +230,19 @@ def _batch_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int],
     resolution). Every row keeps its own region, so no row is all ``-inf``. Given as floats, not as a
     boolean mask, which the kernel would convert on every call.
     """
-    m = _cached_mask(H, W, window, shift, device)  # (nW, N, N), -100 across regions
-    m = torch.zeros_like(m).masked_fill_(m.ne(0), float("-inf"))
-    return m.unsqueeze(0).expand(B, *m.shape).reshape(-1, 1, *m.shape[1:])
+    with torch.inference_mode(False):  # cached: see _cached_mask
+        m = _cached_mask(H, W, window, shift, device)  # (nW, N, N), -100 across regions
+        m = torch.zeros_like(m).masked_fill_(m.ne(0), float("-inf"))
+        return m.unsqueeze(0).expand(B, *m.shape).reshape(-1, 1, *m.shape[1:])
 
 
 @lru_cache(maxsize=32)
 def _flat_tokens(perm: Tensor, inv: Tensor, B: int) -> tuple[Tensor, Tensor]:
     """``perm``/``inv`` of :func:`window_tokens` for ``B`` images flattened to ``(B*L,)`` rows."""
-    L = perm.numel()
-    offsets = torch.arange(B, device=perm.device).view(-1, 1) * L
-    return (perm.view(1, -1) + offsets).reshape(-1), (inv.view(1, -1) + offsets).reshape(-1)
+    with torch.inference_mode(False):  # cached: see _cached_mask
+        L = perm.numel()
+        offsets = torch.arange(B, device=perm.device).view(-1, 1) * L
+        return (perm.view(1, -1) + offsets).reshape(-1), (inv.view(1, -1) + offsets).reshape(-1)
 
 
 class _GatherTokens(torch.autograd.Function):

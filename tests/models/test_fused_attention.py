@@ -270,3 +270,15 @@ def test_the_block_takes_the_window_major_route_unless_something_needs_the_modul
     assert not blk.window_major()
     h.remove()
     assert blk.window_major()
+
+
+def test_caches_built_under_inference_mode_serve_a_later_training_step():
+    """Masks and token orders are cached; the first call may come from an inference_mode analysis."""
+    blk = _block(True)
+    x = _tokens(B=1, size=72)  # a size no other test caches first
+    with torch.inference_mode():
+        blk.eval()(x, (72, 72))
+    blk.train()
+    out = blk(x.clone().requires_grad_(), (72, 72))
+    out.sum().backward()  # would raise "Inference tensors cannot be saved for backward"
+    assert blk.qkv.weight.grad is not None
