@@ -15,13 +15,23 @@ import numpy as np
 __all__ = ["holm", "benjamini_hochberg", "reject"]
 
 
-def _prepare(p) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(p, dtype=np.float64)
-    flat = p.reshape(-1)
+def _adjust(p, step_values) -> np.ndarray:
+    """Apply ``step_values(sorted finite p) -> adjusted sorted p`` and put the result back in place.
+
+    NaN entries stay NaN and are left out of the family; values outside [0, 1] are refused.
+    """
+    flat = np.asarray(p, dtype=np.float64).reshape(-1)
     ok = ~np.isnan(flat)
     if np.any((flat[ok] < 0) | (flat[ok] > 1)):
         raise ValueError("p-values must lie in [0, 1]")
-    return flat, ok
+    out = np.full(flat.shape, np.nan)
+    vals = flat[ok]
+    if vals.size:
+        order = np.argsort(vals, kind="stable")
+        res = np.empty(vals.size)
+        res[order] = step_values(vals[order])
+        out[ok] = res
+    return out.reshape(np.shape(p))
 
 
 def holm(p) -> np.ndarray:
@@ -30,17 +40,10 @@ def holm(p) -> np.ndarray:
     ``p``: any shape, NaN for a test not made. Controls the family-wise error at ``alpha`` under any
     dependence between the tests.
     """
-    flat, ok = _prepare(p)
-    out = np.full(flat.shape, np.nan)
-    vals = flat[ok]
-    m = vals.size
-    if m:
-        order = np.argsort(vals, kind="stable")
-        adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * vals[order]))
-        res = np.empty(m)
-        res[order] = adj
-        out[ok] = res
-    return out.reshape(np.shape(p))
+    def step(v: np.ndarray) -> np.ndarray:
+        return np.minimum(1.0, np.maximum.accumulate((v.size - np.arange(v.size)) * v))
+
+    return _adjust(p, step)
 
 
 def benjamini_hochberg(p) -> np.ndarray:
@@ -49,18 +52,11 @@ def benjamini_hochberg(p) -> np.ndarray:
     ``p``: any shape, NaN for a test not made. Controls the false discovery rate at ``alpha`` for
     independent or positively dependent tests (the cells of one CKA heatmap are treated so).
     """
-    flat, ok = _prepare(p)
-    out = np.full(flat.shape, np.nan)
-    vals = flat[ok]
-    m = vals.size
-    if m:
-        order = np.argsort(vals, kind="stable")
-        ranked = vals[order] * m / np.arange(1, m + 1)
-        adj = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-        res = np.empty(m)
-        res[order] = adj
-        out[ok] = res
-    return out.reshape(np.shape(p))
+    def step(v: np.ndarray) -> np.ndarray:
+        ranked = v * v.size / np.arange(1, v.size + 1)
+        return np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+
+    return _adjust(p, step)
 
 
 def reject(adjusted, alpha: float = 0.05) -> np.ndarray:

@@ -18,6 +18,7 @@ from PIL import Image
 from cka_lab.cli import main
 from cka_lab.io import folder_lock, safe_write
 from cka_lab.models import create_edt, save_checkpoint
+from tests.cli.test_reliability_cli import one_line_error
 
 TINY = dict(embed_dim=12, depths=(2,), num_heads=(2,), drop_path_rate=0.0)
 REPO = str(Path(__file__).resolve().parents[2])
@@ -33,14 +34,6 @@ def ckpts(tmp_path_factory):
     obj["meta"] = [1, 2]
     torch.save(obj, d / "meta_list.pt")
     return d / "a.pt", d / "b.pt", d / "meta_list.pt"
-
-
-def one_line_error(capsys, *argv) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("cka-lab: error: ") and "\n" not in err, err
-    return err
 
 
 def _under_memory_limit(*argv: str) -> subprocess.CompletedProcess:
