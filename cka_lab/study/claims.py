@@ -136,13 +136,13 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
 
     # 1 -- pre-training improves SR beyond the same compute from scratch (transfer)
     for t in sr:
-        for c in conds:
+        for c in (c for c in conds if c.applies(t)):
             out.append(_psnr_claim(f"Pre-training ({c.name}) improves {t} beyond training from scratch for the same "
                                    f"steps and patches ({long})", transfer(t, c.name),
                                    f"transfer PSNR({c.name}) - PSNR({long}) on {spec.eval.sr}", short(t, c.name, long)))
     # 2 -- more for SR than for DN
     if sr and dn:
-        for c in conds:
+        for c in (c for c in conds if c.applies(sr[0]) and c.applies(dn[0])):
             d = (transfer(sr[0], c.name) - transfer(dn[0], c.name)).dropna()
             why = "; ".join(x for x in (short(sr[0], c.name, long), short(dn[0], c.name, long)) if x)
             out.append(_psnr_claim(f"Pre-training ({c.name}) helps {sr[0]} more than {dn[0]}", d,
@@ -154,6 +154,8 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
         for t in spec.tasks.targets:
             for r in related:
                 for o in others:
+                    if not (spec.condition(r).applies(t) and spec.condition(o).applies(t)):
+                        continue
                     d = (_psnr(scores, t, r) - _psnr(scores, t, o)).dropna()
                     label = "single-task" if other_kind == "same" else "multi-unrelated"
                     out.append(_psnr_claim(f"Multi-related pre-training ({r}) beats {label} ({o}) on {t}", d,
@@ -162,7 +164,7 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
     control = {t: {(r.plan.seed, r.plan.seed_b): r.same_layer_mean for r in by_kind["seed"]
                    if r.plan.target == t and r.plan.condition == scratch} for t in spec.tasks.targets}
     if sr and dn:
-        for c in conds:
+        for c in (c for c in conds if c.applies(sr[0]) and c.applies(dn[0])):
             comp = {t: {r.plan.seed: r.same_layer_mean for r in by_kind["pretrain"]
                         if r.plan.target == t and r.plan.condition == c.name} for t in (sr[0], dn[0])}
 
@@ -177,7 +179,7 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
                                      "scratch seeds"), unit="CKA"))
     # 5 -- more local attention in the upper stages of pre-trained SR models
     for t in sr:
-        for c in conds:
+        for c in (c for c in conds if c.applies(t)):
             recs = [r for r in by_kind["pretrain"] if r.plan.target == t and r.plan.condition == c.name]
             d = pd.Series({r.plan.seed: upper_locality(r, r.plan.run_a) - upper_locality(r, r.plan.run_b)
                            for r in recs}, dtype=float)

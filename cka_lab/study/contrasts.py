@@ -72,7 +72,7 @@ def plan_contrasts(spec: StudySpec) -> list[ContrastPlan]:
     out: list[ContrastPlan] = []
     for target in spec.tasks.targets:
         for seed in seeds:
-            for cond in spec.conditions:
+            for cond in spec.conditions_for(target):
                 if cond.name == scratch:
                     continue
                 a, b = f"{target}-{scratch}-s{seed}", f"{target}-{cond.name}-s{seed}"

@@ -105,7 +105,7 @@ def design_frame(spec: StudySpec) -> pd.DataFrame:
     rows = []
     for t in spec.tasks.targets:
         kind = task_kind(t)
-        for c in spec.conditions:
+        for c in spec.conditions_for(t):
             steps, patches = condition_compute(spec, t, c)
             tasks = c.pretrain_tasks(t, spec.tasks.targets)
             kinds = tuple(dict.fromkeys(task_kind(x) for x in tasks))
@@ -148,7 +148,7 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], recor
     heatmaps, curves = [], []
     for target in spec.tasks.targets:
         per_cond = {}
-        for cond in spec.conditions:
+        for cond in spec.conditions_for(target):
             recs = [r for r in records if r.plan.kind == "pretrain" and r.plan.target == target]
             key = "within_a" if cond.name == scratch else "within_b"
             recs = [r for r in recs if cond.name == scratch or r.plan.condition == cond.name]
@@ -192,7 +192,8 @@ def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataF
         f"Study file fingerprint {spec.fingerprint}; cka_lab {__version__}, torch {torch.__version__}.",
         f"Targets: {', '.join(spec.tasks.targets)}. Conditions: "
         + "; ".join(f"{c.name} (pretrain = {c.pretrain if isinstance(c.pretrain, str) else '+'.join(c.pretrain)}"
-                    + (", budget total" if c.is_scratch_long else "") + (", added by the study" if c.added else "") + ")"
+                    + (", budget total" if c.is_scratch_long else "") + (", added by the study" if c.added else "")
+                    + (f", {'/'.join(c.targets)} only" if c.targets else "") + ")"
                     for c in spec.conditions) + f". Seeds: {', '.join(map(str, spec.study.seeds))} (the error bars).",
         f"Budgets: pre-training {b.pretrain_iterations} iterations, batch {b.pretrain_batch_size or b.batch_size} per head; "
         f"scratch and fine-tune {b.iterations} iterations each, batch {b.batch_size}; patch {spec.data.patch_size} px at "
@@ -210,7 +211,8 @@ def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataF
                  + "; target runs on " + _sources(spec.data.target_sr + spec.data.target_dn)
                  + ". No training source overlaps an evaluation folder (refused otherwise).")
     for t in spec.tasks.targets:
-        kinds = tuple(dict.fromkeys(task_kind(x) for c in spec.pretrained for x in c.pretrain_tasks(t, spec.tasks.targets)))
+        kinds = tuple(dict.fromkeys(task_kind(x) for c in spec.pretrained if c.applies(t)
+                                    for x in c.pretrain_tasks(t, spec.tasks.targets)))
         overlap = spec.pretrain_overlap(task_kind(t), kinds) if kinds else []
         if overlap:
             lines.append(f"Departure: the {t} pre-training corpus INCLUDES the target's training set ({', '.join(overlap)}): "

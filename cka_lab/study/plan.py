@@ -99,21 +99,26 @@ def scratch_long_budget(spec: StudySpec, target: str) -> tuple[int, int]:
     batch size this is exactly the pre-training + fine-tune's budget."""
     b = spec.budget
     steps = b.pretrain_iterations + b.iterations
-    patches = [condition_compute(spec, target, c)[1] for c in spec.pretrained]
+    patches = [condition_compute(spec, target, c)[1] for c in spec.pretrained if c.applies(target)]
     if not patches:
         return b.iterations, b.batch_size
     return steps, max(b.batch_size, math.ceil(max(patches) / steps))
 
 
 def plan_runs(spec: StudySpec) -> list[Run]:
-    """Every run of the study in an order where each run comes after the runs it depends on."""
+    """Every run of the study in an order where each run comes after the runs it depends on.
+
+    Seed by seed (a seed's pre-trainings, then its scratch runs and fine-tunes), so that a study stopped
+    midway has whole seeds; a condition limited to some targets (``targets``) gets runs for those only.
+    """
     b, size = spec.budget, spec.study.size
     pre_bs = b.pretrain_batch_size or b.batch_size
-    pre: dict[str, Run] = {}
-    targets: list[Run] = []
+    ordered: list[Run] = []
     for seed in spec.study.seeds:
+        pre: dict[str, Run] = {}
+        targets: list[Run] = []
         for target in spec.tasks.targets:
-            for cond in spec.conditions:
+            for cond in spec.conditions_for(target):
                 tasks = cond.pretrain_tasks(target, spec.tasks.targets)
                 if not tasks:
                     it, bs = scratch_long_budget(spec, target) if cond.is_scratch_long else (b.iterations, b.batch_size)
@@ -128,8 +133,9 @@ def plan_runs(spec: StudySpec) -> list[Run]:
                 targets.append(Run(f"{target}-{cond.name}-s{seed}", "finetune", seed, (target,), target, cond.name,
                                    init=pname, drop=drop, iterations=b.iterations, batch_size=b.batch_size,
                                    depends=(pname,)))
+        ordered += [*pre.values(), *targets]
     runs = [replace(r, arch=arch_name(r.tasks, size), init_seed=run_seeds(r.name)[0], data_seed=run_seeds(r.name)[1])
-            for r in [*pre.values(), *targets]]
+            for r in ordered]
     seeds = [s for r in runs for s in (r.init_seed, r.data_seed)]
     if len(set(seeds)) != len(seeds):  # 31-bit digests of distinct names: never seen, but never silent
         raise CkaLabError("two runs of the study got the same derived seed: rename a condition")

@@ -2,7 +2,8 @@
 
 The study folder ``OUT`` holds::
 
-    study.toml          the study file as given (a folder belongs to one study file: its fingerprint)
+    study.toml          the study file of the latest invocation (a folder belongs to the study whose trained runs
+                        its fingerprint names: comments, [eval] and [analysis] may change on --resume)
     study.json          name, fingerprint, cka_lab and torch versions, hardware
     configs/RUN.toml    each run's training config (runnable by hand with cka-lab train)
     runs/RUN/           each run's training folder (last.pt, train.csv, ...)
@@ -130,6 +131,7 @@ def prepare_folder(spec: StudySpec, out: Path, *, resume: bool) -> StudyPaths:
             )
         if not resume:
             raise CkaLabError(f"{paths.root} already holds this study: add --resume to continue it, or choose another --out")
+        _atomic_write(paths.root / "study.toml", spec.text.encode("utf-8"))  # the file of this invocation
         return paths
     if paths.root.exists() and any(p.name != LOCK_NAME for p in paths.root.iterdir()):  # its lock is ours
         raise CkaLabError(f"{paths.root} exists and is not empty: choose another --out for a new study")

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -116,6 +117,11 @@ class Condition:
     pretrain: str | tuple[str, ...] = "none"
     budget: str = "target"  # "total": from scratch for the steps and patches of pre-training + fine-tuning
     added: bool = False  # added by the study (the equal-compute control), not named in the file
+    targets: tuple[str, ...] = ()  # the targets this condition is trained for; empty: every target
+
+    def applies(self, target: str) -> bool:
+        """Whether the study trains ``target`` under this condition (``targets`` empty: every target)."""
+        return not self.targets or target in self.targets
 
     @property
     def from_scratch(self) -> bool:
@@ -202,7 +208,7 @@ class AnalysisSettings:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A whole study. ``text`` is the TOML text and ``fingerprint`` its digest (ties a folder to its file)."""
+    """A whole study. ``text`` is the TOML text; ``fingerprint`` ties a folder to the file's trained runs."""
 
     study: StudyMeta = field(default_factory=StudyMeta)
     tasks: TaskSet = field(default_factory=TaskSet)
@@ -217,7 +223,15 @@ class StudySpec:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
+        """Digest of what decides the trained runs: the study's name, seeds and size, its tasks, conditions,
+        data, budget and optimiser. Comments, devices, evaluation and analysis settings are left out, so a
+        study folder can be evaluated and analysed again under a revised ``[eval]`` or ``[analysis]``."""
+        trained = {"study": [self.study.name, list(self.study.seeds), self.study.size],
+                   "tasks": dataclasses.asdict(self.tasks), "data": dataclasses.asdict(self.data),
+                   "conditions": [dataclasses.asdict(c) for c in self.conditions],
+                   "budget": dataclasses.asdict(self.budget), "optim": [list(kv) for kv in self.optim]}
+        blob = json.dumps(trained, sort_keys=True, default=list).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
     def data_root(self) -> Path:
@@ -236,6 +250,14 @@ class StudySpec:
     def scratch_long(self) -> str | None:
         """The name of the equal-compute from-scratch condition (None in a study without pre-training)."""
         return next((c.name for c in self.conditions if c.is_scratch_long), None)
+
+    def condition(self, name: str) -> Condition:
+        """The condition called ``name``."""
+        return next(c for c in self.conditions if c.name == name)
+
+    def conditions_for(self, target: str) -> tuple[Condition, ...]:
+        """The conditions ``target`` is trained under, in file order."""
+        return tuple(c for c in self.conditions if c.applies(target))
 
     @property
     def pretrained(self) -> tuple[Condition, ...]:
@@ -330,10 +352,14 @@ def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
     for name, body in table.items():
         if not isinstance(body, dict):
             raise CkaLabError(f"{where}: [conditions.{name}] must be a table with pretrain = ...")
-        extra = [k for k in body if k not in ("pretrain", "budget")]
+        keys = ("pretrain", "budget", "targets")
+        extra = [k for k in body if k not in keys]
         if extra:
-            raise CkaLabError(f"{where}: unknown key {extra[0]!r} in [conditions.{name}]{_close(extra[0], ('pretrain', 'budget'))}; "
-                              "the keys are pretrain and budget")
+            raise CkaLabError(f"{where}: unknown key {extra[0]!r} in [conditions.{name}]{_close(extra[0], keys)}; "
+                              "the keys are pretrain, budget and targets")
+        only = body.get("targets", [])
+        if not isinstance(only, list) or not all(isinstance(t, str) for t in only):
+            raise CkaLabError(f"{where}: [conditions.{name}] targets must be a list of target tasks, e.g. [\"x2\"]")
         budget = body.get("budget", "target")
         if budget not in BUDGETS:
             raise CkaLabError(f"{where}: [conditions.{name}] budget = {budget!r}; use \"target\" or \"total\"")
@@ -359,7 +385,7 @@ def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
             raise CkaLabError(f"{where}: [conditions.{name}] pretrain must be a keyword or a non-empty list of tasks")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
             raise CkaLabError(f"{where}: condition name {name!r} must be letters, digits, '-' and '_'")
-        out.append(Condition(name, pre, budget))
+        out.append(Condition(name, pre, budget, targets=tuple(only)))
     if any(c.pretrain != "none" for c in out) and not any(c.is_scratch_long for c in out):
         if any(c.name == SCRATCH_LONG for c in out):
             raise CkaLabError(f"{where}: [conditions.{SCRATCH_LONG}] is the equal-compute control's name: give it "
@@ -424,13 +450,21 @@ def _validate(spec: StudySpec, where: str) -> None:
             raise CkaLabError(f"{where}: conditions {' and '.join(same)} are the same (from scratch, budget "
                               f"{'total' if check == 'is_scratch_long' else 'target'}): keep one")
     for c in spec.conditions:
+        for t in c.targets:
+            if t not in targets:
+                raise CkaLabError(f"{where}: [conditions.{c.name}] targets names {t!r}, which is not in [tasks] targets "
+                                  f"({', '.join(targets)})")
+        if c.from_scratch and c.targets:
+            raise CkaLabError(f"{where}: [conditions.{c.name}] is a from-scratch condition: it is every target's "
+                              "reference, so it cannot be limited to some targets (drop its targets key)")
         for t in targets:
-            c.pretrain_tasks(t, targets)  # raises for heads that do not fit
+            if c.applies(t):
+                c.pretrain_tasks(t, targets)  # raises for heads that do not fit
     for t in targets:
         kind = task_kind(t)
         if not getattr(spec.data, f"target_{kind}"):
             raise CkaLabError(f"{where}: [data] target_{kind} is empty: the {t} runs need training images")
-        if any(not c.from_scratch for c in spec.conditions) and not getattr(spec.data, f"pretrain_{kind}"):
+        if any(not c.from_scratch and c.applies(t) for c in spec.conditions) and not getattr(spec.data, f"pretrain_{kind}"):
             raise CkaLabError(f"{where}: [data] pretrain_{kind} is empty: the {t} pre-trainings need images")
     _check_disjoint(spec, where)
     if spec.analysis.n_samples < 8 or spec.analysis.batch_size < 4:

@@ -96,6 +96,9 @@ def test_arch_names():
         (("[budget]", "[budgte]"), "unknown section [budgte]"),
         (("iterations = 5", "iterations = 0"), "iterations must be >= 1"),
         (("[conditions.scratch]\npretrain = \"none\"", ""), "needs a from-scratch condition"),
+        (("pretrain = \"same\"", "pretrain = \"same\"\ntargets = [\"x4\"]"), "'x4', which is not in [tasks] targets"),
+        (("pretrain = \"none\"", "pretrain = \"none\"\ntargets = [\"x2\"]"), "cannot be limited to some targets"),
+        (("pretrain = \"same\"", "pretrain = \"same\"\ntargets = \"x2\""), "targets must be a list"),
     ],
 )
 def test_bad_study_files_get_one_line(edit, message):
@@ -106,9 +109,36 @@ def test_bad_study_files_get_one_line(edit, message):
     assert "\n" not in str(exc.value)
 
 
+def test_a_condition_limited_to_some_targets_trains_and_contrasts_only_those():
+    text = BASE.replace('pretrain = "same"', 'pretrain = "same"\ntargets = ["x2"]', 1)
+    text = text.replace('pretrain = "unrelated"', 'pretrain = "unrelated"\ntargets = ["x2"]', 1)
+    spec = parse_study(text)
+    names = {r.name for r in plan_runs(spec)}
+    assert {"x2-single-s0", "x2-unrelated-s1", "pre-x2g25-s0"} <= names
+    assert not {n for n in names if n.startswith(("g25-single", "g25-unrelated", "pre-g25-"))}
+    assert len(names) == 2 * (4 + 5 + 3)  # per seed: 4 pre-trainings, x2 in 5 conditions, g25 in 3
+    pairs = {p.pair for p in plan_contrasts(spec)}
+    assert "x2_scratch_vs_single_s0" in pairs and not any(p.startswith("g25_scratch_vs_single") for p in pairs)
+    assert [c.name for c in spec.conditions_for("g25")] == ["scratch", "related", "scratch-long"]
+
+
+def test_the_plan_goes_seed_by_seed():
+    seeds = [r.seed for r in plan_runs(parse_study(BASE))]
+    assert seeds == sorted(seeds)
+
+
+def test_the_fingerprint_covers_what_is_trained_and_nothing_else():
+    spec = parse_study(BASE)
+    same = BASE.replace("[budget]", "# a comment\n[eval]\ncrop = 64\n[analysis]\nn_samples = 64\n[budget]")
+    assert parse_study(same).fingerprint == spec.fingerprint
+    for edit in (("iterations = 5", "iterations = 6"), ('name = "t"', 'name = "u"'), ("seeds = [0, 1]", "seeds = [0, 2]"),
+                 ('target_sr = ["b"]', 'target_sr = ["c"]'), ("[budget]", "[optim]\nlr = 1e-3\n[budget]")):
+        assert parse_study(BASE.replace(*edit, 1)).fingerprint != spec.fingerprint, edit
+
+
 def test_bundled_presets_parse():
     specs = {}
-    for name in ("tiny", "paper-small", "paper-small-cpu"):
+    for name in ("tiny", "paper-small", "paper-small-cpu", "paper-cpu"):
         specs[name] = spec = parse_study(preset_path(name).read_text(), source=preset_path(name))
         assert plan_runs(spec) and plan_contrasts(spec)
     # paper-small-cpu is paper-small's design at a CPU budget: same runs, seeds, data split and recipe
