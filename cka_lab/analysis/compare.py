@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 DEFAULT_LAYERS = DEFAULT_PATTERN
-_STAGE = re.compile(r"body\.layers\.(\d+)")
+STAGE_PATTERN = re.compile(r"body\.layers\.(\d+)")
+"""Matches an EDT body stage in a module name; group 1 is the stage index."""
+_STAGE = STAGE_PATTERN
 
 
 def default_layers(model: nn.Module) -> list[str]:

@@ -135,11 +135,14 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
                        summary: pd.DataFrame, gains: pd.DataFrame, heatmaps: Sequence[tuple[str, list, list]],
                        curves: Sequence[tuple[str, dict, dict]], locality: pd.DataFrame, protocol: str,
                        hardware: str, study_name: str, baselines: pd.DataFrame | None = None,
-                       claims: pd.DataFrame | None = None, design: pd.DataFrame | None = None) -> Path:
+                       claims: pd.DataFrame | None = None, design: pd.DataFrame | None = None,
+                       models: pd.DataFrame | None = None) -> Path:
     """Write the study PDF atomically (temporary file in the target folder, then rename).
 
     ``baselines``: target, baseline, psnr (lines on the score page); ``claims``: the verdict table
-    (:func:`cka_lab.study.tables.verdict_table`); ``design``: steps and patches per condition."""
+    (:func:`cka_lab.study.tables.verdict_table`); ``design``: steps and patches per condition; ``models``:
+    one row per model, PSNR beside its baseline and attention entropy per stage
+    (:func:`cka_lab.study.tables.model_table`)."""
     import io
 
     from cka_lab.io import write_bytes
@@ -167,6 +170,13 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
                          footer="psnr_gain: condition - scratch (for scratch-long: the extra training); transfer: "
                          "condition - scratch-long; paired by seed, 95 % t-intervals over seeds. SSIM gains: "
                          "tables/gains.csv. -- " + footer)]
+    if models is not None and not models.empty:
+        shown = models.drop(columns=[c for c in ("target", "condition", "seed") if c in models])
+        for start in range(0, len(shown), 40):
+            figs.append(_table_page("Per model: PSNR (dB) beside the best trivial baseline on the same images; attention "
+                                    "entropy per stage / uniform's (1 = uniform)", shown.iloc[start:start + 40],
+                                    footer="learnt: the largest 1 - H/Hmax over the stages (0 = uniform attention "
+                                    "everywhere). -- " + footer, digits=3))
     if design is not None and not design.empty:
         figs.append(_table_page("Design: training steps and patches per condition (pre-training included), data overlap",
                                 design.drop(columns=["pretrain_data", "target_data"]).rename(

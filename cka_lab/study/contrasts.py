@@ -24,7 +24,7 @@ from cka_lab.study.plan import plan_runs
 from cka_lab.study.runner import StudyPaths
 from cka_lab.study.spec import StudySpec, task_kind
 
-__all__ = ["ContrastPlan", "ContrastRecord", "plan_contrasts", "run_contrasts", "load_records"]
+__all__ = ["ContrastPlan", "ContrastRecord", "plan_contrasts", "run_contrasts", "load_records", "record_folder"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ContrastRecord:
     same_layer_upper: float
     probe_control_a: float = float("nan")  # CKA between two disjoint probe draws of model A (same layers, mean)
     attention: list[dict] = field(default_factory=list)  # model, stage, kind, locality, lower, upper, entropy_rel
+    layers_b: list[str] = field(default_factory=list)  # model B's layers when they differ from ``layers`` (else empty)
 
     def matrix(self, which: str) -> np.ndarray:
         return np.asarray(getattr(self, which), dtype=np.float64)
@@ -137,14 +138,20 @@ def load_records(paths: StudyPaths, spec: StudySpec) -> list[ContrastRecord]:
     return [load_record(paths.contrasts / p.pair / "record.json") for p in plan_contrasts(spec)]
 
 
+def record_folder(paths: StudyPaths, protocol: str = "default") -> Path:
+    """Where a protocol's records live: ``contrasts/`` for the default, ``contrasts/protocol-<name>/`` otherwise."""
+    return paths.contrasts if protocol == "default" else paths.contrasts / f"protocol-{protocol}"
+
+
 def run_contrasts(spec: StudySpec, paths: StudyPaths, measure: Callable[[StudySpec, StudyPaths, ContrastPlan], ContrastRecord],
-                  *, say: Callable[[str], None] = print) -> list[ContrastRecord]:
-    """Run every contrast not yet saved, with ``measure`` (see :func:`cka_lab.study.measure.measure_contrast`)."""
+                  *, say: Callable[[str], None] = print, protocol: str = "default") -> list[ContrastRecord]:
+    """Run every contrast not yet saved under ``protocol``, with ``measure`` (see
+    :func:`cka_lab.study.measure.measure_contrast`)."""
     records = []
     for plan in plan_contrasts(spec):
-        path = paths.contrasts / plan.pair / "record.json"
+        path = record_folder(paths, protocol) / plan.pair / "record.json"
         if not path.exists():
-            say(f"[study] contrast {plan.pair} ({plan.kind})")
+            say(f"[study] contrast {plan.pair} ({plan.kind}{'' if protocol == 'default' else ', protocol ' + protocol})")
             path.parent.mkdir(parents=True, exist_ok=True)
             save_record(path, measure(spec, paths, plan))
         records.append(load_record(path))

@@ -13,10 +13,11 @@ from cka_lab.study.spec import StudySpec
 __all__ = ["measure_contrast", "protocol_label"]
 
 
-def protocol_label(spec: StudySpec) -> str:
+def protocol_label(spec: StudySpec, protocol: str = "default") -> str:
+    """One line naming the CKA protocol ``protocol`` of the study (layers, features, estimator, probes)."""
     a = spec.analysis
     size = f"{a.patch} px" if a.patch else "each model's training size"
-    return (f"{analysis_spec(spec).protocol}, N = {a.n_samples} crops at {size} "
+    return (f"{analysis_spec(spec, protocol).protocol}, N = {a.n_samples} crops at {size} "
             "(bundled probe images, seed 0, noise drawn per crop)")
 
 
@@ -32,42 +33,50 @@ def _attention_rows(df: pd.DataFrame | None, model: str) -> list[dict]:
     return out
 
 
-def analysis_spec(spec: StudySpec):
-    """The :class:`~cka_lab.analysis.spec.AnalysisSpec` of every contrast of the study."""
+def analysis_spec(spec: StudySpec, protocol: str = "default"):
+    """The :class:`~cka_lab.analysis.spec.AnalysisSpec` of every contrast of the study under ``protocol``:
+    ``"default"`` is the study's ``[analysis]``; ``"paper"`` the EDT authors' layer set (``layers = "paper"``,
+    its default features) with biased full-batch CKA, on the same probes."""
     from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
 
     a = spec.analysis
     probe = ProbeSpec(patch=a.patch or None, n_samples=a.n_samples, seed=0, batch_size=a.batch_size)
+    if protocol == "paper":
+        return AnalysisSpec(probe=probe, layers="paper", features=None, estimator="biased-full",
+                            attention=a.attention, controls=True)
     return AnalysisSpec(probe=probe, layers=a.layers, features=a.features or None, estimator=a.estimator,
                         attention=a.attention, controls=True)
 
 
 def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu",
-                     attention_cache=None) -> ContrastRecord:
-    """CKA, controls and attention of one planned contrast. ``attention_cache`` (an
+                     attention_cache=None, protocol: str = "default") -> ContrastRecord:
+    """CKA, controls and attention of one planned contrast under ``protocol``. ``attention_cache`` (an
     :class:`~cka_lab.analysis.attention_cache.AttentionCache` shared by the study's contrasts) measures
-    each model's attention once, however many contrasts it is in."""
+    each model's attention once, however many contrasts it is in.
+
+    ``same_layer_lower`` / ``same_layer_upper`` bound the mean same-layer CKA itself (its interval from
+    the paired probe-unit replicates of the mean, :attr:`~cka_lab.analysis.contrast.Contrast.same_layer_interval`),
+    not an average of per-layer bounds."""
     from cka_lab.analysis.contrast import contrast_models
     from cka_lab.models import load_model
 
     dev = torch.device(device)
     model_a = load_model(paths.model(plan.run_a), device=dev)
     model_b = load_model(paths.model(plan.run_b), device=dev)
-    c = contrast_models(model_a, model_b, analysis_spec(spec), task_a=plan.task_a, task_b=plan.task_b,
+    c = contrast_models(model_a, model_b, analysis_spec(spec, protocol), task_a=plan.task_a, task_b=plan.task_b,
                         name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False,
                         attention_cache=attention_cache)
     cross = np.asarray(c.cross.matrix, dtype=np.float64)
     square = cross.shape[0] == cross.shape[1]
     diag = np.diag(cross) if square else np.full(cross.shape[0], np.nan)
     lo = hi = float("nan")
-    if c.cross.ci_low is not None and square:
-        lo = float(np.nanmean(np.diag(np.asarray(c.cross.ci_low, dtype=np.float64))))
-        hi = float(np.nanmean(np.diag(np.asarray(c.cross.ci_high, dtype=np.float64))))
+    if c.same_layer_interval is not None and square:
+        _, lo, hi = (float(x) for x in c.same_layer_interval)
     control = float(np.nanmean(c.control_a)) if c.control_a is not None else float("nan")
     return ContrastRecord(
         plan=plan,
         layers=list(c.cross.layers_a),
-        protocol=protocol_label(spec),
+        protocol=protocol_label(spec, protocol),
         within_a=np.asarray(c.within_a.matrix, dtype=np.float64).tolist(),
         within_b=np.asarray(c.within_b.matrix, dtype=np.float64).tolist(),
         cross=cross.tolist(),
@@ -77,4 +86,5 @@ def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, 
         same_layer_upper=hi,
         probe_control_a=control,
         attention=_attention_rows(c.attention_a, plan.run_a) + _attention_rows(c.attention_b, plan.run_b),
+        layers_b=[] if list(c.cross.layers_b) == list(c.cross.layers_a) else list(c.cross.layers_b),
     )

@@ -21,7 +21,8 @@ from cka_lab.io.lock import folder_lock
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
-from cka_lab.study.tables import ALPHA, baselines_frame, gains, score_summary, scores_frame, verdict_table
+from cka_lab.study.tables import (ALPHA, baselines_frame, gains, model_table, score_summary, scores_frame,
+                                  verdict_table)
 
 __all__ = ["study_from_args", "resolve_study_file"]
 
@@ -86,8 +87,14 @@ def _run_study(spec: StudySpec, out: Path, args: argparse.Namespace) -> int:
     # a model in several contrasts (scratch runs are in most) has its attention measured once, in a pass of
     # its own, so that every table is the same whether or not the study was resumed midway
     cache = AttentionCache(separate=True)
-    records = run_contrasts(spec, paths, lambda s, p, c: measure_contrast(s, p, c, device=device, attention_cache=cache))
-    report = write_outputs(spec, paths, results, records, hardware=hardware_description(device), baselines=baselines)
+    by_protocol = {}
+    for protocol in spec.analysis.protocols:
+        by_protocol[protocol] = run_contrasts(
+            spec, paths, lambda s, p, c, q=protocol: measure_contrast(s, p, c, device=device, attention_cache=cache,
+                                                                       protocol=q),
+            protocol=protocol)
+    report = write_outputs(spec, paths, by_protocol, hardware=hardware_description(device), baselines=baselines,
+                           results=results)
     print(f"[study] {spec.study.name} done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0
 
@@ -120,66 +127,78 @@ def design_frame(spec: StudySpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_outputs(spec: StudySpec, paths: StudyPaths, results: list[dict], records: list[ContrastRecord], *,
-                  hardware: str, baselines: list[dict] = ()) -> Path:
-    """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations, baselines and contrast records."""
+def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[ContrastRecord]] | list[ContrastRecord],
+                  *, hardware: str, baselines: list[dict] = (), results: list[dict]) -> Path:
+    """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations (``results``), baselines
+    and the contrast records of each CKA protocol (``{"default": [...], "paper": [...]}``; a list is the
+    default protocol's)."""
     from cka_lab.analysis.compare import stage_starts
     from cka_lab.reports.study_report import write_study_report
 
+    by_protocol = records if isinstance(records, dict) else {"default": records}
+    records = by_protocol.get("default") or next(iter(by_protocol.values()))
     scratch, long = spec.scratch, spec.scratch_long
     base = baselines_frame(list(baselines))
     scores = scores_frame(results, base)
     summary = score_summary(scores, base)
     gain = gains(scores, scratch, long)
-    verdicts = judge_claims(spec, scores, records)
+    verdicts = judge_claims(spec, scores, records, protocols=by_protocol)
     design = design_frame(spec)
-    same_layer = pd.DataFrame([{"pair": r.plan.pair, "kind": r.plan.kind, "target": r.plan.target,
+    same_layer = pd.DataFrame([{"protocol": name, "pair": r.plan.pair, "kind": r.plan.kind, "target": r.plan.target,
                                 "condition": r.plan.condition, "seed": r.plan.seed, "seed_b": r.plan.seed_b,
                                 "same_layer_cka": r.same_layer_mean,
-                                "lower": r.same_layer_lower, "upper": r.same_layer_upper} for r in records])
+                                "lower": r.same_layer_lower, "upper": r.same_layer_upper}
+                               for name, recs in by_protocol.items() for r in recs])
     locality = pd.DataFrame([{**row, "pair": r.plan.pair, "target": r.plan.target}
                              for r in records if r.plan.kind == "pretrain" for row in r.attention])
     claims = verdict_table(verdicts)
-    for name, df in (("scores", scores), ("score_summary", summary), ("gains", gain), ("same_layer_cka", same_layer),
+    models = model_table(scores, [row for recs in by_protocol.values() for r in recs for row in r.attention])
+    for name, df in (("scores", scores), ("models", models), ("score_summary", summary), ("gains", gain), ("same_layer_cka", same_layer),
                      ("attention_locality", locality), ("claims", claims), ("baselines", base),
                      ("design", design)):
         write_bytes(paths.tables / f"{name}.csv", df.to_csv(index=False, float_format="%.6g").encode("utf-8"))
-    protocol = protocol_label(spec)
     heatmaps, curves = [], []
-    for target in spec.tasks.targets:
-        per_cond = {}
-        for cond in spec.conditions_for(target):
-            recs = [r for r in records if r.plan.kind == "pretrain" and r.plan.target == target]
-            key = "within_a" if cond.name == scratch else "within_b"
-            recs = [r for r in recs if cond.name == scratch or r.plan.condition == cond.name]
-            if recs:
-                per_cond[cond.name] = _mean_matrices(recs, key)
-        seed_rec = [r for r in records if r.plan.kind == "seed" and r.plan.target == target and r.plan.condition == scratch]
-        panels = [(f"{target} {c}: within-model CKA\n(mean over seeds)", m.tolist()) for c, m in per_cond.items()]
-        if seed_rec:
-            panels.append((f"{target} {scratch}: seed vs seed, mean over {len(seed_rec)} pairs\n(control: cross-model CKA)",
-                           _mean_matrices(seed_rec, "cross").tolist()))
-        layers = records[0].layers if records else []
-        heatmaps.append((f"{target}: CKA maps ({protocol})", [(t, np.asarray(m)) for t, m in panels],
-                         stage_starts(layers)))
-        series = {f"{r.plan.condition} vs {scratch}": [] for r in records if r.plan.kind == "pretrain" and r.plan.target == target}
-        for r in records:
-            if r.plan.kind == "pretrain" and r.plan.target == target:
-                series[f"{r.plan.condition} vs {scratch}"].append(np.asarray(r.same_layer))
-        control = {f"control: {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
-                   for r in seed_rec}
-        curves.append((f"{target}: same-layer CKA between scratch and pre-trained models, one line per seed", series, control))
-    task_recs = [r for r in records if r.plan.kind == "task"]
-    if task_recs:
-        curves.append(("SR vs DN (scratch): same-layer CKA, one line per seed",
-                       {"SR vs DN": [np.asarray(r.same_layer) for r in task_recs]},
-                       {f"control: {r.plan.target} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
-                        for r in records if r.plan.kind == "seed" and r.plan.condition == scratch}))
+    for name, records in by_protocol.items():
+        protocol = protocol_label(spec, name)
+        tag = f" [{name} protocol]" if len(by_protocol) > 1 else ""
+        for target in spec.tasks.targets:
+            per_cond = {}
+            for cond in spec.conditions_for(target):
+                recs = [r for r in records if r.plan.kind == "pretrain" and r.plan.target == target]
+                key = "within_a" if cond.name == scratch else "within_b"
+                recs = [r for r in recs if cond.name == scratch or r.plan.condition == cond.name]
+                if recs:
+                    per_cond[cond.name] = _mean_matrices(recs, key)
+            seed_rec = [r for r in records if r.plan.kind == "seed" and r.plan.target == target and r.plan.condition == scratch]
+            panels = [(f"{target} {c}: within-model CKA\n(mean over seeds)", m.tolist()) for c, m in per_cond.items()]
+            if seed_rec:
+                panels.append((f"{target} {scratch}: seed vs seed, mean over {len(seed_rec)} pairs\n(control: cross-model CKA)",
+                               _mean_matrices(seed_rec, "cross").tolist()))
+            layers = records[0].layers if records else []
+            heatmaps.append((f"{target}: CKA maps{tag} ({protocol})", [(t, np.asarray(m)) for t, m in panels],
+                             stage_starts(layers)))
+            series = {f"{r.plan.condition} vs {scratch}": [] for r in records if r.plan.kind == "pretrain" and r.plan.target == target}
+            for r in records:
+                if r.plan.kind == "pretrain" and r.plan.target == target:
+                    series[f"{r.plan.condition} vs {scratch}"].append(np.asarray(r.same_layer))
+            control = {f"control: {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
+                       for r in seed_rec}
+            curves.append((f"{target}: same-layer CKA between scratch and pre-trained models, one line per seed{tag}",
+                           series, control))
+        task_recs = [r for r in records if r.plan.kind == "task"]
+        if task_recs:
+            curves.append((f"SR vs DN (scratch): same-layer CKA, one line per seed{tag}",
+                           {"SR vs DN": [np.asarray(r.same_layer) for r in task_recs]},
+                           {f"control: {r.plan.target} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
+                            for r in records if r.plan.kind == "seed" and r.plan.condition == scratch}))
+    protocol = "; ".join(f"{n}: {protocol_label(spec, n)}" if len(by_protocol) > 1 else protocol_label(spec, n)
+                         for n in by_protocol)
     title = _title_lines(spec, hardware, protocol, design, base)
+    short = protocol if len(by_protocol) == 1 else "CKA protocols " + " and ".join(by_protocol)
     return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
                               summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
-                              protocol=protocol, hardware=hardware, study_name=spec.study.name, baselines=base,
-                              claims=claims, design=design)
+                              protocol=short, hardware=hardware, study_name=spec.study.name, baselines=base,
+                              claims=claims, design=design, models=models)
 
 
 def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:

@@ -204,6 +204,12 @@ class AnalysisSettings:
     layers: str = "default"
     features: str = ""  # "" : the layer set's default (update for default, output for paper)
     attention: bool = True
+    # the CKA protocols every contrast is measured under: "default" (the settings above) and "paper" (the
+    # EDT authors' layer set with biased full-batch CKA); the CKA claims are judged under each
+    protocols: tuple[str, ...] = ("default",)
+
+
+PROTOCOLS = ("default", "paper")
 
 
 @dataclass(frozen=True)
@@ -467,6 +473,10 @@ def _validate(spec: StudySpec, where: str) -> None:
         if any(not c.from_scratch and c.applies(t) for c in spec.conditions) and not getattr(spec.data, f"pretrain_{kind}"):
             raise CkaLabError(f"{where}: [data] pretrain_{kind} is empty: the {t} pre-trainings need images")
     _check_disjoint(spec, where)
+    bad = [p for p in spec.analysis.protocols if p not in PROTOCOLS]
+    if bad or not spec.analysis.protocols or len(set(spec.analysis.protocols)) != len(spec.analysis.protocols):
+        raise CkaLabError(f"{where}: [analysis] protocols must list distinct protocols out of {', '.join(PROTOCOLS)}, "
+                          f"got {list(spec.analysis.protocols)}")
     if spec.analysis.n_samples < 8 or spec.analysis.batch_size < 4:
         raise CkaLabError(f"{where}: [analysis] needs n_samples >= 8 and batch_size >= 4")
 

@@ -6,9 +6,10 @@ interval a Student-t interval over seeds (none with one seed); the runs of diffe
 so the differences are independent. Effects of CKA claims, which compare pairs of models against pairs of
 models, get a leave-one-seed-out jackknife interval instead (:func:`jackknife_effect`).
 
-A claim is *reproduced* when its effect is in the paper's direction and its Holm-adjusted p-value (over
-every claim of the study that was tested) is at most 0.05, *not reproduced* when it is in the other
-direction at that level, and *not decidable at this scale* otherwise -- or without a test at all when a
+A claim is *reproduced* when its effect is in the paper's direction, at least the minimum effect of its
+unit (:data:`MIN_EFFECT`) and its Holm-adjusted p-value (over every claim of the study that was tested) is
+at most 0.05, *not reproduced* when it is in the other direction at that level, and *not decidable at this
+scale* otherwise -- or without a test at all when a
 precondition fails (models that do not beat their trivial baselines, attention never learnt, too few
 seeds); the sentence says which, with numbers.
 """
@@ -25,7 +26,8 @@ from scipy import stats
 from cka_lab.metrics.multiplicity import holm
 
 __all__ = ["Effect", "paired_effect", "jackknife_effect", "scores_frame", "score_summary", "gains", "baselines_frame",
-           "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE"]
+           "model_table", "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE",
+           "MIN_EFFECT"]
 
 ALPHA = 0.05
 """Family-wise error of the study's claims (Holm)."""
@@ -122,6 +124,26 @@ def scores_frame(results: list[dict], baselines: pd.DataFrame | None = None) -> 
     return df
 
 
+def model_table(scores: pd.DataFrame, attention: Sequence[dict]) -> pd.DataFrame:
+    """One row per evaluated model: PSNR beside its best trivial baseline, and per body stage the attention
+    entropy relative to uniform attention's (``H/Hmax s<i>``: mean over blocks and heads of both window kinds;
+    1 = uniform, lower = sharper) with ``learnt`` = its largest ``1 - H/Hmax`` over the stages.
+
+    ``attention``: attention rows (model, stage, kind, entropy_rel) from the contrast records; a model in
+    several contrasts has the same rows in each (measured once), so duplicates are dropped."""
+    cols = [c for c in ("run", "target", "condition", "seed", "psnr", "best_baseline", "baseline_psnr", "over_baseline")
+            if c in scores]
+    out = scores[cols].copy()
+    rows = pd.DataFrame(list(attention))
+    if rows.empty or "entropy_rel" not in rows:
+        return out
+    rows = rows.drop_duplicates(subset=["model", "stage", "kind"])
+    ent = rows.groupby(["model", "stage"])["entropy_rel"].mean().unstack("stage")
+    ent.columns = [f"H/Hmax s{int(c)}" for c in ent.columns]
+    ent["learnt"] = (1.0 - ent).max(axis=1)
+    return out.merge(ent, left_on="run", right_index=True, how="left")
+
+
 def score_summary(scores: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean +- std over seeds per target and condition; the trivial baselines as rows of their own
     (``condition`` "baseline: NAME", no seeds), and ``beats_baselines``: every seed above the best one."""
@@ -186,6 +208,8 @@ class Verdict:
     tested: bool = True
     p_adjusted: float = float("nan")
     unit: str = ""
+    min_effect: float = 0.0  # the smallest effect (in ``unit``) that counts as reproduced
+    protocol: str = ""  # the CKA protocol a CKA claim was judged under ("" for PSNR and attention claims)
 
     @property
     def p(self) -> float:
@@ -199,20 +223,28 @@ class Verdict:
         return f"{self.claim}: {self.status.upper()} -- {self.evidence}{ps}"
 
 
-def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB") -> Verdict:
+MIN_EFFECT = {"dB": 0.05, "CKA": 0.01, "(distance / uniform)": 0.01}
+"""The smallest effect a claim counts as reproduced, per unit: 0.05 dB of PSNR, 0.01 of CKA (the heatmaps'
+``--min-effect``), 1 % of uniform attention's distance (the attention findings' floor)."""
+
+
+def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB", protocol: str = "") -> Verdict:
     """A claim whose paper direction is positive, tested by its effect's p-value (status settled by
     :func:`adjust_verdicts`; until then by the raw interval)."""
     text = f"{what} = {effect.describe(unit)}"
+    floor = MIN_EFFECT.get(unit, 0.0)
     if effect.n < 2 or not np.isfinite(effect.lower):
-        return Verdict(claim, UNDECIDABLE, text + " (needs more seeds for an interval)", effect, tested=False, unit=unit)
+        return Verdict(claim, UNDECIDABLE, text + " (needs more seeds for an interval)", effect, tested=False, unit=unit,
+                       min_effect=floor, protocol=protocol)
     status = "reproduced" if effect.lower > 0 else "not reproduced" if effect.upper < 0 else UNDECIDABLE
-    return Verdict(claim, status, text, effect, unit=unit)
+    return Verdict(claim, status, text, effect, unit=unit, min_effect=floor, protocol=protocol)
 
 
-def undecidable(claim: str, effect: Effect | None, reason: str, *, what: str = "", unit: str = "dB") -> Verdict:
+def undecidable(claim: str, effect: Effect | None, reason: str, *, what: str = "", unit: str = "dB",
+                protocol: str = "") -> Verdict:
     """A claim left untested because a precondition failed: ``reason`` says which, the effect is shown."""
     text = reason if effect is None or not what else f"{reason}; {what} = {effect.describe(unit)}"
-    return Verdict(claim, UNDECIDABLE, text, effect, tested=False, unit=unit)
+    return Verdict(claim, UNDECIDABLE, text, effect, tested=False, unit=unit, protocol=protocol)
 
 
 def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
@@ -227,7 +259,11 @@ def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[V
             out.append(replace(v, p_adjusted=float("nan")))
             continue
         evidence = v.evidence
-        if a <= alpha:
+        if a <= alpha and abs(v.effect.mean) < v.min_effect:
+            status = UNDECIDABLE
+            evidence += (f" (significant after Holm's correction, but smaller than the minimum effect of "
+                         f"{v.min_effect:g} {v.unit})")
+        elif a <= alpha:
             status = "reproduced" if v.effect.mean > 0 else "not reproduced"
             if status == "not reproduced":
                 evidence += " (the opposite direction)"
@@ -240,11 +276,11 @@ def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[V
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """claim, status, effect, lower, upper, unit, n, method, p, p_holm, tested, evidence."""
+    """claim, protocol, status, effect, lower, upper, unit, min_effect, n, method, p, p_holm, tested, evidence."""
     return pd.DataFrame([{
-        "claim": v.claim, "status": v.status,
+        "claim": v.claim, "protocol": v.protocol, "status": v.status,
         "effect": v.effect.mean if v.effect else float("nan"),
         "lower": v.effect.lower if v.effect else float("nan"),
         "upper": v.effect.upper if v.effect else float("nan"),
-        "unit": v.unit, "n": v.effect.n if v.effect else 0, "method": v.effect.method if v.effect else "",
+        "unit": v.unit, "min_effect": v.min_effect, "n": v.effect.n if v.effect else 0, "method": v.effect.method if v.effect else "",
         "p": v.p, "p_holm": v.p_adjusted, "tested": v.tested, "evidence": v.evidence} for v in verdicts])
