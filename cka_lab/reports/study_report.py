@@ -9,6 +9,7 @@ Every page names the protocol (estimator, layer set, feature kind, probe N) that
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -152,12 +153,15 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
                           *_text_pages("The paper's claims, judged from these numbers",
                                        [f"{i + 1}. {v}" for i, v in enumerate(verdicts)], footer=footer)]
     if claims is not None and not claims.empty:
-        shown = claims[["claim", "status", "effect", "lower", "upper", "unit", "n", "p", "p_holm"]].copy()
-        shown["claim"] = [f"{i + 1}. " + textwrap.shorten(c, 84, placeholder=" ...") for i, c in enumerate(shown["claim"])]
+        cols = ["claim", "protocol", "status", "effect", "lower", "upper", "unit", "n", "p", "p_holm"]
+        shown = claims.reindex(columns=cols).copy()
+        shown["protocol"] = shown["protocol"].fillna("").replace("", "-")
+        shown["claim"] = [f"{i + 1}. " + textwrap.shorten(re.sub(r" \[\w+ protocol\]$", "", c), 72, placeholder=" ...")
+                          for i, c in enumerate(shown["claim"])]
         shown["status"] = shown["status"].str.replace(" at this scale", "", regex=False)
         fig = _table_page("Claims: effect, 95 % interval, raw p and Holm-adjusted p (over the tested claims)",
                           shown, footer=footer, digits=4,
-                          col_widths=(0.43, 0.1, 0.07, 0.07, 0.07, 0.1, 0.03, 0.06, 0.07))
+                          col_widths=(0.4, 0.06, 0.09, 0.065, 0.065, 0.065, 0.1, 0.03, 0.055, 0.06))
         fig.text(0.05, 0.06, "n/a in p_holm: not tested (a precondition failed: baselines not beaten, attention not "
                  "learnt, too few seeds), so not in Holm's family. Full sentences: the previous page; tables/claims.csv.",
                  fontsize=8)
@@ -173,10 +177,12 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
     if models is not None and not models.empty:
         shown = models.drop(columns=[c for c in ("target", "condition", "seed") if c in models])
         for start in range(0, len(shown), 40):
-            figs.append(_table_page("Per model: PSNR (dB) beside the best trivial baseline on the same images; attention "
-                                    "entropy per stage / uniform's (1 = uniform)", shown.iloc[start:start + 40],
-                                    footer="learnt: the largest 1 - H/Hmax over the stages (0 = uniform attention "
-                                    "everywhere). -- " + footer, digits=3))
+            widths = [0.16 if c == "run" else 0.84 / max(1, len(shown.columns) - 1) for c in shown.columns]
+            figs.append(_table_page("Per model: PSNR (dB) and baseline; attention entropy / uniform per stage",
+                                    shown.iloc[start:start + 40], col_widths=widths,
+                                    footer="Baseline: the best trivial restoration on the same images. H/Hmax: attention "
+                                    "entropy / uniform attention's (1 = uniform); learnt: the largest 1 - H/Hmax over "
+                                    "the stages. -- " + footer, digits=3))
     if design is not None and not design.empty:
         figs.append(_table_page("Design: training steps and patches per condition (pre-training included), data overlap",
                                 design.drop(columns=["pretrain_data", "target_data"]).rename(

@@ -10,7 +10,7 @@ from cka_lab.study.contrasts import ContrastPlan, ContrastRecord
 from cka_lab.study.runner import StudyPaths
 from cka_lab.study.spec import StudySpec
 
-__all__ = ["measure_contrast", "protocol_label"]
+__all__ = ["measure_contrast", "protocol_label", "same_layer_values", "analysis_spec"]
 
 
 def protocol_label(spec: StudySpec, protocol: str = "default") -> str:
@@ -48,6 +48,21 @@ def analysis_spec(spec: StudySpec, protocol: str = "default"):
                         attention=a.attention, controls=True)
 
 
+def same_layer_values(cross: np.ndarray, layers_a: list[str], layers_b: list[str]) -> np.ndarray:
+    """(La,) cross-model CKA of each layer of model A with model B's layer of the same short name
+    (:func:`~cka_lab.analysis.compare.short_layer_name`, which drops the task suffix of heads and tails);
+    NaN where model B has no such layer."""
+    from cka_lab.analysis.compare import short_layer_name
+
+    index_b = {short_layer_name(n): j for j, n in enumerate(layers_b)}
+    out = np.full(len(layers_a), np.nan)
+    for i, n in enumerate(layers_a):
+        j = index_b.get(short_layer_name(n))
+        if j is not None:
+            out[i] = cross[i, j]
+    return out
+
+
 def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, device: str = "cpu",
                      attention_cache=None, protocol: str = "default") -> ContrastRecord:
     """CKA, controls and attention of one planned contrast under ``protocol``. ``attention_cache`` (an
@@ -67,11 +82,15 @@ def measure_contrast(spec: StudySpec, paths: StudyPaths, plan: ContrastPlan, *, 
                         name_a=plan.run_a, name_b=plan.run_b, device=dev, progress=False,
                         attention_cache=attention_cache)
     cross = np.asarray(c.cross.matrix, dtype=np.float64)
-    square = cross.shape[0] == cross.shape[1]
-    diag = np.diag(cross) if square else np.full(cross.shape[0], np.nan)
+    names_a, names_b = list(c.cross.layers_a), list(c.cross.layers_b)
+    square = names_a == names_b
     lo = hi = float("nan")
-    if c.same_layer_interval is not None and square:
-        _, lo, hi = (float(x) for x in c.same_layer_interval)
+    if square:
+        diag = np.diag(cross)
+        if c.same_layer_interval is not None:
+            _, lo, hi = (float(x) for x in c.same_layer_interval)
+    else:  # e.g. SR vs DN under the authors' layer set: the layers of one short name (head.1, s2.b3, tail.0)
+        diag = same_layer_values(cross, names_a, names_b)
     control = float(np.nanmean(c.control_a)) if c.control_a is not None else float("nan")
     return ContrastRecord(
         plan=plan,

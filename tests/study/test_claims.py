@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from cka_lab.study import parse_study
 from cka_lab.study.claims import UNIFORM_TOLERANCE, judge_claims, upper_entropy_gap
@@ -58,3 +59,53 @@ def test_upper_entropy_gap_uses_the_upper_half_of_the_stages():
     r.attention[3]["entropy_rel"] = 0.99  # stage 3 of model a
     assert abs(upper_entropy_gap(r, "a") - 0.01) < 1e-12
     assert upper_entropy_gap(r, "b") == 0.0
+
+
+def test_same_layer_values_match_layers_by_short_name():
+    import numpy as np
+
+    from cka_lab.study.measure import same_layer_values
+
+    a = ["head_sr_x2.0", "body.layers.0.residual_group.blocks.0", "tail_sr_x2.3"]
+    b = ["head_dn_g25.0", "body.layers.0.residual_group.blocks.0"]
+    cross = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.4]])
+    v = same_layer_values(cross, a, b)
+    assert v[0] == 0.9 and v[1] == 0.8 and np.isnan(v[2])
+
+
+def test_cka_claims_are_judged_under_every_protocol_in_one_family():
+    import numpy as np
+
+    spec = parse_study(STUDY.replace('targets = ["x2"]', 'targets = ["x2", "g25"]').replace(
+        'target_sr = ["b"]', 'target_sr = ["b"]\npretrain_dn = ["a"]\ntarget_dn = ["b"]'))
+    names = [f"body.layers.{s}.residual_group.blocks.{b}" for s in range(2) for b in range(3)]
+    blocks = np.kron(np.eye(2), np.ones((3, 3))) * 0.3 + 0.7  # stage structure 0.3
+    flat = np.full((6, 6), 0.9)  # none
+
+    def task(seed, sr_map):
+        plan = ContrastPlan(f"t{seed}", "task", f"x2-scratch-s{seed}", f"g25-scratch-s{seed}", "x2", "g25",
+                            condition="scratch", seed=seed)
+        return ContrastRecord(plan, names, "", (sr_map + 0.01 * seed).tolist(), flat.tolist(), flat.tolist(),
+                              [0.5] * 6, 0.5, float("nan"), float("nan"))
+
+    default = [task(s, blocks) for s in (0, 1, 2)]
+    paper = [task(s, flat) for s in (0, 1, 2)]
+    scores = pd.DataFrame(columns=["target", "condition", "seed", "psnr"])
+    verdicts = judge_claims(spec, scores, default, protocols={"default": default, "paper": paper})
+    stage = {v.protocol: v for v in verdicts if v.claim.startswith("x2 models show stage structure")}
+    assert set(stage) == {"default", "paper"}
+    assert stage["default"].effect.mean == pytest.approx(0.3) and stage["default"].status == "reproduced"
+    assert stage["paper"].effect.mean == pytest.approx(0.0, abs=1e-12)
+    assert stage["paper"].status == "not decidable at this scale"
+    tested = [v for v in verdicts if v.tested]
+    assert all(np.isfinite(v.p_adjusted) for v in tested)  # one Holm family over both protocols
+
+
+def test_a_significant_effect_below_the_minimum_is_not_reproduced():
+    from cka_lab.study.tables import adjust_verdicts, paired_effect, verdict
+
+    tiny = verdict("c", paired_effect([0.004, 0.005, 0.006, 0.005]), what="d", unit="CKA")
+    big = verdict("c", paired_effect([0.04, 0.05, 0.06, 0.05]), what="d", unit="CKA")
+    tiny, big = adjust_verdicts([tiny, big])
+    assert tiny.p_adjusted < 0.05 and tiny.status == "not decidable at this scale" and "minimum effect" in tiny.evidence
+    assert big.status == "reproduced"
