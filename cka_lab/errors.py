@@ -10,7 +10,10 @@ class CkaLabError(Exception):
 
 
 def run_reporting_errors(func, *args) -> int:
-    """Call ``func(*args)``; print a :class:`CkaLabError` as one line (exit 2), Ctrl-C as exit 130."""
+    """Call ``func(*args)``; print a :class:`CkaLabError` as one line (exit 2), Ctrl-C as exit 130; a
+    reader that closed the pipe (``cka-lab info FILE | head``) ends the command quietly (exit 141, as
+    after SIGPIPE)."""
+    import os
     import sys
 
     try:
@@ -21,3 +24,8 @@ def run_reporting_errors(func, *args) -> int:
     except KeyboardInterrupt:
         print("cka-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the rest of the output has nowhere to go: point stdout at /dev/null so that the interpreter's
+        # final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
