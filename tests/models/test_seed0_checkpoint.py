@@ -1,7 +1,7 @@
 """``checkpoints/edtt_srx2_seed0.pt`` is the true starting point of the bundled SR x2 from-scratch run.
 
-The model is built the way ``cka-lab train`` builds it (seed everything with ``[run] seed``, then
-``build_model``) from the config's own file and compared tensor by tensor with the bundled file.
+The model is built the way ``cka-lab train`` builds it on rank 0 (seed everything with the run's init
+seed, ``[run] init_seed``, then ``build_model``) from the config's own file and compared tensor by tensor with the bundled file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_bundled_seed0_file_is_what_the_srx2_scratch_config_starts_from():
     cfg = load_config(REPO / "checkpoints" / "configs" / "edtt_srx2_scratch.toml", data_root=REPO)
-    seed_everything(cfg.run.seed)  # what the training loop does on rank 0 before building the model
+    seed_everything(cfg.run.resolved_init_seed())  # what the training loop does on rank 0 before building the model
     model = build_model(cfg)
     ckpt = read_checkpoint(REPO / "checkpoints" / "edtt_srx2_seed0.pt")
     assert ckpt.config.name == model.config.name == "SRx2_EDTT"
