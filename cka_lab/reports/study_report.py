@@ -30,10 +30,13 @@ A4 = (11.69, 8.27)
 
 
 def _text_pages(title: str, lines: Sequence[str], *, footer: str = "", width: int = 150) -> list[Figure]:
-    """As many A4 pages as the lines need (a paragraph is never split; later pages say "(continued)")."""
+    """As many A4 pages as the lines need (a paragraph is never split; later pages say "(continued)"); a line
+    that starts with ``"## "`` is a bold heading."""
     figs: list[Figure] = []
     fig, y = None, 0.0
     for line in lines:
+        heading = line.startswith("## ")  # a heading line: bold, no hanging indent
+        line = line[3:] if heading else line
         wrapped = textwrap.wrap(line, width) or [""]
         if fig is None or y - 0.026 * len(wrapped) < 0.06:
             fig = plt.figure(figsize=A4)
@@ -43,7 +46,8 @@ def _text_pages(title: str, lines: Sequence[str], *, footer: str = "", width: in
             figs.append(fig)
             y = 0.87
         for i, w in enumerate(wrapped):
-            fig.text(0.06 if i else 0.05, y, w, fontsize=9.5, va="top", family="DejaVu Sans")
+            fig.text(0.06 if i else 0.05, y, w, fontsize=10.5 if heading else 9.5, va="top", family="DejaVu Sans",
+                     weight="bold" if heading else "normal")
             y -= 0.026
         y -= 0.008
     return figs
@@ -132,18 +136,30 @@ def _curves_figure(title: str, curves: Mapping[str, Sequence[np.ndarray]], contr
     return fig
 
 
+def _numbered(verdicts: Sequence[str], findings: Sequence[str] | None) -> list[str]:
+    """The verdict sentences numbered in order, under a heading wherever their finding changes."""
+    out, last = [], None
+    for i, v in enumerate(verdicts):
+        if findings is not None and findings[i] != last:
+            last = findings[i]
+            out.append(f"## {last}")
+        out.append(f"{i + 1}. {v}")
+    return out
+
+
 def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequence[str], scores: pd.DataFrame,
                        summary: pd.DataFrame, gains: pd.DataFrame, heatmaps: Sequence[tuple[str, list, list]],
                        curves: Sequence[tuple[str, dict, dict]], locality: pd.DataFrame, protocol: str,
                        hardware: str, study_name: str, baselines: pd.DataFrame | None = None,
                        claims: pd.DataFrame | None = None, design: pd.DataFrame | None = None,
-                       models: pd.DataFrame | None = None) -> Path:
+                       models: pd.DataFrame | None = None, findings: Sequence[str] | None = None) -> Path:
     """Write the study PDF atomically (temporary file in the target folder, then rename).
 
     ``baselines``: target, baseline, psnr (lines on the score page); ``claims``: the verdict table
     (:func:`cka_lab.study.tables.verdict_table`); ``design``: steps and patches per condition; ``models``:
     one row per model, PSNR beside its baseline and attention entropy per stage
-    (:func:`cka_lab.study.tables.model_table`)."""
+    (:func:`cka_lab.study.tables.model_table`); ``findings``: per verdict, the paper's finding it tests
+    (a heading is written where it changes)."""
     import io
 
     from cka_lab.io import write_bytes
@@ -151,7 +167,7 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
     footer = f"study {study_name} -- {protocol} -- {hardware}"
     figs: list[Figure] = [*_text_pages(f"Pre-training study '{study_name}'", title_lines, footer=footer),
                           *_text_pages("The paper's claims, judged from these numbers",
-                                       [f"{i + 1}. {v}" for i, v in enumerate(verdicts)], footer=footer)]
+                                       _numbered(verdicts, findings), footer=footer)]
     if claims is not None and not claims.empty:
         cols = ["claim", "protocol", "status", "effect", "lower", "upper", "unit", "n", "p", "p_holm"]
         shown = claims.reindex(columns=cols).copy()

@@ -42,6 +42,7 @@ which model falls short. All tested claims form one family: Holm's correction
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,8 @@ from cka_lab.study.spec import StudySpec, task_kind
 from cka_lab.study.tables import Verdict, adjust_verdicts, jackknife_effect, paired_effect, undecidable, verdict
 
 __all__ = ["judge_claims", "upper_locality", "upper_entropy_gap", "UNIFORM_TOLERANCE", "change_statistic",
-           "organisation_statistic", "baseline_shortfall", "stage_structure"]
+           "organisation_statistic", "baseline_shortfall", "stage_structure",
+           "finding_of"]
 
 UNIFORM_TOLERANCE = 1e-3
 """Attention whose entropy is within this fraction of uniform attention's has not been learnt."""
@@ -227,7 +229,18 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
     # 6 -- SR and DN organised differently (each CKA protocol)
     for pname, precs in protocols.items():
         out += _organisation_claims(spec, precs, pname if len(protocols) > 1 else "")
-    return adjust_verdicts(out)
+    return adjust_verdicts([replace(v, finding=finding_of(v.claim)) for v in out])
+
+
+def finding_of(claim: str) -> str:
+    """The key of :data:`~cka_lab.study.tables.FINDINGS` a claim of :func:`judge_claims` tests."""
+    if "stage structure" in claim or "organised differently" in claim:
+        return "a"
+    if "more local" in claim or "models more than" in claim:
+        return "b"
+    if claim.startswith("Multi-related pre-training"):
+        return "c"
+    return "gains"
 
 
 def _controls(spec: StudySpec, records: Sequence[ContrastRecord]) -> dict[str, dict[tuple[int, int], float]]:

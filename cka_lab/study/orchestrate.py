@@ -21,7 +21,7 @@ from cka_lab.io.lock import folder_lock
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
-from cka_lab.study.tables import (ALPHA, baselines_frame, gains, model_table, score_summary, scores_frame,
+from cka_lab.study.tables import (ALPHA, FINDINGS, baselines_frame, gains, model_table, score_summary, scores_frame,
                                   verdict_table)
 
 __all__ = ["study_from_args", "resolve_study_file"]
@@ -142,7 +142,9 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
     scores = scores_frame(results, base)
     summary = score_summary(scores, base)
     gain = gains(scores, scratch, long)
-    verdicts = judge_claims(spec, scores, records, protocols=by_protocol)
+    order = list(FINDINGS)
+    verdicts = sorted(judge_claims(spec, scores, records, protocols=by_protocol),
+                      key=lambda v: order.index(v.finding) if v.finding in order else len(order))
     design = design_frame(spec)
     same_layer = pd.DataFrame([{"protocol": name, "pair": r.plan.pair, "kind": r.plan.kind, "target": r.plan.target,
                                 "condition": r.plan.condition, "seed": r.plan.seed, "seed_b": r.plan.seed_b,
@@ -198,7 +200,8 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
     return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
                               summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
                               protocol=short, hardware=hardware, study_name=spec.study.name, baselines=base,
-                              claims=claims, design=design, models=models)
+                              claims=claims, design=design, models=models,
+                              findings=[FINDINGS.get(v.finding, "Other claims") for v in verdicts])
 
 
 def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:

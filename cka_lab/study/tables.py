@@ -26,7 +26,7 @@ from scipy import stats
 from cka_lab.metrics.multiplicity import holm
 
 __all__ = ["Effect", "paired_effect", "jackknife_effect", "scores_frame", "score_summary", "gains", "baselines_frame",
-           "model_table", "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE",
+           "model_table", "FINDINGS", "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE",
            "MIN_EFFECT"]
 
 ALPHA = 0.05
@@ -210,6 +210,7 @@ class Verdict:
     unit: str = ""
     min_effect: float = 0.0  # the smallest effect (in ``unit``) that counts as reproduced
     protocol: str = ""  # the CKA protocol a CKA claim was judged under ("" for PSNR and attention claims)
+    finding: str = ""  # the paper's finding the claim tests: a key of FINDINGS
 
     @property
     def p(self) -> float:
@@ -222,6 +223,14 @@ class Verdict:
             ps = f" [p = {self.p:.3g}, Holm-adjusted p = {adj}]"
         return f"{self.claim}: {self.status.upper()} -- {self.evidence}{ps}"
 
+
+FINDINGS = {
+    "a": "(a) SR models show stage structure in CKA and DN models do not (Fig. 2)",
+    "b": "(b) Pre-training brings more local attention into the higher layers of SR models and barely changes DN models",
+    "c": "(c) Multi-related pre-training beats single-task and multi-unrelated pre-training",
+    "gains": "Pre-training gives SR large gains and DN small ones",
+}
+"""The paper's findings (Li et al., arXiv 2112.10175) a study's claims are grouped under, in report order."""
 
 MIN_EFFECT = {"dB": 0.05, "CKA": 0.01, "(distance / uniform)": 0.01}
 """The smallest effect a claim counts as reproduced, per unit: 0.05 dB of PSNR, 0.01 of CKA (the heatmaps'
@@ -276,9 +285,10 @@ def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[V
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """claim, protocol, status, effect, lower, upper, unit, min_effect, n, method, p, p_holm, tested, evidence."""
+    """finding, claim, protocol, status, effect, lower, upper, unit, min_effect, n, method, p, p_holm, tested,
+    evidence."""
     return pd.DataFrame([{
-        "claim": v.claim, "protocol": v.protocol, "status": v.status,
+        "finding": v.finding, "claim": v.claim, "protocol": v.protocol, "status": v.status,
         "effect": v.effect.mean if v.effect else float("nan"),
         "lower": v.effect.lower if v.effect else float("nan"),
         "upper": v.effect.upper if v.effect else float("nan"),
