@@ -169,8 +169,8 @@ def test_the_bundled_configs_are_the_paper_cpu_seed0_runs(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     spec = parse_study(preset_path("paper-cpu").read_text(), source=preset_path("paper-cpu"))
     runs = {r.name: r for r in plan_runs(spec)}
-    bundled = {"edtt_srx2_scratch": "x2-scratch-s0", "edtt_srx2x3x4_pretrain": "pre-x2x3x4-s0",
-               "edtt_srx2_finetune": "x2-related-s0", "edtt_dng25_scratch": "g25-scratch-s0",
+    bundled = {"edtt_srx2_scratch": "x2-scratch-long-s0", "edtt_srx2x3x4_pretrain": "pre-x2x3x4-s0",
+               "edtt_srx2_finetune": "x2-related-s0", "edtt_dng25_scratch": "g25-scratch-long-s0",
                "edtt_dn_pretrain": "pre-g15g25g50-s0", "edtt_dng25_finetune": "g25-related-s0"}
     for name, run in bundled.items():
         mine = tomllib.loads((repo / "checkpoints" / "configs" / f"{name}.toml").read_text())
