@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from cka_lab.features import resolve_layers
 from cka_lab.features.layersets import DEFAULT_PATTERN
 
 from .measure import measure
@@ -37,7 +36,6 @@ from .spec import AnalysisSpec
 __all__ = [
     "Comparison",
     "compare_models",
-    "default_layers",
     "stage_starts",
     "default_probe_images",
     "model_input",
@@ -48,11 +46,6 @@ __all__ = [
 
 DEFAULT_LAYERS = DEFAULT_PATTERN
 _STAGE = re.compile(r"body\.layers\.(\d+)")
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """Every transformer block of an EDT body, in order (the layers of the paper's Fig. 2)."""
-    return resolve_layers(model, DEFAULT_LAYERS)
 
 
 def stage_starts(layers: Sequence[str]) -> list[int]:

@@ -82,7 +82,6 @@ def token_pixel_size(model: nn.Module, task: str | None = None) -> float:
     return float(2**cfg.depth) if head.kind != "sr" and not cfg.sf else 1.0
 
 
-_pixel_size = token_pixel_size  # former private name
 
 
 class AttentionDistance(Metric):

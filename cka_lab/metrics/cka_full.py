@@ -114,7 +114,7 @@ def deleted_group_inner(a: Tensor, b: Tensor, bounds: Sequence[tuple[int, int]])
         (full, deleted): (La, Lb) ``<H A H, H B H>`` over all crops and (G, La, Lb) over each S_g
         (both without the 1/(N-1)² factor, which cancels in CKA).
     """
-    la, n = a.shape[0], a.shape[1]
+    la = a.shape[0]
     lb = b.shape[0]
     q = torch.empty(len(bounds), la, lb, dtype=torch.float64, device=a.device)  # row-group sums
     w = torch.empty_like(q)  # diagonal blocks

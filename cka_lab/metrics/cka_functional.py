@@ -76,7 +76,6 @@ __all__ = [
     "is_constant",
     "linear_cka",
     "squared_norm",
-    "stacked_u_centred_grams",
     "u_centre",
     "u_centred_grams_and_spread",
     "unbiased_hsic",
@@ -293,13 +292,14 @@ def centred_gram(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return x_xt(centred)
 
 
-def stacked_u_centred_grams(
+def u_centred_grams_and_spread(
     features: Sequence[Tensor],
     labels: Sequence[str],
     gram_dtype: torch.dtype | None = None,
     centre: set[str] | None = None,
-) -> Tensor:
-    """U-centred Gram matrices of several layers of one batch, stacked and flattened.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """U-centred Gram matrices of several layers of one batch, stacked and flattened, with each layer's
+    spread over the batch, from the same Grams.
 
     Args:
         features: L tensors (B, ...) with the same B >= 4 (any devices; results go to the first's).
@@ -308,22 +308,8 @@ def stacked_u_centred_grams(
         centre: labels of layers to centre before the Gram (see the module doc); layers found
             ill-conditioned in this batch are recomputed that way and added to the set.
 
-    Returns:
-        U: (L, B*B) float64 on ``features[0]``'s device, row i the flattened ``Ũ(X_i X_iᵀ)``.
-
     Raises:
         CkaLabError: if a layer has NaN or inf features (named in the message).
-    """
-    return u_centred_grams_and_spread(features, labels, gram_dtype, centre)[0]
-
-
-def u_centred_grams_and_spread(
-    features: Sequence[Tensor],
-    labels: Sequence[str],
-    gram_dtype: torch.dtype | None = None,
-    centre: set[str] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``stacked_u_centred_grams`` plus each layer's spread over the batch, from the same Grams.
 
     Returns:
         (U, square, centred_square): U (L, B*B) float64 as in ``stacked_u_centred_grams``;

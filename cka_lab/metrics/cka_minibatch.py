@@ -69,11 +69,21 @@ class MinibatchCKA(CKAAccumulator):
         tol: relative tolerance of the constant-layer test (see the module doc).
 
     Example:
-        >>> metric = MinibatchCKA(ext_a.layers, ext_b.layers, keep_batches=True, unit_size=8)
-        >>> for x in loader:
-        ...     model_a(x); model_b(x)
-        ...     metric.update(ext_a.features, ext_b.features)
-        >>> metric.result().matrix  # (La, Lb) float64 numpy, with .lower / .upper
+        >>> import torch
+        >>> from torch import nn
+        >>> from cka_lab.features import FeatureExtractor
+        >>> _ = torch.manual_seed(0)
+        >>> model_a = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+        >>> model_b = nn.Sequential(nn.Linear(8, 6), nn.Tanh())
+        >>> loader = torch.randn(4, 16, 8)  # 4 batches of 16 inputs (B, 8)
+        >>> metric = MinibatchCKA(["0", "2"], ["0"], keep_batches=True, unit_size=8)
+        >>> with FeatureExtractor(model_a, ["0", "2"]) as ext_a, FeatureExtractor(model_b, "0") as ext_b:
+        ...     for x in loader:
+        ...         _ = model_a(x), model_b(x)
+        ...         metric.update(ext_a.features, ext_b.features)
+        >>> result = metric.result()
+        >>> result.matrix.shape, result.lower.shape  # (La, Lb) float64 numpy, with .lower / .upper
+        ((2, 1), (2, 1))
 
     Units are weighted equally, whatever their size (each HSIC_1 is an unbiased estimate). The state
     follows the features' device; each unit makes one small device-to-host copy (NaN and precision

@@ -327,10 +327,6 @@ def _path(value: Any, where: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
 def _scalar(value: Any, tp: type, where: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):

@@ -355,7 +355,7 @@ class _Trainer:
         v = self.cfg.val
         folders = {"sr": v.sr, "dn": v.dn, "dr": v.dr}
         train_dirs = [s.path for s in self.cfg.data.sr + self.cfg.data.dn] + list(self.cfg.data.dr)
-        for kind, folder in folders.items():
+        for folder in folders.values():
             if folder is None:
                 continue
             for t in train_dirs:
