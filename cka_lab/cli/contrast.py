@@ -46,7 +46,7 @@ def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=N
     ``attention_cache`` (an :class:`~cka_lab.analysis.attention_cache.AttentionCache`) is shared by the
     contrasts of one command, so that each model's attention statistics are measured once."""
     from cka_lab.analysis.contrast import contrast_models
-    from cka_lab.cli._common import resolve_device
+    from cka_lab.runtime import resolve_device
     from cka_lab.models import load_model
 
     spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)

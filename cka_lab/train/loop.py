@@ -42,7 +42,7 @@ from cka_lab.train.batches import (
 )
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
 from cka_lab.train.diagnostics import TrainingDiagnostics, heldout_probe, probe_inputs, progress_text
-from cka_lab.train.distributed import DistEnv, init_distributed
+from cka_lab.runtime import DistEnv, init_distributed
 from cka_lab.train.finetune import init_from_checkpoint
 from cka_lab.train.logs import CsvLog, make_progress, progress_enabled, say
 from cka_lab.train.qk_lr import QKLearningRate
