@@ -87,7 +87,7 @@ def _with_protocol(df, c):
 
 def write_contrast(result, out: Path) -> list[Path]:
     """Every figure and table of a Contrast into ``out`` -> the paths written."""
-    from cka_lab.analysis.compare import short_layer_name, stage_starts
+    from cka_lab.models.names import short_layer_name, stage_starts
     from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps, save_figure
     from cka_lab.plots.contrast import plot_attention_distance, plot_cka_difference
 

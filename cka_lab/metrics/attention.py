@@ -22,7 +22,6 @@ across ranks, so N processes sharing the crops give the one-process result.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from cka_lab.errors import CkaLabError
+from cka_lab.models.names import attention_site
 from cka_lab.metrics.attention_baselines import uniform_attention_stats
 from cka_lab.metrics.attention_findings import attention_findings
 from cka_lab.metrics.attention_stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
@@ -50,7 +50,6 @@ __all__ = [
     "HEAD_COLUMNS",
 ]
 
-_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attns\.(\d+)$")
 DIRECTIONS = ("horizontal", "vertical")
 _UNIFORM = ("u_dist", "u_entropy", "u_max", "u_dx", "u_dy")
 
@@ -68,7 +67,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (n, m)
         for n, m in model.named_modules()
-        if isinstance(getattr(m, "softmax", None), nn.Softmax) and hasattr(m, "window") and _NAME.search(n)
+        if isinstance(getattr(m, "softmax", None), nn.Softmax) and hasattr(m, "window") and attention_site(n)
     ]
 
 
@@ -78,8 +77,7 @@ def token_pixel_size(model: nn.Module, task: str | None = None) -> float:
     cfg = getattr(model, "config", None)
     if cfg is None:
         return 1.0
-    head = cfg.head(task or cfg.tasks[0])
-    return float(2**cfg.depth) if head.kind != "sr" and not cfg.sf else 1.0
+    return float(cfg.token_stride(task or cfg.tasks[0]))
 
 
 
@@ -133,7 +131,7 @@ class AttentionDistance(Metric):
         self._sites: dict[str, _Site] = {}
         self._attn_modules: list[tuple[str, nn.Module]] = []
         for name, mod in mods:
-            layer, block, k = (int(g) for g in _NAME.search(name).groups())
+            layer, block, k = attention_site(name)
             shifts = getattr(named.get(name.rsplit(".attns.", 1)[0]), "shifts", None)
             kind = "plain" if shifts is None else "shifted"
             info = SiteInfo(name, layer, block, kind, DIRECTIONS[k])

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from cka_lab.analysis.compare import short_layer_name, stage_starts
+from cka_lab.models.names import short_layer_name, stage_starts
 from cka_lab.analysis.contrast import Contrast
 from cka_lab.errors import CkaLabError
 from cka_lab.io import atomic_write

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from cka_lab.errors import CkaLabError
-from cka_lab.models.registry import TASK_KEYS
+from cka_lab.tasks import TASK_KEYS, parse_task
 
 __all__ = [
     "StudySpec",
@@ -84,7 +84,7 @@ def task_kind(task: str) -> str:
     """``x2 -> sr``, ``g25 -> dn``, ``L -> dr``."""
     if task not in TASK_KEYS:
         raise CkaLabError(f"unknown task {task!r}{_close(task, TASK_KEYS)}; tasks are {' '.join(TASK_KEYS)}")
-    return "sr" if task.startswith("x") else "dn" if task.startswith("g") else "dr"
+    return parse_task(task).kind
 
 
 def _close(key: str, options) -> str:

@@ -101,7 +101,7 @@ def check_training_memory(model_cfg, patch_size: int, batch_size: int, device: t
     p = model_cfg.image_size
     check_fits(stored_mask_bytes(model_cfg), available_memory("cpu"), f"the attention masks of image_size {p}",
                "use a smaller data.patch_size (or [model] image_size)")
-    sides = {h.key: patch_size * (1 if h.kind == "sr" or model_cfg.sf else 2**model_cfg.depth) for h in model_cfg.heads}
+    sides = {h.key: patch_size * model_cfg.token_stride(h.key) for h in model_cfg.heads}
     check_fits(training_bytes(model_cfg, batch_size, sides), available_memory(device),
                f"training at data.patch_size {patch_size} with batch_size {batch_size}",
                "use a smaller data.patch_size or schedule.batch_size")
