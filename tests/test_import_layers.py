@@ -78,3 +78,28 @@ def test_no_import_runs_back_up(path):
              for line, target in _imports(path)
              if _part(target) != source and LAYERS[_part(target)] >= LAYERS[source] > 0]
     assert not wrong, f"{path.name} ({source}, floor {LAYERS[source]}) imports from its floor or above: {wrong}"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("cka_lab.metrics.cka_functional", "cka_lab.metrics.cka.functional"),
+    ("cka_lab.metrics.cka_minibatch", "cka_lab.metrics.cka.minibatch"),
+    ("cka_lab.metrics.cka_full", "cka_lab.metrics.cka.full"),
+    ("cka_lab.metrics.cka_passes", "cka_lab.metrics.cka.passes"),
+    ("cka_lab.metrics.cka_result", "cka_lab.metrics.cka.result"),
+    ("cka_lab.metrics.attention_stats", "cka_lab.metrics.attention.stats"),
+    ("cka_lab.metrics.attention_summary", "cka_lab.metrics.attention.summary"),
+    ("cka_lab.metrics.attention_baselines", "cka_lab.metrics.attention.baselines"),
+    ("cka_lab.metrics.attention_findings", "cka_lab.analysis.findings"),
+])
+def test_old_module_paths_are_the_new_modules(old, new):
+    import importlib
+
+    assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_the_attention_face_still_offers_the_findings_and_the_cka_face_its_names():
+    from cka_lab.analysis.findings import attention_findings
+    from cka_lab.metrics.attention import attention_findings as via_metrics
+    from cka_lab.metrics.cka import CKAResult, FullBatchCKA, MinibatchCKA, cka_by_passes  # noqa: F401
+
+    assert via_metrics is attention_findings

@@ -180,22 +180,10 @@ def print_contrast(result) -> None:
     print(f"  mean CKA within {result.name_a} {s['mean_cka_a']:.3f}, within {result.name_b} {s['mean_cka_b']:.3f}, "
           f"across {s['mean_cross_cka']:.3f}"
           + (f" (same layer {s['mean_cross_same_layer_cka']:.3f})" if "mean_cross_same_layer_cka" in s else ""))
-    eff = s.get("difference_effect")
-    if eff:
-        if eff["decidable"]:
-            print(f"  {eff['stated_cells']} of {eff['tested_cells']} layer pairs differ (Benjamini-Hochberg q <= "
-                  f"{eff['fdr']:g}, |diff| >= {eff['min_effect']:g}, above the controls; median |diff| "
-                  f"{eff['median_abs_stated']:.4f}); largest (selected, so biased upward) at ({eff['layer_i']}, "
-                  f"{eff['layer_j']}): {eff['difference']:+.4f}, p {eff['p']:.2g}, adjusted {eff['p_adjusted']:.2g}")
-        else:
-            print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
-    if result.attention_stages_a is not None:
-        from cka_lab.metrics.attention import attention_findings
+    from cka_lab.analysis.findings import console_findings
 
-        t = result.attention_layers
-        stated = [f for f in attention_findings(t) if not f.startswith(("Indistinguishable", "No interval"))]
-        print(f"  attention: {len(stated)} of {len(t)} (model, stage, window kind, direction) groups differ from "
-              "uniform attention beyond their interval (attention_layers.csv)")
+    for line in console_findings(result):
+        print(f"  {line}")
 
 
 #: Every file ``contrast`` may write into its folder (one set: an earlier run's file the new set lacks is removed).

@@ -2,12 +2,12 @@
 
 :class:`AttentionDistance` hooks the ``softmax`` of every window-attention module of an EDT and
 accumulates, per crop and head, the sums of the row statistics of
-:mod:`cka_lab.metrics.attention_stats` (attention distance in input pixels, entropy, largest weight)
+:mod:`cka_lab.metrics.attention.stats` (attention distance in input pixels, entropy, largest weight)
 together with the exact statistics of uniform attention under the same windows and shifted-window
-masks (:mod:`cka_lab.metrics.attention_baselines`). ``compute()`` gives one row per (layer, block,
+masks (:mod:`cka_lab.metrics.attention.baselines`). ``compute()`` gives one row per (layer, block,
 kind, direction, head) with ``locality = distance / uniform_distance`` and
 ``entropy_rel = entropy / uniform_entropy`` and their jackknife intervals over crops
-(:mod:`cka_lab.metrics.attention_summary`); ``summary()`` pools heads per layer, kind and direction.
+(:mod:`cka_lab.metrics.attention.summary`); ``summary()`` pools heads per layer, kind and direction.
 Plain and shifted blocks (``kind``) are never mixed.
 
 Distances are Euclidean in the body's token grid times the size of a token in input pixels: 1 for SR
@@ -32,17 +32,15 @@ from torchmetrics import Metric
 
 from cka_lab.errors import CkaLabError
 from cka_lab.models.names import attention_site
-from cka_lab.metrics.attention_baselines import uniform_attention_stats
-from cka_lab.metrics.attention_findings import attention_findings
-from cka_lab.metrics.attention_stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
-from cka_lab.metrics.attention_summary import HEAD_COLUMNS, SiteInfo, attention_table, locality_summary
+from cka_lab.metrics.attention.baselines import uniform_attention_stats
+from cka_lab.metrics.attention.stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
+from cka_lab.metrics.attention.summary import HEAD_COLUMNS, SiteInfo, attention_table, locality_summary
 
 __all__ = [
     "AttentionDistance",
     "attention_modules",
     "token_pixel_size",
     "locality_summary",
-    "attention_findings",
     "attention_row_stats",
     "attention_distance_sums",
     "uniform_attention_stats",
@@ -93,7 +91,7 @@ class AttentionDistance(Metric):
                 model.forward_task(x, "x2")
         heads = ad.compute()      # one row per (layer, block, kind, direction, head)
         stages = ad.summary()     # one row per (layer, kind, direction), heads pooled
-        attention_findings(stages)
+        attention_findings(stages)  # the sentences: cka_lab.analysis.findings
 
     ``pixel_size`` (input pixels per body token) defaults to the task's (:func:`token_pixel_size`);
     ``radii`` (input pixels) set the columns ``within_<r>``; ``confidence`` the interval level.
@@ -232,7 +230,7 @@ class AttentionDistance(Metric):
 
     def compute(self) -> pd.DataFrame:
         """One row per (layer, block, kind, direction, head); columns :data:`HEAD_COLUMNS` and more
-        (see :func:`~cka_lab.metrics.attention_summary.attention_table`)."""
+        (see :func:`~cka_lab.metrics.attention.summary.attention_table`)."""
         return attention_table(self._crop_sums(), confidence=self.confidence)
 
     def summary(self, by: tuple[str, ...] = ("layer", "kind", "direction")) -> pd.DataFrame:
