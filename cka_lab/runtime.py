@@ -22,8 +22,8 @@ from torch import nn
 
 from cka_lab.errors import CkaLabError
 
-__all__ = ["TORCHRUN_VARIABLES", "DistEnv", "RankWorld", "init_distributed", "rank_world", "resolve_device",
-           "under_launcher"]
+__all__ = ["TORCHRUN_VARIABLES", "DistEnv", "RankWorld", "init_distributed", "module_main", "rank_world",
+           "resolve_device", "under_launcher"]
 
 #: What a launcher (torchrun) sets in the environment of each process; a child that must be a job of its
 #: own is started without them.
@@ -168,3 +168,15 @@ def init_distributed(device: str = "auto", threads: int = 0, *, setting: str = "
             raise CkaLabError(f"cannot start the {backend} process group (rank {place.rank} of {place.world}): {first}") from None
     env.backend = backend
     return env
+
+
+def module_main(argv: list[str] | None, *, prog: str, description: str, add_arguments, run) -> int:
+    """The ``python -m`` / ``torchrun -m`` entry point of a job (``cka_lab.train``, ``cka_lab.study``): parse
+    ``argv`` with ``add_arguments(parser)``, then ``run(args)``; a CkaLabError is one line and exit 2."""
+    import argparse
+
+    from cka_lab.errors import run_reporting_errors
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return run_reporting_errors(run, parser.parse_args(argv))
