@@ -4,7 +4,9 @@ attention distances -- as figures and tables in one folder."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cka_lab.cli._common import (add_analysis_args, check_probe_args, check_probe_bounds, probe_tasks, spec_from_args,
                                  writable_dir)
@@ -39,31 +41,39 @@ def model_label(path: str | Path) -> str:
     return Path(path).stem
 
 
-def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=None, progress: bool | None = None,
-                 attention_cache=None):
-    """Load two checkpoints and contrast them with the analysis options in ``args`` -> Contrast.
+@dataclass(frozen=True)
+class ProbedCheckpoint:
+    """A loaded checkpoint and the head it is probed on: one side of a contrast."""
+
+    path: str
+    model: Any
+    task: str
+
+
+def probed_pair(args: argparse.Namespace, model_a, model_b, ckpts: tuple[str, str], device="cpu"):
+    """The two sides of a contrast from loaded models and the options (``--task``), the probe sizes checked
+    against the memory of ``device`` -> (ProbedCheckpoint, ProbedCheckpoint)."""
+    task_a, task_b = probe_tasks(args.task, model_a, model_b)
+    check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], device)
+    return ProbedCheckpoint(str(ckpts[0]), model_a, task_a), ProbedCheckpoint(str(ckpts[1]), model_b, task_b)
+
+
+def run_contrast(a: ProbedCheckpoint, b: ProbedCheckpoint, spec, *, same_task: bool = False, device="cpu",
+                 progress: bool | None = None, attention_cache=None):
+    """Contrast two loaded checkpoints as ``spec`` (an AnalysisSpec) says -> Contrast, labelled by file name.
 
     ``attention_cache`` (an :class:`~cka_lab.analysis.attention_cache.AttentionCache`) is shared by the
     contrasts of one command, so that each model's attention statistics are measured once."""
     from cka_lab.analysis.contrast import contrast_models
-    from cka_lab.runtime import resolve_device
-    from cka_lab.models import load_model
 
-    spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
-    device = device if device is not None else resolve_device(args.device)
-    model_a = load_model(ckpt_a)
-    model_b = load_model(ckpt_b)
-    task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], device)
-    name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
+    name_a, name_b = model_label(a.path), model_label(b.path)
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    result = contrast_models(model_a, model_b, spec, task_a=task_a, task_b=task_b, name_a=name_a, name_b=name_b,
-                             same_task=args.same_task, device=device, progress=progress,
-                             attention_cache=attention_cache)
+    result = contrast_models(a.model, b.model, spec, task_a=a.task, task_b=b.task, name_a=name_a, name_b=name_b,
+                             same_task=same_task, device=device, progress=progress, attention_cache=attention_cache)
     result.meta.update({
-        "ckpt_a": str(ckpt_a), "ckpt_b": str(ckpt_b),
-        "checkpoint_a": getattr(model_a, "checkpoint_info", {}), "checkpoint_b": getattr(model_b, "checkpoint_info", {}),
+        "ckpt_a": a.path, "ckpt_b": b.path,
+        "checkpoint_a": getattr(a.model, "checkpoint_info", {}), "checkpoint_b": getattr(b.model, "checkpoint_info", {}),
     })
     return result
 
@@ -205,7 +215,12 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if session.writes:  # the folder is locked from before the work until its files are in place
             held.enter_context(folder_lock(writable_dir(out)))
-        result = run_contrast(args.ckpt_a, args.ckpt_b, args, device=session.device)
+        from cka_lab.models import load_model
+
+        spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
+        side_a, side_b = probed_pair(args, load_model(args.ckpt_a), load_model(args.ckpt_b), (args.ckpt_a, args.ckpt_b),
+                                     session.device)
+        result = run_contrast(side_a, side_b, spec, same_task=args.same_task, device=session.device)
         if not session.writes:
             return 0
         with output_set(out, OUTPUT_FILES) as staging:  # all files, or (on a failure) none: never a mix of runs
