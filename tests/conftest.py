@@ -3,6 +3,8 @@
 The repository is checked out at ``<X>/main`` and the shared data at ``<X>/shared`` (override with the
 environment variable ``CKA_LAB_SHARED``). Tests that need it skip, with the reason, when it is absent:
 the package itself never needs it (it carries its own sample images in ``cka_lab/data/assets``).
+With ``CKA_LAB_REQUIRE_SHARED=1`` (as in CI) they fail instead, and a run without the shared folder stops
+at once: a fixture test cannot pass by skipping.
 
 * ``shared_dir``   -> ``<X>/shared``
 * ``data_dir``     -> ``<X>/shared/data``            (benchmark images, see its README.md)
@@ -24,10 +26,28 @@ def _shared_path() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
+def shared_required() -> bool:
+    """True when ``CKA_LAB_REQUIRE_SHARED`` is set (to anything but ``0``): missing shared data is an error."""
+    return os.environ.get("CKA_LAB_REQUIRE_SHARED", "0").strip() not in ("", "0")
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.is_dir():
-        pytest.skip(f"{what} not found at {path} (set CKA_LAB_SHARED to the shared folder to run this test)")
+        reason = f"{what} not found at {path} (set CKA_LAB_SHARED to the shared folder to run this test)"
+        if shared_required():
+            pytest.fail(f"{reason}; CKA_LAB_REQUIRE_SHARED is set, so this is an error", pytrace=False)
+        pytest.skip(reason)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``CKA_LAB_REQUIRE_SHARED``, stop before collecting when the shared folder is incomplete
+    (some tests decide to skip at collection time, where a fixture cannot fail them)."""
+    if shared_required():
+        for sub in ("data", "fixtures/edt"):
+            if not (_shared_path() / sub).is_dir():
+                raise pytest.UsageError(f"CKA_LAB_REQUIRE_SHARED is set but {_shared_path() / sub} is missing "
+                                        "(set CKA_LAB_SHARED to the shared folder)")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ measured -- layers, feature kind, estimator -- is one :class:`~cka_lab.analysis.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +19,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from cka_lab.features import resolve_layers
 from cka_lab.features.layersets import DEFAULT_PATTERN
+from cka_lab.models.names import short_layer_name, stage_starts
 
 from .measure import measure
 from .probing import (
@@ -37,7 +36,6 @@ from .spec import AnalysisSpec
 __all__ = [
     "Comparison",
     "compare_models",
-    "default_layers",
     "stage_starts",
     "default_probe_images",
     "model_input",
@@ -47,48 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_LAYERS = DEFAULT_PATTERN
-STAGE_PATTERN = re.compile(r"body\.layers\.(\d+)")
-"""Matches an EDT body stage in a module name; group 1 is the stage index."""
-_STAGE = STAGE_PATTERN
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """Every transformer block of an EDT body, in order (the layers of the paper's Fig. 2)."""
-    return resolve_layers(model, DEFAULT_LAYERS)
-
-
-def stage_starts(layers: Sequence[str]) -> list[int]:
-    """Indices where a new body stage (``body.layers.i``) starts, for heatmap boundaries."""
-    starts, last = [], None
-    for i, name in enumerate(layers):
-        m = _STAGE.search(name)
-        stage = m.group(1) if m else None
-        if i > 0 and stage != last:
-            starts.append(i)
-        last = stage
-    return starts
-
-
-_BLOCK = re.compile(r"^body\.layers\.(\d+)\.residual_group\.blocks\.(\d+)")
-
-
-_HEAD_TAIL = re.compile(r"^(head|tail)_(?:sr_x\d+|dn_g\d+|dr_\w+)(\..*)?$")
-
-
-def short_layer_name(name: str) -> str:
-    """Compact display name of an EDT layer: ``body.layers.2.residual_group.blocks.3.mlp`` -> ``s2.b3.mlp``,
-    ``...blocks.3.attn_residual`` -> ``s2.b3.attn``, ``body.layers.2`` -> ``s2``, ``head_sr_x2.1`` -> ``head.1``
-    (the task suffix dropped, so the paper sets of an SR and a denoising model line up)."""
-    m = _BLOCK.match(name)
-    if m:
-        rest = name[m.end():]
-        return f"s{m.group(1)}.b{m.group(2)}{'.attn' if rest == '.attn_residual' else rest}"
-    m = _HEAD_TAIL.match(name)
-    if m:
-        return f"{m.group(1)}{m.group(2)}"
-    return name.removeprefix("body.").replace("layers.", "s", 1) if name.startswith("body.layers.") else name
-
-
 @dataclass
 class Comparison:
     """The CKA matrix between two models and everything needed to read or redraw it."""

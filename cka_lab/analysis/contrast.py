@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
 
-from .compare import Comparison, probed_patch, short_layer_name, stage_starts
+from cka_lab.models.names import short_layer_name, stage_starts
+
+from .compare import Comparison, probed_patch
 from .controls import MIN_UNITS, Decision, decide
 from .attention_cache import AttentionCache
 from .measure import distributed_rank, measure, measure_attention

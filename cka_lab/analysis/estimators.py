@@ -233,7 +233,7 @@ def full_keyed_cka(keys: Sequence[str], run: Callable[[list[str]], Iterable[Mapp
     estimate = _ratio(full, full.diagonal(), full.diagonal(), dead)
     replicates = debiased = None
     if len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 4:
-        # intervals from the debiased CKA of the same crops (see cka_lab.metrics.cka_full): the biased
+        # intervals from the debiased CKA of the same crops (see cka_lab.metrics.cka.full): the biased
         # estimate's jackknife does not cover at feature dimensions D >= N
         u_full, u_deleted = deleted_group_unbiased(store.grams, store.grams, bounds)
         debiased = _ratio(u_full, u_full.diagonal(), u_full.diagonal(), dead).cpu().numpy()

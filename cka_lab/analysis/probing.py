@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from cka_lab.data.probes import bundled_images, crop_noise, probe_batches
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import parse_task
 
 __all__ = [
     "PROBE_LABEL",
@@ -99,9 +100,7 @@ def resampling_label(images: np.ndarray | None, n_units: int, estimator: str) ->
 
 
 def _sigma(task: str | None) -> float | None:
-    if task and task.startswith("g") and task[1:].isdigit():
-        return float(task[1:])
-    return None
+    return parse_task(task).sigma if task else None
 
 
 def model_input(x: Tensor, task: str | None, *, seed: int, first_index: int = 0, patch: int | None = None) -> Tensor:
@@ -160,9 +159,7 @@ def training_patch(model: nn.Module, task: str | None) -> int | None:
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "image_size"):
         return None
-    head = cfg.head(task or cfg.tasks[0])
-    scale = 2**cfg.depth if head.kind != "sr" and not cfg.sf else 1
-    return int(cfg.image_size) * scale
+    return int(cfg.image_size) * cfg.token_stride(task or cfg.tasks[0])
 
 
 def check_patch(model: nn.Module, task: str | None, patch: int) -> None:

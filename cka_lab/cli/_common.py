@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cka_lab.errors import CkaLabError
+from cka_lab.runtime import resolve_device
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, ckpt_help: str = "EDT checkpoint (cka_lab or official .pth)") -> None:
@@ -22,18 +23,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, ckpt_help: str = "EDT che
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CkaLabError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CkaLabError(f"device {name!r} requested but no CUDA GPU is available: use --device cpu")
-    return device
 
 
 def format_count(n: int) -> str:
@@ -204,12 +193,10 @@ class Session:
     whether it writes the outputs (rank 0 only). Use as a context manager; the group is closed on exit."""
 
     def __init__(self, device: str) -> None:
-        import os
+        from cka_lab.runtime import init_distributed, rank_world
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from cka_lab.train.distributed import init_distributed
-
-            self.env = init_distributed(device)
+        if rank_world().world > 1:
+            self.env = init_distributed(device, setting="--device")
             self.device = self.env.device
         else:
             self.env = None

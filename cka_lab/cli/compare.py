@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cka_lab.analysis.compare import compare_models, short_layer_name, stage_starts
+    from cka_lab.analysis.compare import compare_models
+    from cka_lab.models.names import short_layer_name, stage_starts
     from cka_lab.models import load_model
     from cka_lab.plots import plot_cka_heatmap
 

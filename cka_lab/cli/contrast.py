@@ -4,7 +4,9 @@ attention distances -- as figures and tables in one folder."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cka_lab.cli._common import (add_analysis_args, check_probe_args, check_probe_bounds, probe_tasks, spec_from_args,
                                  writable_dir)
@@ -39,31 +41,39 @@ def model_label(path: str | Path) -> str:
     return Path(path).stem
 
 
-def run_contrast(ckpt_a: str, ckpt_b: str, args: argparse.Namespace, *, device=None, progress: bool | None = None,
-                 attention_cache=None):
-    """Load two checkpoints and contrast them with the analysis options in ``args`` -> Contrast.
+@dataclass(frozen=True)
+class ProbedCheckpoint:
+    """A loaded checkpoint and the head it is probed on: one side of a contrast."""
+
+    path: str
+    model: Any
+    task: str
+
+
+def probed_pair(args: argparse.Namespace, model_a, model_b, ckpts: tuple[str, str], device="cpu"):
+    """The two sides of a contrast from loaded models and the options (``--task``), the probe sizes checked
+    against the memory of ``device`` -> (ProbedCheckpoint, ProbedCheckpoint)."""
+    task_a, task_b = probe_tasks(args.task, model_a, model_b)
+    check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], device)
+    return ProbedCheckpoint(str(ckpts[0]), model_a, task_a), ProbedCheckpoint(str(ckpts[1]), model_b, task_b)
+
+
+def run_contrast(a: ProbedCheckpoint, b: ProbedCheckpoint, spec, *, same_task: bool = False, device="cpu",
+                 progress: bool | None = None, attention_cache=None):
+    """Contrast two loaded checkpoints as ``spec`` (an AnalysisSpec) says -> Contrast, labelled by file name.
 
     ``attention_cache`` (an :class:`~cka_lab.analysis.attention_cache.AttentionCache`) is shared by the
     contrasts of one command, so that each model's attention statistics are measured once."""
     from cka_lab.analysis.contrast import contrast_models
-    from cka_lab.cli._common import resolve_device
-    from cka_lab.models import load_model
 
-    spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
-    device = device if device is not None else resolve_device(args.device)
-    model_a = load_model(ckpt_a)
-    model_b = load_model(ckpt_b)
-    task_a, task_b = probe_tasks(args.task, model_a, model_b)
-    check_probe_bounds(args, [(model_a, task_a), (model_b, task_b)], device)
-    name_a, name_b = model_label(ckpt_a), model_label(ckpt_b)
+    name_a, name_b = model_label(a.path), model_label(b.path)
     if name_a == name_b:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
-    result = contrast_models(model_a, model_b, spec, task_a=task_a, task_b=task_b, name_a=name_a, name_b=name_b,
-                             same_task=args.same_task, device=device, progress=progress,
-                             attention_cache=attention_cache)
+    result = contrast_models(a.model, b.model, spec, task_a=a.task, task_b=b.task, name_a=name_a, name_b=name_b,
+                             same_task=same_task, device=device, progress=progress, attention_cache=attention_cache)
     result.meta.update({
-        "ckpt_a": str(ckpt_a), "ckpt_b": str(ckpt_b),
-        "checkpoint_a": getattr(model_a, "checkpoint_info", {}), "checkpoint_b": getattr(model_b, "checkpoint_info", {}),
+        "ckpt_a": a.path, "ckpt_b": b.path,
+        "checkpoint_a": getattr(a.model, "checkpoint_info", {}), "checkpoint_b": getattr(b.model, "checkpoint_info", {}),
     })
     return result
 
@@ -87,7 +97,7 @@ def _with_protocol(df, c):
 
 def write_contrast(result, out: Path) -> list[Path]:
     """Every figure and table of a Contrast into ``out`` -> the paths written."""
-    from cka_lab.analysis.compare import short_layer_name, stage_starts
+    from cka_lab.models.names import short_layer_name, stage_starts
     from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps, save_figure
     from cka_lab.plots.contrast import plot_attention_distance, plot_cka_difference
 
@@ -180,22 +190,10 @@ def print_contrast(result) -> None:
     print(f"  mean CKA within {result.name_a} {s['mean_cka_a']:.3f}, within {result.name_b} {s['mean_cka_b']:.3f}, "
           f"across {s['mean_cross_cka']:.3f}"
           + (f" (same layer {s['mean_cross_same_layer_cka']:.3f})" if "mean_cross_same_layer_cka" in s else ""))
-    eff = s.get("difference_effect")
-    if eff:
-        if eff["decidable"]:
-            print(f"  {eff['stated_cells']} of {eff['tested_cells']} layer pairs differ (Benjamini-Hochberg q <= "
-                  f"{eff['fdr']:g}, |diff| >= {eff['min_effect']:g}, above the controls; median |diff| "
-                  f"{eff['median_abs_stated']:.4f}); largest (selected, so biased upward) at ({eff['layer_i']}, "
-                  f"{eff['layer_j']}): {eff['difference']:+.4f}, p {eff['p']:.2g}, adjusted {eff['p_adjusted']:.2g}")
-        else:
-            print("  no difference between the maps exceeds its interval and the controls: not decidable at this scale")
-    if result.attention_stages_a is not None:
-        from cka_lab.metrics.attention import attention_findings
+    from cka_lab.analysis.findings import console_findings
 
-        t = result.attention_layers
-        stated = [f for f in attention_findings(t) if not f.startswith(("Indistinguishable", "No interval"))]
-        print(f"  attention: {len(stated)} of {len(t)} (model, stage, window kind, direction) groups differ from "
-              "uniform attention beyond their interval (attention_layers.csv)")
+    for line in console_findings(result):
+        print(f"  {line}")
 
 
 #: Every file ``contrast`` may write into its folder (one set: an earlier run's file the new set lacks is removed).
@@ -217,7 +215,12 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if session.writes:  # the folder is locked from before the work until its files are in place
             held.enter_context(folder_lock(writable_dir(out)))
-        result = run_contrast(args.ckpt_a, args.ckpt_b, args, device=session.device)
+        from cka_lab.models import load_model
+
+        spec = spec_from_args(args, attention=not args.no_attention, controls=not args.no_controls)
+        side_a, side_b = probed_pair(args, load_model(args.ckpt_a), load_model(args.ckpt_b), (args.ckpt_a, args.ckpt_b),
+                                     session.device)
+        result = run_contrast(side_a, side_b, spec, same_task=args.same_task, device=session.device)
         if not session.writes:
             return 0
         with output_set(out, OUTPUT_FILES) as staging:  # all files, or (on a failure) none: never a mix of runs

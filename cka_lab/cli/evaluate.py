@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cka_lab.cli._common import add_device_arg, add_model_args, resolve_device
+from cka_lab.cli._common import add_device_arg, add_model_args
+from cka_lab.runtime import resolve_device
 from cka_lab.cli.restore import add_tile_args
 
 

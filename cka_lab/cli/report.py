@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from pathlib import Path
 
 from cka_lab.cli._common import check_probe_args, check_probe_bounds, parse_layers, probe_tasks, writable_dir
-from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, run_contrast
+from cka_lab.cli.contrast import add_probe_args, model_label, print_contrast, probed_pair, run_contrast
 from cka_lab.errors import CkaLabError
 from cka_lab.io import file_lock
+from cka_lab.runtime import rank_world
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     parse_layers(args.layers)
     out = Path(args.out)
     with contextlib.ExitStack() as held:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        if rank_world().rank == 0:  # under torchrun only rank 0 writes
             _check_out(out, args.ckpts)
             held.enter_context(file_lock(out, "report"))  # a second report into the same PDF is refused now
         return _run(args, out)
@@ -72,7 +72,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         contrasts = []
         cache = AttentionCache()  # a checkpoint in several pairs has its attention measured once
         for a, b in pairs:
-            result = run_contrast(a, b, args, device=session.device, attention_cache=cache)
+            side_a, side_b = probed_pair(args, models[a], models[b], (a, b), session.device)  # loaded once, above
+            result = run_contrast(side_a, side_b, spec, same_task=args.same_task, device=session.device,
+                                  attention_cache=cache)
             if session.writes:
                 print_contrast(result)
             contrasts.append(result)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cka_lab.cli._common import add_device_arg, add_model_args, resolve_device
+from cka_lab.cli._common import add_device_arg, add_model_args
+from cka_lab.runtime import resolve_device
 from cka_lab.errors import CkaLabError
 
 

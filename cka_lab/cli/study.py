@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = ["add_arguments", "add_parser", "run"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", metavar="STUDY.toml", help="study file, or a bundled preset: tiny, paper-small, paper-small-cpu")
-    p.add_argument("--out", default=None, metavar="DIR", help="study folder (default: studies/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the study in --out where it stopped")
-    p.add_argument("--max-runs", type=int, default=None, metavar="N",
-                   help="train at most N runs now, then stop (continue later with --resume)")
-    p.add_argument("--device", default="auto", help="device for evaluation and analysis (training: [study] devices)")
+    """The study's own arguments (:func:`cka_lab.study.launch.add_arguments`); imported when used, so that
+    ``cka-lab`` starts without loading the study library."""
+    from cka_lab.study.launch import add_arguments as study_arguments
+
+    study_arguments(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cka_lab.study.orchestrate import study_from_args
+    from cka_lab.study.launch import run_from_args
 
-    return study_from_args(args)
+    return run_from_args(args)

@@ -39,6 +39,7 @@ from PIL import Image
 from cka_lab.data.degrade import add_gaussian_noise, imresize, official_noisy
 from cka_lab.data.images import list_images, modcrop, read_uint8, uint8_to_tensor
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import parse_task
 
 __all__ = [
     "ImageSource",
@@ -440,17 +441,9 @@ def dr_eval_pairs(folder: str | Path) -> list[EvalPair]:
     return [EvalPair(pr.name, uint8_to_tensor(pr.rain), pr.norain) for pr in read_rain_pairs(folder)]
 
 
-def _task_scale(task: str) -> int:
-    if re.fullmatch(r"x\d", task):
-        return int(task[1:])
-    if re.fullmatch(r"g\d+", task) or task in ("L", "H"):
-        return 1
-    raise CkaLabError(f"unknown task {task!r}; use one of x2, x3, x4, g15, g25, g50, L, H")
-
-
 def select_pairs(pairs: Sequence[EvalPair], task: str, *, max_images: int = 0, crop: int = 0) -> list[EvalPair]:
     """The first ``max_images`` pairs (0: all), centre-cropped to ``crop x crop`` input pixels (0: whole)."""
-    scale = _task_scale(task)
+    scale = parse_task(task).scale
     out = list(pairs[:max_images] if max_images else pairs)
     return [_centre_crop(p, crop, scale) for p in out] if crop else out
 
@@ -466,12 +459,11 @@ def eval_pairs(folder: str | Path, task: str, *, max_images: int = 0, crop: int 
     folder = Path(folder)
     if not folder.is_dir():
         raise CkaLabError(f"evaluation folder {folder} not found")
-    task = str(task)
-    scale = _task_scale(task)
-    if task.startswith("x"):
-        pairs = sr_eval_pairs(folder, scale)
-    elif task.startswith("g"):
-        pairs = dn_eval_pairs(folder, int(task[1:]))
+    t = parse_task(task)
+    if t.kind == "sr":
+        pairs = sr_eval_pairs(folder, t.scale)
+    elif t.kind == "dn":
+        pairs = dn_eval_pairs(folder, int(t.level))
     else:
         pairs = dr_eval_pairs(folder)
-    return select_pairs(pairs, task, max_images=max_images, crop=crop)
+    return select_pairs(pairs, t.key, max_images=max_images, crop=crop)

@@ -19,7 +19,6 @@ crops, see ``assets/probes_cbsd68/PROVENANCE.csv``) is the default probe set of 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from cka_lab.data.images import image_size, list_images, read_uint8
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import TASK_KEYS, parse_task
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -41,10 +41,6 @@ BUNDLED_KINDS: dict[str, tuple[str, str]] = {
     "norain": ("norain", "Rain100L clean backgrounds of the 'rain' images, same crops (2 images)"),
     "probes": ("probes_cbsd68", "CBSD68 192x192 centre crops (68 images), the default analysis probe set"),
 }
-
-_DENOISE_TASK = re.compile(r"g(\d+)")
-_OTHER_TASK = re.compile(r"x\d+|L|H|dr_L|dr_H")
-
 
 def bundled_images(kind: str = "sr_lr_x2") -> list[Path]:
     """Paths of the images bundled with the package for ``kind``, sorted by file name.
@@ -119,12 +115,11 @@ def _resolve_images(paths_or_dir: str | Path | Sequence[str | Path]) -> list[Pat
 def _noise_sigma(task: str | None) -> float | None:
     if task is None:
         return None
-    m = _DENOISE_TASK.fullmatch(str(task))
-    if m:
-        return float(m.group(1))
-    if _OTHER_TASK.fullmatch(str(task)):
-        return None
-    raise CkaLabError(f"unknown task {task!r}; use one of x2, x3, x4, g15, g25, g50, L, H (or None)")
+    t = str(task)
+    try:
+        return parse_task(t.removeprefix("dr_") if t in ("dr_L", "dr_H") else t).sigma
+    except CkaLabError:
+        raise CkaLabError(f"unknown task {task!r}; use one of {', '.join(TASK_KEYS)} (or None)") from None
 
 
 def probe_plan(paths_or_dir: str | Path | Sequence[str | Path], *, patch: int, n_samples: int,

@@ -139,9 +139,13 @@ class FeatureExtractor:
     calls overwrites the layer's entry in ``features`` (the latest call wins, ``call_index`` unused).
 
     Example:
-        >>> with FeatureExtractor(model, "body.layers.*") as ext:
-        ...     model(x)
-        ...     ext.features["body.layers.0"].shape  # (B, D)
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        >>> with FeatureExtractor(model, "*") as ext:
+        ...     _ = model(torch.randn(2, 3, 5, 5))
+        ...     ext.layers, ext.features["0"].shape  # (B, D) with D = 4 * 5 * 5
+        (['0', '1'], torch.Size([2, 100]))
 
     """
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from cka_lab.errors import CkaLabError
+from cka_lab.models.names import BLOCK_PATTERN, STAGE
 
 from .extractor import resolve_layers
 
@@ -37,8 +38,7 @@ __all__ = ["LAYER_SETS", "DEFAULT_PATTERN", "default_feature_kind", "is_layer_se
            "resolve_layer_spec"]
 
 LAYER_SETS = ("default", "paper")
-DEFAULT_PATTERN = "body.layers.*.residual_group.blocks.*"
-_STAGE = re.compile(r"^body\.layers\.(\d+)$")
+DEFAULT_PATTERN = BLOCK_PATTERN
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -68,7 +68,7 @@ def _task_suffix(model: nn.Module, task: str | None) -> str:
 def paper_layers(model: nn.Module, task: str | None = None) -> list[str]:
     """The EDT authors' CKA layers of ``model`` for the head of ``task`` (see the module docstring)."""
     modules = dict(model.named_modules())
-    stages = sorted(int(m.group(1)) for n in modules if (m := _STAGE.match(n)))
+    stages = sorted(int(m.group(1)) for n in modules if (m := STAGE.match(n)))
     if getattr(model, "config", None) is None or not stages or not any(n.endswith(".attn_residual") for n in modules):
         raise CkaLabError(
             f"--layers paper needs an EDT model (head_<task>, body.layers.i.residual_group.blocks.j.attn_residual); "

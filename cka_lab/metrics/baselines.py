@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from cka_lab.data.degrade import imresize
 from cka_lab.data.images import to_uint8
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import parse_task
 from cka_lab.metrics.quality import gaussian_kernel_1d, psnr, psnr_ssim, task_metric_settings
 
 __all__ = ["BLUR_SIGMAS", "BaselineScore", "baseline_scores", "baseline_names", "bicubic_upscale", "gaussian_blur"]
@@ -65,8 +66,8 @@ class BaselineScore:
 def baseline_names(task: str) -> tuple[str, ...]:
     """``x2 -> ("bicubic",)``, ``g25 -> ("noisy", "blur")``, ``L -> ("rainy",)``."""
     task_metric_settings(task)  # one line for an unknown task
-    t = str(task)
-    return ("bicubic",) if t.startswith("x") else ("noisy", "blur") if t.startswith("g") else ("rainy",)
+    kind = parse_task(task).kind
+    return ("bicubic",) if kind == "sr" else ("noisy", "blur") if kind == "dn" else ("rainy",)
 
 
 def bicubic_upscale(x: torch.Tensor, scale: int) -> np.ndarray:
@@ -105,12 +106,12 @@ def baseline_scores(pairs: Sequence[ScoredPair], task: str, *,
     if not pairs:
         raise CkaLabError(f"no images to score the baselines of task {task}")
     y, border = task_metric_settings(task)
-    t = str(task)
-    if t.startswith("x"):
-        ups = [(p.name, bicubic_upscale(p.input, int(t[1:]))) for p in pairs]
+    t = parse_task(task)
+    if t.kind == "sr":
+        ups = [(p.name, bicubic_upscale(p.input, t.scale)) for p in pairs]
         return [_score("bicubic", ups, pairs, border, y)]
     inputs = [(p.name, p.input) for p in pairs]
-    if not t.startswith("g"):
+    if t.kind != "dn":
         return [_score("rainy", inputs, pairs, border, y)]
     if not blur_sigmas:
         raise CkaLabError("the blur baseline needs at least one sigma")

@@ -25,7 +25,6 @@ uses each channel with its own weight, so results are the same).
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from scipy import ndimage
 
 from cka_lab.data.images import rgb_to_y, to_uint8
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import parse_task
 
 SSIM_WINDOW_SIZE = 11
 SSIM_SIGMA = 1.5
@@ -161,10 +161,6 @@ def psnr_ssim(img1: np.ndarray | torch.Tensor, img2: np.ndarray | torch.Tensor, 
     return _psnr(a, b), _ssim(a, b)
 
 
-_SR = re.compile(r"x(\d+)")
-_DN = re.compile(r"g(\d+)")
-
-
 def task_metric_settings(task: str) -> tuple[bool, int]:
     """``(y_channel, crop_border)`` that the official test script uses for a task.
 
@@ -173,11 +169,7 @@ def task_metric_settings(task: str) -> tuple[bool, int]:
     * Deraining ``L``/``H`` (also ``dr_L``/``dr_H``): Y channel, no border.
     """
     t = str(task).strip()
-    m = _SR.fullmatch(t)
-    if m and int(m.group(1)) >= 1:
-        return True, int(m.group(1))
-    if _DN.fullmatch(t):
-        return False, 0
-    if t in ("L", "H", "dr_L", "dr_H"):
-        return True, 0
-    raise CkaLabError(f"unknown task {task!r}; use one of x2, x3, x4, g15, g25, g50, L, H")
+    parsed = parse_task(t.removeprefix("dr_") if t in ("dr_L", "dr_H") else t)
+    if parsed.kind == "sr":
+        return True, parsed.scale
+    return parsed.kind == "dr", 0

@@ -101,8 +101,7 @@ def stored_mask_bytes(cfg) -> int:
 
 
 def _body_side(cfg, task: str, side: int) -> int:
-    head = cfg.head(task)
-    return side if head.kind == "sr" or cfg.sf else max(1, side // 2**cfg.depth)
+    return max(1, side // cfg.token_stride(task))
 
 
 def inference_bytes(cfg, task: str, h: int, w: int) -> int:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import RAIN_LEVELS, parse_task
 from cka_lab.io import atomic_write
 from cka_lab.models.edt import EDT
 from cka_lab.models.registry import SIZES, EDTConfig, config_from_name
@@ -266,16 +267,15 @@ def _heads_in(sd: Mapping[str, Tensor]) -> tuple[list[int], list[int], list[str]
         if not key.endswith(".0.weight") or not key.startswith("head_"):
             continue
         kind, _, level = key[len("head_") : -len(".0.weight")].partition("_")
-        ok = level[1:].isdigit() and int(level[1:]) > 0
-        if kind == "sr" and level.startswith("x") and ok:
-            scales.append(int(level[1:]))
-        elif kind == "dn" and level.startswith("g") and ok:
-            noise.append(int(level[1:]))
-        elif kind == "dr" and level in ("L", "H"):
-            rain.append(level)
+        try:
+            task = parse_task(level)
+        except CkaLabError:
+            task = None
+        if task is not None and task.kind == kind:
+            {"sr": scales, "dn": noise, "dr": rain}[kind].append(task.level)
         else:
             raise _bad(f"head key {key!r} names no task (expected head_sr_x<scale>, head_dn_g<sigma> or head_dr_L/H)")
-    return sorted(scales), sorted(noise), [r for r in ("L", "H") if r in rain]
+    return sorted(scales), sorted(noise), [r for r in RAIN_LEVELS if r in rain]
 
 
 def _shape(sd: Mapping[str, Tensor], key: str, ndim: int) -> tuple[int, ...]:

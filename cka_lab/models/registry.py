@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from cka_lab.errors import CkaLabError
+from cka_lab.tasks import TASK_KEYS, token_stride
 
 __all__ = [
     "EDTConfig",
@@ -32,7 +33,6 @@ __all__ = [
     "TASK_KEYS",
 ]
 
-TASK_KEYS = ("x2", "x3", "x4", "g15", "g25", "g50", "L", "H")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,11 @@ class EDTConfig:
         head = self.head(task)
         lcm = _lcm(*self.window_size)
         return lcm if head.kind == "sr" else lcm * 2**self.depth
+
+    def token_stride(self, task: str) -> int:
+        """Input pixels per body token side of ``task``'s head (:func:`cka_lab.tasks.token_stride`): 1 for SR
+        and SF heads, ``2**depth`` for the denoise/derain heads that downsample."""
+        return token_stride(self.head(task).kind, self.depth, self.sf)
 
     def head(self, task: str) -> TaskHead:
         for h in self.heads:

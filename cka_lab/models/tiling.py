@@ -103,7 +103,7 @@ def forward_bytes_per_pixel(cfg, task: str) -> float:
     """
     head = cfg.head(task)
     wa = cfg.window_size[0] * cfg.window_size[1]
-    tokens = 1.0 if head.kind == "sr" or cfg.sf else 1.0 / 4**cfg.depth
+    tokens = 1.0 / cfg.token_stride(task) ** 2
     per_token = 6 * cfg.embed_dim + cfg.mlp_ratio * cfg.embed_dim + max(cfg.num_heads) * wa
     s = head.out_scale
     per_pixel_convs = 4 * cfg.num_feat * max(1, s * s) + 6 * 3 * s * s

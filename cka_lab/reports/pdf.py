@@ -21,8 +21,11 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from cka_lab.analysis.compare import short_layer_name, stage_starts
+from cka_lab.models.names import short_layer_name, stage_starts
 from cka_lab.analysis.contrast import Contrast
+from cka_lab.analysis.findings import contrast_attention_findings as attention_findings  # noqa: F401 (kept name)
+from cka_lab.analysis.findings import contrast_findings as findings
+from cka_lab.analysis.findings import format_number as _fmt
 from cka_lab.errors import CkaLabError
 from cka_lab.io import atomic_write
 from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps
@@ -65,101 +68,6 @@ def _val_text(meta: Mapping) -> str:
     val = meta.get("val") or {}
     parts = [f"{t} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for t, v in val.items() if v.get("psnr") is not None]
     return "; ".join(parts) if parts else "-"
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _interval(low: float, high: float) -> str:
-    return "[interval n/a]" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:+.4f}, {high:+.4f}]"
-
-
-def findings(c: Contrast) -> list[str]:
-    """Plain statements, with numbers, of what one contrast shows. A difference between the maps is
-    stated only where it exceeds its interval and every control; otherwise the finding says it is not
-    decidable at this scale, with the numbers that make it so."""
-    s = c.summary()
-    ctl = s["controls"]
-    out = [f"Protocol: {c.protocol} ({s['n_units']} resampling units; {c.cross.data})."]
-    parts = []
-    for key, name in (("probe_draw_a", c.name_a), ("probe_draw_b", c.name_b)):
-        if ctl.get(key):
-            parts.append(f"{name} {ctl[key]['median']:.3f} median / {ctl[key]['max']:.3f} max")
-    seed = ctl.get("seed_to_seed")
-    out.append(
-        "Controls: probe-draw (|CKA on one half of the crops - CKA on the other|): "
-        + ("; ".join(parts) if parts else "not computed")
-        + ". Seed-to-seed: "
-        + (f"{seed['median']:.3f} median / {seed['max']:.3f} max ({ctl.get('seed_pair', '')})." if seed else
-           "none (no two checkpoints here differ only in their training seed).")
-    )
-    out.append(
-        f"Within-model similarity (mean layer x layer CKA): {c.name_a} {_fmt(s['mean_cka_a'])}, "
-        f"{c.name_b} {_fmt(s['mean_cka_b'])}."
-    )
-    if c.comparable:
-        e = s["difference_effect"]
-        if e["decidable"]:
-            more = c.name_a if e["difference"] > 0 else c.name_b
-            out.append(
-                f"{e['stated_cells']} of {e['tested_cells']} layer pairs differ: Benjamini-Hochberg adjusted p <= "
-                f"{e['fdr']:g} over the {e['tested_cells']} cells above the diagonal, |difference| >= {e['min_effect']:g} "
-                f"and above every control (median |difference| of the stated cells {_fmt(e['median_abs_stated'], 4)}). "
-                f"Largest (a selected cell: quoted because it is largest, so its size is biased upward) at "
-                f"({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f} {_interval(e['low'], e['high'])}, "
-                f"p {e['p']:.2g}, adjusted {e['p_adjusted']:.2g}, control {_fmt(e['control'], 4)}: {more} treats "
-                f"these layers as more alike."
-            )
-        elif e["n_units"] < e["min_units"]:
-            out.append(
-                f"Not decidable at this scale: {e['n_units']} resampling units, fewer than the {e['min_units']} an "
-                f"interval needs here. Largest |difference| at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.4f}."
-            )
-        else:
-            p_text = (f", p {e['p']:.2g}, adjusted {e['p_adjusted']:.2g}" if e.get("p") is not None
-                      and e.get("p_adjusted") is not None else "")
-            out.append(
-                f"No difference between the two maps passes Benjamini-Hochberg over its {e['tested_cells']} cells, "
-                f"the {e['min_effect']:g} floor and the controls: not decidable at this scale. Largest |difference| "
-                f"at ({e['layer_i']}, {e['layer_j']}): {e['difference']:+.3f} {_interval(e['low'], e['high'])}"
-                f"{p_text}, control {_fmt(e['control'])}."
-            )
-    out.append(f"Intervals: {c.cross.meta.get('unit', '')}.")
-    if c.cross.same_layers:
-        diag = np.diag(c.cross.matrix)
-        names = [short_layer_name(n) for n in c.cross.layers_a]
-        k = int(np.nanargmin(diag))
-        lo = hi = float("nan")
-        if c.cross.ci_low is not None:
-            lo, hi = float(c.cross.ci_low[k, k]), float(c.cross.ci_high[k, k])
-        out.append(
-            f"Across models the same layer has CKA {_fmt(s.get('mean_cross_same_layer_cka', np.nan))} on average"
-            + (" {}".format(_interval(*s["mean_cross_same_layer_interval"])) if s.get("mean_cross_same_layer_interval")
-               else "") + "; "
-            f"lowest at {names[k]}: {_fmt(diag[k])} [{_fmt(lo)}, {_fmt(hi)}]."
-        )
-    out += attention_findings(c)
-    return out
-
-
-def attention_findings(c: Contrast) -> list[str]:
-    """Attention statements from the stage tables: a locality or sharpness sentence only where the
-    interval of the normalised effect excludes uniform attention (the metrics package's findings)."""
-    if c.attention_stages_a is None or c.attention_stages_b is None:
-        return []
-    from cka_lab.metrics.attention import attention_findings as stage_findings
-
-    table = c.attention_layers
-    out = []
-    for line in stage_findings(table):
-        if line.startswith("Indistinguishable from uniform attention"):
-            n = line.count("(locality ") - 1  # one per group; the sentence's own "(locality and entropy ...)"
-            line = (f"Attention in {n} of {len(table)} (model, stage, window kind, strip direction) groups is "
-                    "indistinguishable from uniform attention in the same windows and masks: its locality and entropy "
-                    "intervals include 1 (numbers on the table page). No locality statement is made for them.")
-        out.append(line)
-    return out
 
 
 def _text_pages(title: str, paragraphs: Sequence[str], width: int = 125) -> list[Figure]:

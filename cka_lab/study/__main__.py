@@ -6,20 +6,15 @@ their pre-trainings); rank 0 then evaluates, contrasts and reports. Without torc
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from cka_lab.cli.study import add_arguments
-from cka_lab.errors import run_reporting_errors
+from cka_lab.runtime import module_main
+from cka_lab.study.launch import add_arguments, run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cka_lab.study", description="Run a pre-training study.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    from cka_lab.study.orchestrate import study_from_args
-
-    return run_reporting_errors(study_from_args, args)
+    return module_main(argv, prog="python -m cka_lab.study", description="Run a pre-training study.",
+                       add_arguments=add_arguments, run=run_from_args)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cka_lab.analysis.compare import STAGE_PATTERN as _STAGE
+from cka_lab.models.names import stage_of
 from cka_lab.study.contrasts import ContrastRecord
 from cka_lab.study.spec import StudySpec, task_kind
 from cka_lab.study.tables import Verdict, adjust_verdicts, jackknife_effect, paired_effect, undecidable, verdict
@@ -319,7 +319,7 @@ def stage_structure(matrix, layers: Sequence[str]) -> float:
     0.0
     """
     m = np.asarray(matrix, dtype=np.float64)
-    stage = [(_STAGE.search(n).group(1) if _STAGE.search(n) else None) for n in layers]
+    stage = [stage_of(n) for n in layers]
     idx = [i for i, s in enumerate(stage) if s is not None]
     if m.ndim != 2 or m.shape[0] != len(layers) or len({stage[i] for i in idx}) < 2:
         return float("nan")

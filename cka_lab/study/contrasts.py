@@ -24,7 +24,7 @@ from cka_lab.study.plan import plan_runs
 from cka_lab.study.runner import StudyPaths
 from cka_lab.study.spec import StudySpec, task_kind
 
-__all__ = ["ContrastPlan", "ContrastRecord", "plan_contrasts", "run_contrasts", "load_records", "record_folder"]
+__all__ = ["ContrastPlan", "ContrastRecord", "plan_contrasts", "run_contrasts", "record_folder"]
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,6 @@ def load_record(path: Path) -> ContrastRecord:
         raw[key] = float("nan") if raw.get(key) is None else raw[key]
     raw["attention"] = [{k: (float("nan") if v is None else v) for k, v in row.items()} for row in raw["attention"]]
     return ContrastRecord(plan=plan, **raw)
-
-
-def load_records(paths: StudyPaths, spec: StudySpec) -> list[ContrastRecord]:
-    return [load_record(paths.contrasts / p.pair / "record.json") for p in plan_contrasts(spec)]
 
 
 def record_folder(paths: StudyPaths, protocol: str = "default") -> Path:

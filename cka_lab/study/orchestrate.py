@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cka_lab.study.claims import judge_claims
 from cka_lab.study.contrasts import ContrastRecord, run_contrasts
 from cka_lab.io import made_dirs, remove_empty_dirs, write_bytes
 from cka_lab.io.lock import folder_lock
+from cka_lab.runtime import rank_world
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
@@ -48,7 +48,7 @@ def study_from_args(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / spec.study.name
     if out.exists() and not out.is_dir():
         raise CkaLabError(f"--out {str(out)!r} is a file: a study writes a folder; choose another --out")
-    rank = int(os.environ.get("RANK", 0))
+    rank = rank_world().rank
     if rank != 0:
         return _run_study(spec, out, args)
     created = made_dirs(out)
@@ -61,7 +61,7 @@ def study_from_args(args: argparse.Namespace) -> int:
 
 
 def _run_study(spec: StudySpec, out: Path, args: argparse.Namespace) -> int:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_world().rank, rank_world().world
     t0 = time.perf_counter()
     if rank == 0:
         paths = prepare_folder(spec, out, resume=args.resume)
@@ -269,7 +269,7 @@ def _sources(values) -> str:
 
 
 def _device(name: str) -> str:
-    from cka_lab.cli._common import resolve_device
+    from cka_lab.runtime import resolve_device
 
     return str(resolve_device(name))
 

@@ -38,6 +38,7 @@ from cka_lab import __version__
 from cka_lab.errors import CkaLabError
 from cka_lab.io import open_append, write_bytes
 from cka_lab.io.lock import LOCK_NAME
+from cka_lab.runtime import TORCHRUN_VARIABLES, rank_world, resolve_device
 from cka_lab.study.plan import Run, plan_runs, run_config
 from cka_lab.study.spec import StudySpec
 
@@ -104,14 +105,10 @@ def device_slots(spec: StudySpec) -> list[str]:
     """One entry per run that may go at once: each device repeated ``runs_per_device`` times."""
     devices = []
     for d in spec.study.devices:
-        if d == "auto":
-            d = "cuda" if torch.cuda.is_available() else "cpu"
-        if d == "cuda":
-            if not torch.cuda.is_available():
-                raise CkaLabError("[study] devices names cuda but no CUDA GPU is available: use \"cpu\" or \"auto\"")
-            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if d in ("auto", "cuda") and resolve_device(d, setting="[study] devices").type == "cuda":
+            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]  # every GPU
         else:
-            devices.append(d)
+            devices.append("cpu" if d == "auto" else d)
     return [d for d in devices for _ in range(spec.study.runs_per_device)]
 
 
@@ -154,9 +151,7 @@ def _write_config(spec: StudySpec, paths: StudyPaths, run: Run, device: str) -> 
 
 def _clean_env() -> dict[str, str]:
     """The environment of a child training: without torchrun's variables (each run is one process)."""
-    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-            "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
 
 
 def _train_one(spec: StudySpec, paths: StudyPaths, run: Run, device: str, in_process: bool) -> None:
@@ -198,7 +193,7 @@ def train_runs(spec: StudySpec, paths: StudyPaths, *, max_runs: int | None = Non
     if max_runs is not None:
         todo = todo[:max_runs]
     if world > 1:
-        slots = [f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if torch.cuda.is_available() else "cpu"]
+        slots = [f"cuda:{rank_world().local_rank}" if torch.cuda.is_available() else "cpu"]
     else:
         slots = device_slots(spec)
     in_process = len(slots) == 1 and world == 1

@@ -43,18 +43,17 @@ Fair design (what a gain over scratch is made of):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cka_lab.errors import CkaLabError
-from cka_lab.models.registry import TASK_KEYS
+from cka_lab.io.toml_config import check_scalar, close_match, expand_env, read_toml
+from cka_lab.tasks import TASK_KEYS, parse_task
 
 __all__ = [
     "StudySpec",
@@ -84,12 +83,10 @@ def task_kind(task: str) -> str:
     """``x2 -> sr``, ``g25 -> dn``, ``L -> dr``."""
     if task not in TASK_KEYS:
         raise CkaLabError(f"unknown task {task!r}{_close(task, TASK_KEYS)}; tasks are {' '.join(TASK_KEYS)}")
-    return "sr" if task.startswith("x") else "dn" if task.startswith("g") else "dr"
+    return parse_task(task).kind
 
 
-def _close(key: str, options) -> str:
-    m = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
+_close = close_match
 
 
 @dataclass(frozen=True)
@@ -314,16 +311,7 @@ _SECTIONS = {
 }
 
 
-def _expand(value: str, where: str) -> str:
-    def sub(m: re.Match) -> str:
-        name, default = m.group(1), m.group(3)
-        if name in os.environ:
-            return os.environ[name]
-        if default is None:
-            raise CkaLabError(f"{where}: environment variable ${name} is not set (use ${{{name}:-default}})")
-        return default
-
-    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, value)
+_expand = expand_env
 
 
 def _section(name: str, cls: type, table: Any, where: str) -> Any:
@@ -339,14 +327,8 @@ def _section(name: str, cls: type, table: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise CkaLabError(f"{where}: [{name}] {key} must be a list, got {value!r}")
             value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise CkaLabError(f"{where}: [{name}] {key} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise CkaLabError(f"{where}: [{name}] {key} must be an integer, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise CkaLabError(f"{where}: [{name}] {key} must be a string, got {value!r}")
+        elif isinstance(default, (bool, int, float, str)):  # checked, the value kept as written
+            check_scalar(value, type(default), f"{where}: [{name}] {key}")
         values[key] = value
     return cls(**values)
 
@@ -403,10 +385,7 @@ def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
 def parse_study(text: str, *, source: Path | None = None) -> StudySpec:
     """Parse and validate a study file's TOML text (one-line :class:`CkaLabError` on any problem)."""
     where = str(source) if source else "study"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CkaLabError(f"{where} is not valid TOML: {exc}") from None
+    raw = read_toml(text, where)
     known = (*_SECTIONS, "conditions", "optim")
     for key in raw:
         if key not in known:

@@ -6,18 +6,15 @@ CPU, nccl on CUDA); without torchrun it is one process, like ``cka-lab train``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from cka_lab.errors import run_reporting_errors  # importing cka_lab sets OMP_WAIT_POLICY before torch loads
+from cka_lab.runtime import module_main  # importing cka_lab sets OMP_WAIT_POLICY before torch loads
 from cka_lab.train.launch import add_arguments, run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cka_lab.train", description="Train an EDT from a TOML config.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_reporting_errors(run_from_args, args)
+    return module_main(argv, prog="python -m cka_lab.train", description="Train an EDT from a TOML config.",
+                       add_arguments=add_arguments, run=run_from_args)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ class PatchSet(Protocol):
 
 def head_patch_size(model_cfg: EDTConfig, task: str, patch_size: int) -> int:
     """Input patch of a head: ``patch_size`` for SR and SF heads, ``patch_size * 2**depth`` otherwise."""
-    head = model_cfg.head(task)
-    return patch_size if head.kind == "sr" or model_cfg.sf else patch_size * 2**model_cfg.depth
+    return patch_size * model_cfg.token_stride(task)
 
 
 def check_patch_size(model_cfg: EDTConfig, patch_size: int) -> None:

@@ -26,11 +26,9 @@ the closest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from typing import Any
 
 from cka_lab.data.datasets import ImageSource
 from cka_lab.errors import CkaLabError
+from cka_lab.io.toml_config import check_scalar, close_match, expand_env, read_toml
 
 __all__ = [
     "ImageSource",
@@ -300,24 +299,9 @@ LR_SCHEDULES = ("multistep", "cosine")
 #: Values of ``run.precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _close(key: str, options: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _expand(value: str, where: str) -> str:
-    def sub(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ and os.environ[name] != "":
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise CkaLabError(f"{where}: environment variable ${{{name}}} is not set (set it, or write ${{{name}:-default}})")
-
-    return _ENV.sub(sub, value)
+_close = close_match
+_expand = expand_env
+_scalar = check_scalar
 
 
 def _path(value: Any, where: str, base: Path) -> Path:
@@ -325,32 +309,6 @@ def _path(value: Any, where: str, base: Path) -> Path:
         raise CkaLabError(f"{where} must be a path string, got {value!r}")
     p = Path(os.path.expanduser(_expand(value, where)))
     return p if p.is_absolute() else (base / p)
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _scalar(value: Any, tp: type, where: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise CkaLabError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CkaLabError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CkaLabError(f"{where} must be a number, got {value!r}")
-        if not math.isfinite(value):  # TOML has inf and nan: no field takes them
-            raise CkaLabError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise CkaLabError(f"{where} must be a string, got {value!r}")
-        return value
-    raise AssertionError(tp)  # pragma: no cover
 
 
 def _source(value: Any, where: str, base: Path) -> ImageSource:
@@ -468,10 +426,7 @@ def _model_section(table: dict) -> ModelConfig:
 def parse_config(text: str, *, source: Path | None = None, data_root: str | Path | None = None) -> TrainConfig:
     """Parse TOML text into a :class:`TrainConfig` (relative paths resolve against ``source``'s folder)."""
     where = str(source) if source else "config"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CkaLabError(f"{where} is not valid TOML: {exc}") from None
+    raw = read_toml(text, where)
     base = source.resolve().parent if source else Path.cwd()
     unknown = [k for k in raw if k not in _SECTIONS]
     if unknown:

@@ -25,19 +25,14 @@ import sys
 from collections.abc import Sequence
 
 from cka_lab.train.config import TrainConfig
-from cka_lab.train.distributed import resolve_device
+from cka_lab.runtime import resolve_device, under_launcher
 
 __all__ = ["cpu_processes", "under_launcher", "spawn_ranks"]
 
 
-def under_launcher() -> bool:
-    """True inside torchrun (or any launcher that sets ``WORLD_SIZE``)."""
-    return "WORLD_SIZE" in os.environ
-
-
 def cpu_processes(cfg: TrainConfig, cores: int | None = None) -> int:
     """The number of ranks ``cka-lab train`` starts for ``cfg`` (1: train in this process)."""
-    if under_launcher() or resolve_device(cfg.run.device).type != "cpu":
+    if under_launcher() or resolve_device(cfg.run.device, setting="run.device").type != "cpu":
         return 1
     if cfg.run.processes > 0:
         return cfg.run.processes

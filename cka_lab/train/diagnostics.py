@@ -38,7 +38,6 @@ exactly as one without.
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -48,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from cka_lab.metrics.attention import attention_modules
+from cka_lab.models.names import attention_site, qkv_stage
 
 __all__ = [
     "STATS",
@@ -73,8 +73,6 @@ KINDS = ("plain", "shifted")
 #: A head whose mean relative entropy is at or below this has learnt (issue 20's criterion).
 LEARNT_ENTROPY = 0.95
 
-_QKV = re.compile(r"(?:^|\.)layers\.(\d+)\.residual_group\.blocks\.\d+\.qkv$")
-_ATTN = re.compile(r"(?:^|\.)layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attns\.(\d+)$")
 
 
 def diagnostic_columns(n_stages: int) -> list[str]:
@@ -138,9 +136,9 @@ class AttentionProbe:
     def __init__(self, model: nn.Module):
         self._sites = []
         for name, mod in attention_modules(model):
-            m = _ATTN.search(name)
-            if m:
-                self._sites.append(((int(m.group(1)), int(m.group(2)), int(m.group(3))), mod))
+            site = attention_site(name)
+            if site:
+                self._sites.append((site, mod))
         self._handles: list = []
         self.reset()
 
@@ -229,9 +227,9 @@ def summarise_heads(heads: pd.DataFrame, threshold: float = LEARNT_ENTROPY) -> p
 def _qkv_weights(model: nn.Module) -> dict[int, list[Tensor]]:
     out: dict[int, list[Tensor]] = defaultdict(list)
     for name, mod in model.named_modules():
-        m = _QKV.search(name)
-        if m and isinstance(mod, nn.Linear):
-            out[int(m.group(1))].append(mod.weight)
+        stage = qkv_stage(name)
+        if stage is not None and isinstance(mod, nn.Linear):
+            out[stage].append(mod.weight)
     return dict(sorted(out.items()))
 
 

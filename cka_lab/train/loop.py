@@ -42,7 +42,7 @@ from cka_lab.train.batches import (
 )
 from cka_lab.train.config import TrainConfig, config_differences, config_to_dict
 from cka_lab.train.diagnostics import TrainingDiagnostics, heldout_probe, probe_inputs, progress_text
-from cka_lab.train.distributed import DistEnv, init_distributed
+from cka_lab.runtime import DistEnv, init_distributed
 from cka_lab.train.finetune import init_from_checkpoint
 from cka_lab.train.logs import CsvLog, make_progress, progress_enabled, say
 from cka_lab.train.qk_lr import QKLearningRate
@@ -101,7 +101,7 @@ def check_training_memory(model_cfg, patch_size: int, batch_size: int, device: t
     p = model_cfg.image_size
     check_fits(stored_mask_bytes(model_cfg), available_memory("cpu"), f"the attention masks of image_size {p}",
                "use a smaller data.patch_size (or [model] image_size)")
-    sides = {h.key: patch_size * (1 if h.kind == "sr" or model_cfg.sf else 2**model_cfg.depth) for h in model_cfg.heads}
+    sides = {h.key: patch_size * model_cfg.token_stride(h.key) for h in model_cfg.heads}
     check_fits(training_bytes(model_cfg, batch_size, sides), available_memory(device),
                f"training at data.patch_size {patch_size} with batch_size {batch_size}",
                "use a smaller data.patch_size or schedule.batch_size")
@@ -355,7 +355,7 @@ class _Trainer:
         v = self.cfg.val
         folders = {"sr": v.sr, "dn": v.dn, "dr": v.dr}
         train_dirs = [s.path for s in self.cfg.data.sr + self.cfg.data.dn] + list(self.cfg.data.dr)
-        for kind, folder in folders.items():
+        for folder in folders.values():
             if folder is None:
                 continue
             for t in train_dirs:

@@ -15,19 +15,17 @@ This departs from the official EDT recipe (one lr for every parameter): the trai
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 
-__all__ = ["qkv_modules", "QKLearningRate"]
+from cka_lab.models.names import BLOCK_QKV
 
-_QKV = re.compile(r"(?:^|\.)blocks\.\d+\.qkv$")
+__all__ = ["qkv_modules", "QKLearningRate"]
 
 
 def qkv_modules(model: nn.Module) -> list[nn.Linear]:
     """The fused ``...blocks.j.qkv`` projections of an EDT body, in module order."""
-    return [m for name, m in model.named_modules() if _QKV.search(name) and isinstance(m, nn.Linear)]
+    return [m for name, m in model.named_modules() if BLOCK_QKV.search(name) and isinstance(m, nn.Linear)]
 
 
 class QKLearningRate:

@@ -9,7 +9,7 @@ from torch import nn
 
 from cka_lab.analysis.compare import compare_models, probe_loader
 from cka_lab.analysis.contrast import contrast_models
-from cka_lab.analysis.spec import AnalysisSpec, ProbeSpec
+from cka_lab.analysis.spec import AnalysisSpec
 from cka_lab.errors import CkaLabError
 from cka_lab.models import create_edt
 from cka_lab.models.edt import explicit_attention

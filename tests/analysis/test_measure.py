@@ -154,6 +154,7 @@ def _rank(rank: int, world: int, port: int, estimator: str, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["unbiased-minibatch", "biased-full"])
 def test_two_gloo_processes_give_the_one_process_result(estimator):
     one = _measure(estimator)

@@ -93,6 +93,7 @@ def assert_frames_close(got: dict, want: pd.DataFrame) -> None:
                                    torch.tensor(want[col].values, dtype=torch.float64), rtol=0, atol=1e-9)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(rank_results: list[dict], single: AttentionDistance):
     want, want_summary = single.compute(), single.summary()
     assert (want.n_crops == BATCHES * 2).all()

@@ -66,7 +66,7 @@ def minibatch_intervals(k: torch.Tensor, l: torch.Tensor, unit: int = 8) -> tupl
     """unbiased-minibatch 95 % intervals of R draws at once, as ``MinibatchCKA(unit_size=unit).result()``
     makes them: HSIC_1 per unit of ``unit`` crops (``u_centre``), ratio of sums, delete-one-unit replicates,
     ``jackknife_interval``. k, l: (R, N, N) Grams -> (low, high), each (R,)."""
-    r, n = k.shape[0], k.shape[1]
+    n = k.shape[1]
     blocks = [slice(s, s + unit) for s in range(0, n, unit)]
     uk = torch.stack([u_centre(k[:, b, b]) for b in blocks], 1)  # (R, U, unit, unit)
     ul = torch.stack([u_centre(l[:, b, b]) for b in blocks], 1)

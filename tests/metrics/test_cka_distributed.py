@@ -115,6 +115,7 @@ def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_all_reduce_on_two_processes_equals_one_process(rank_results: list[dict]):
     single = MinibatchCKA(["a0", "a1"], ["b0"])
     for feats_a, feats_b in batches():
@@ -124,6 +125,7 @@ def test_all_reduce_on_two_processes_equals_one_process(rank_results: list[dict]
         torch.testing.assert_close(result["cka"], single.compute(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_all_reduce_gathers_kept_batches_so_every_rank_has_the_same_interval(rank_results: list[dict]):
     torch.testing.assert_close(rank_results[0]["low"], rank_results[1]["low"], rtol=0, atol=0)
     torch.testing.assert_close(rank_results[0]["high"], rank_results[1]["high"], rtol=0, atol=0)
@@ -134,6 +136,7 @@ def test_all_reduce_without_a_process_group_is_an_error():
         MinibatchCKA(["a"], ["b"]).all_reduce()
 
 
+@pytest.mark.slow
 def test_contiguous_shards_equal_one_process_for_every_estimator(rank_results: list[dict]):
     single = sharded_results(None)
     assert single["biased-full"]["passes"] == 3

@@ -162,7 +162,7 @@ def _null_study(n, rng, n_probe=48, q=6, d=24):
     for task in ("sr", "dn"):
         z, w = rng.normal(size=(n_probe, q)), rng.normal(size=(q, d))
 
-        def model():
+        def model(z=z, w=w):
             return z @ (w + 0.7 * rng.normal(size=(q, d))) + np.exp(0.6 * rng.normal()) * rng.normal(size=(n_probe, d))
 
         s, p = [model() for _ in range(n)], [model() for _ in range(n)]

@@ -16,6 +16,9 @@ from cka_lab.study import load_study, preset_path
 from cka_lab.study.contrasts import plan_contrasts
 from cka_lab.study.plan import plan_runs
 
+# Slow (subprocesses, minutes on 2 cores): run by ``pytest -m slow``, as .ci/run does after the fast tests.
+pytestmark = pytest.mark.slow
+
 TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims", "baselines", "design")
 
 

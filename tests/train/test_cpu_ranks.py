@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from cka_lab.models import load_model
@@ -32,6 +33,7 @@ def test_auto_layout_rules(train_folders, data_dir, monkeypatch):
     assert cpu_processes(auto, cores=2) == 1
 
 
+@pytest.mark.slow
 def test_two_ranks_started_by_the_command_split_the_batch(train_folders, data_dir, tmp_path):
     cfg = tmp_path / "auto.toml"
     text = tiny_config("SRx2_EDTT", train_folders, data_dir, iterations=2).replace("threads = 1", "processes = 2")

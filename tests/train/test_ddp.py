@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from cka_lab.models import load_model, read_checkpoint
 from tests.train.helpers import tiny_config
+
+# Slow (subprocesses, minutes on 2 cores): run by ``pytest -m slow``, as .ci/run does after the fast tests.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ give NaN cells and a warning naming them. The functional core (Grams, the oneDNN
 HSIC, ``linear_cka``) is ``cka_functional``.
 """
 
-from cka_lab.metrics.cka_full import (
+from cka_lab.metrics.cka.full import (
     DEFAULT_MAX_BYTES,
     FullBatchCKA,
     LayerGrams,
@@ -30,7 +30,7 @@ from cka_lab.metrics.cka_full import (
     deleted_group_unbiased_self,
     group_bounds,
 )
-from cka_lab.metrics.cka_functional import (
+from cka_lab.metrics.cka.functional import (
     CONSTANT_TOL,
     MIN_BATCH,
     PRECISION_LIMIT,
@@ -43,16 +43,15 @@ from cka_lab.metrics.cka_functional import (
     is_constant,
     linear_cka,
     squared_norm,
-    stacked_u_centred_grams,
     u_centre,
     u_centred_grams_and_spread,
     unbiased_hsic,
     x_xt,
 )
-from cka_lab.metrics.cka_minibatch import MinibatchCKA, minibatch_cka
-from cka_lab.metrics.cka_passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, feature_room, plan_passes
-from cka_lab.metrics.cka_protocol import CKAAccumulator
-from cka_lab.metrics.cka_result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval, jackknife_p_value
+from cka_lab.metrics.cka.minibatch import MinibatchCKA, minibatch_cka
+from cka_lab.metrics.cka.passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, feature_room, plan_passes
+from cka_lab.metrics.cka.protocol import CKAAccumulator
+from cka_lab.metrics.cka.result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval, jackknife_p_value
 
 __all__ = [
     "CONSTANT_TOL",
@@ -89,7 +88,6 @@ __all__ = [
     "minibatch_cka",
     "plan_passes",
     "squared_norm",
-    "stacked_u_centred_grams",
     "u_centre",
     "u_centred_grams_and_spread",
     "unbiased_hsic",

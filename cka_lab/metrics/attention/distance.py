@@ -2,12 +2,12 @@
 
 :class:`AttentionDistance` hooks the ``softmax`` of every window-attention module of an EDT and
 accumulates, per crop and head, the sums of the row statistics of
-:mod:`cka_lab.metrics.attention_stats` (attention distance in input pixels, entropy, largest weight)
+:mod:`cka_lab.metrics.attention.stats` (attention distance in input pixels, entropy, largest weight)
 together with the exact statistics of uniform attention under the same windows and shifted-window
-masks (:mod:`cka_lab.metrics.attention_baselines`). ``compute()`` gives one row per (layer, block,
+masks (:mod:`cka_lab.metrics.attention.baselines`). ``compute()`` gives one row per (layer, block,
 kind, direction, head) with ``locality = distance / uniform_distance`` and
 ``entropy_rel = entropy / uniform_entropy`` and their jackknife intervals over crops
-(:mod:`cka_lab.metrics.attention_summary`); ``summary()`` pools heads per layer, kind and direction.
+(:mod:`cka_lab.metrics.attention.summary`); ``summary()`` pools heads per layer, kind and direction.
 Plain and shifted blocks (``kind``) are never mixed.
 
 Distances are Euclidean in the body's token grid times the size of a token in input pixels: 1 for SR
@@ -22,7 +22,6 @@ across ranks, so N processes sharing the crops give the one-process result.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,17 +31,16 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from cka_lab.errors import CkaLabError
-from cka_lab.metrics.attention_baselines import uniform_attention_stats
-from cka_lab.metrics.attention_findings import attention_findings
-from cka_lab.metrics.attention_stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
-from cka_lab.metrics.attention_summary import HEAD_COLUMNS, SiteInfo, attention_table, locality_summary
+from cka_lab.models.names import attention_site
+from cka_lab.metrics.attention.baselines import uniform_attention_stats
+from cka_lab.metrics.attention.stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
+from cka_lab.metrics.attention.summary import HEAD_COLUMNS, SiteInfo, attention_table, locality_summary
 
 __all__ = [
     "AttentionDistance",
     "attention_modules",
     "token_pixel_size",
     "locality_summary",
-    "attention_findings",
     "attention_row_stats",
     "attention_distance_sums",
     "uniform_attention_stats",
@@ -50,7 +48,6 @@ __all__ = [
     "HEAD_COLUMNS",
 ]
 
-_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.residual_group\.blocks\.(\d+)\.attns\.(\d+)$")
 DIRECTIONS = ("horizontal", "vertical")
 _UNIFORM = ("u_dist", "u_entropy", "u_max", "u_dx", "u_dy")
 
@@ -68,7 +65,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (n, m)
         for n, m in model.named_modules()
-        if isinstance(getattr(m, "softmax", None), nn.Softmax) and hasattr(m, "window") and _NAME.search(n)
+        if isinstance(getattr(m, "softmax", None), nn.Softmax) and hasattr(m, "window") and attention_site(n)
     ]
 
 
@@ -78,11 +75,9 @@ def token_pixel_size(model: nn.Module, task: str | None = None) -> float:
     cfg = getattr(model, "config", None)
     if cfg is None:
         return 1.0
-    head = cfg.head(task or cfg.tasks[0])
-    return float(2**cfg.depth) if head.kind != "sr" and not cfg.sf else 1.0
+    return float(cfg.token_stride(task or cfg.tasks[0]))
 
 
-_pixel_size = token_pixel_size  # former private name
 
 
 class AttentionDistance(Metric):
@@ -96,7 +91,7 @@ class AttentionDistance(Metric):
                 model.forward_task(x, "x2")
         heads = ad.compute()      # one row per (layer, block, kind, direction, head)
         stages = ad.summary()     # one row per (layer, kind, direction), heads pooled
-        attention_findings(stages)
+        attention_findings(stages)  # the sentences: cka_lab.analysis.findings
 
     ``pixel_size`` (input pixels per body token) defaults to the task's (:func:`token_pixel_size`);
     ``radii`` (input pixels) set the columns ``within_<r>``; ``confidence`` the interval level.
@@ -134,7 +129,7 @@ class AttentionDistance(Metric):
         self._sites: dict[str, _Site] = {}
         self._attn_modules: list[tuple[str, nn.Module]] = []
         for name, mod in mods:
-            layer, block, k = (int(g) for g in _NAME.search(name).groups())
+            layer, block, k = attention_site(name)
             shifts = getattr(named.get(name.rsplit(".attns.", 1)[0]), "shifts", None)
             kind = "plain" if shifts is None else "shifted"
             info = SiteInfo(name, layer, block, kind, DIRECTIONS[k])
@@ -235,7 +230,7 @@ class AttentionDistance(Metric):
 
     def compute(self) -> pd.DataFrame:
         """One row per (layer, block, kind, direction, head); columns :data:`HEAD_COLUMNS` and more
-        (see :func:`~cka_lab.metrics.attention_summary.attention_table`)."""
+        (see :func:`~cka_lab.metrics.attention.summary.attention_table`)."""
         return attention_table(self._crop_sums(), confidence=self.confidence)
 
     def summary(self, by: tuple[str, ...] = ("layer", "kind", "direction")) -> pd.DataFrame:
