@@ -140,7 +140,6 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
     claims (0a, 0b, 4, 6) are judged under each, all in one Holm family."""
     scratch, long = spec.scratch, spec.scratch_long
     conds = spec.pretrained
-    seeds = list(spec.study.seeds)
     sr = [t for t in spec.tasks.targets if task_kind(t) == "sr"]
     dn = [t for t in spec.tasks.targets if task_kind(t) == "dn"]
     by_kind = {k: [r for r in records if r.plan.kind == k] for k in ("pretrain", "seed", "task")}
