@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Train the six bundled EDT-T checkpoints with the configs in checkpoints/configs/ and export their
-# weights to checkpoints/ (or to $1). They are the seed-0 runs of the bundled study paper-cpu (same
-# seeds, data, recipe and budget: tests/study/test_spec.py checks it), so
+# weights to checkpoints/ (or to $1):
 #
 #   CKA_LAB_DATA=/path/to/shared/data bash checkpoints/train_bundled.sh [DEST]
 #
-# trains the same weights as `cka-lab study paper-cpu` does for seed 0. Two chains run at once, one
-# thread each (one per core of a 2-core CPU): SR (x2 from scratch, x2/x3/x4 pre-training, x2 fine-tune)
-# and DN (sigma 25 from scratch, sigma 15/25/50 pre-training, sigma 25 fine-tune). Each run writes
-# runs/<name>/ and runs/<name>.log; an interrupted run continues with
-# `python -m cka_lab.train checkpoints/configs/<name>.toml --resume`.
+# Two chains run at once, one thread each (one per core of a 2-core CPU): SR (x2 from scratch, 2000
+# iterations; x2/x3/x4 pre-training, 400; x2 fine-tune, 2000) and DN (sigma 25 from scratch; sigma
+# 15/25/50 pre-training; sigma 25 fine-tune). The scratch configs are the recipe runs sr_B / dn_B of the
+# README's recipe table, the pre-trainings the seed-0 pre-trainings of the bundled study paper-cpu
+# (tests/study/test_spec.py checks it). Each run writes runs/<name>/ and runs/<name>.log; an interrupted
+# run continues with `python -m cka_lab.train checkpoints/configs/<name>.toml --resume`.
 set -u
 cd "$(dirname "$0")/.."
 dest=${1:-checkpoints}
