@@ -1,7 +1,7 @@
 """What a CKA computation returns: the matrix, its intervals, flagged layers and its provenance.
 
-``CKAResult`` is produced by ``MinibatchCKA.result()``, ``FullBatchCKA.result()`` and
-``cka_by_passes``; the analysis layer labels CSV/JSON/figures from its provenance fields
+``CKAResult`` is produced by ``MinibatchCKA.result()`` and ``FullBatchCKA.result()``, which
+``cka_by_passes`` (the one driver over probe crops) returns; the analysis layer labels CSV/JSON/figures from its provenance fields
 (``estimator``, ``n_samples``, ``unit``). ``ESTIMATORS`` names the two estimators;
 ``check_estimator`` turns a user's spelling into one of them or a one-line error.
 
@@ -67,6 +67,11 @@ class CKAResult:
             jackknife bias estimate; biased-full: biased minus the centre of the debiased interval), or None.
         interval_estimate: (La, Lb) the estimate the interval is built on when it is not ``matrix``
             (biased-full: the debiased CKA, unbiased HSIC_1 of the same crops), else None.
+        replicates: (G, La, Lb) float64 leave-one-unit (or group) out replicates of
+            ``centre_estimate``, the same units left out of every cell (paired: intervals of differences
+            between cells come from them), or None (fewer than 2 units).
+        halves: the (La, Lb) CKA of the even and of the odd units of crops (two disjoint probe draws),
+            when asked for (``CKASpec.halves``) and there are enough crops, else None.
     """
 
     matrix: np.ndarray
@@ -86,6 +91,13 @@ class CKAResult:
     passes: int = 1
     bias: np.ndarray | None = None
     interval_estimate: np.ndarray | None = None
+    replicates: np.ndarray | None = None
+    halves: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def centre_estimate(self) -> np.ndarray:
+        """The (La, Lb) estimate the interval and the replicates belong to: the debiased CKA for biased-full."""
+        return self.matrix if self.interval_estimate is None else self.interval_estimate
 
     def provenance(self) -> dict[str, object]:
         """Plain fields that label an output: estimator, n_samples, unit, n_units, interval, level, passes."""
