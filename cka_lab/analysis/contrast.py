@@ -19,7 +19,7 @@ difference only where it exceeds its interval and every control.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,14 @@ from cka_lab.errors import CkaLabError
 
 from cka_lab.models.names import short_layer_name, stage_starts
 
-from .compare import Comparison, probed_patch
-from .controls import MIN_UNITS, Decision, decide
 from .attention_cache import AttentionCache
+from .comparison import Comparison, probed_patch
+from .controls import MIN_UNITS, Decision, decide
 from .measure import distributed_rank, measure, measure_attention
 from .probing import ProbedModel, prepare_probe
 from .spec import AnalysisSpec
 
-__all__ = ["Contrast", "attach_seed_controls", "contrast_models", "check_same_task"]
+__all__ = ["Contrast", "ContrastOptions", "attach_seed_controls", "contrast_models", "check_same_task"]
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -276,38 +276,63 @@ def _task(model: nn.Module, task: str | None) -> str | None:
     return task or getattr(getattr(model, "config", None), "tasks", (None,))[0]
 
 
+@dataclass(frozen=True)
+class ContrastOptions:
+    """How a pair of models is run (what is measured is the :class:`AnalysisSpec`).
+
+    Attributes:
+        batches: clean crops ``(B, 3, P, P)`` that replace the spec's probe crops.
+        task_a, task_b: the head each model is probed on (None: its first task).
+        name_a, name_b: the models' names in every output.
+        same_task: refuse models probed on different heads.
+        device: where the models run.
+        progress: progress bars (None: on a terminal).
+        attention_cache: keeps each model's attention statistics on the spec's probe, so that a model in
+            several contrasts has them measured once (not used with ``batches``).
+    """
+
+    batches: Iterable[Tensor] | None = None
+    task_a: str | None = None
+    task_b: str | None = None
+    name_a: str = "A"
+    name_b: str = "B"
+    same_task: bool = False
+    device: torch.device | str = "cpu"
+    progress: bool | None = None
+    attention_cache: AttentionCache | None = None
+
+    @classmethod
+    def of(cls, options: ContrastOptions | None, fields_given: dict, caller: str) -> ContrastOptions:
+        """``options`` (or the defaults) with ``fields_given`` (keywords of ``caller``) set; a one-line
+        CkaLabError names an unknown keyword."""
+        names = [f.name for f in fields(cls)]
+        if unknown := sorted(set(fields_given) - set(names)):
+            raise CkaLabError(f"{caller} got unknown option(s) {', '.join(unknown)}: use {', '.join(names)}")
+        return replace(options or cls(), **fields_given)
+
+
 @torch.inference_mode()
-def contrast_models(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    spec: AnalysisSpec | None = None,
-    *,
-    batches: Iterable[Tensor] | None = None,
-    task_a: str | None = None,
-    task_b: str | None = None,
-    name_a: str = "A",
-    name_b: str = "B",
-    same_task: bool = False,
-    device: torch.device | str = "cpu",
-    progress: bool | None = None,
-    attention_cache: AttentionCache | None = None,
-) -> Contrast:
+def contrast_models(model_a: nn.Module, model_b: nn.Module, spec: AnalysisSpec | None = None,
+                    options: ContrastOptions | None = None, **option_fields) -> Contrast:
     """Contrast ``model_a`` with ``model_b`` as ``spec`` says (default :class:`AnalysisSpec()`).
 
     ``spec`` gives the probe crops, the layers (``default``, ``paper`` or names/globs, the same for
-    both), the feature kind, the estimator, attention on/off and controls on/off. ``batches`` (clean
-    crops ``(B, 3, P, P)``) replaces the spec's probe crops. ``same_task`` refuses models probed on
-    different heads. Hooks are entered through one ExitStack and removed when the call ends.
-    ``attention_cache`` keeps each model's attention statistics on the spec's probe, so that a model
-    in several contrasts has them measured once (not used with ``batches``).
+    both), the feature kind, the estimator, attention on/off and controls on/off. ``options`` (a
+    :class:`ContrastOptions`), or its fields as keywords (``name_a=``, ``same_task=``, ``batches=``, ...),
+    say how the pair runs: ``batches`` replaces the spec's probe crops, ``same_task`` refuses models
+    probed on different heads, ``attention_cache`` measures a model's attention once over several
+    contrasts. Hooks are entered through one ExitStack and removed when the call ends.
     """
     spec = spec or AnalysisSpec()
     if not isinstance(spec, AnalysisSpec):
         raise CkaLabError(f"contrast_models takes an AnalysisSpec as its third argument, got {type(spec).__name__}; "
                           "pass probe crops as batches=...")
+    opts = ContrastOptions.of(options, option_fields, "contrast_models")
+    batches, name_a, name_b, progress = opts.batches, opts.name_a, opts.name_b, opts.progress
+    device, task_a, task_b, attention_cache = opts.device, opts.task_a, opts.task_b, opts.attention_cache
     device = torch.device(device)
     task_a, task_b = _task(model_a, task_a), _task(model_b, task_b)
-    if same_task:
+    if opts.same_task:
         check_same_task(model_a, model_b, task_a, task_b, (name_a, name_b))
     model_a.eval().to(device)
     model_b.eval().to(device)

@@ -22,9 +22,10 @@ from cka_lab.errors import CkaLabError
 from cka_lab.features import FeatureExtractor
 from cka_lab.features.layersets import resolve_layer_spec
 from cka_lab.metrics.attention import AttentionDistance, attention_modules
+from cka_lab.metrics.cka import CKASpec, cka_by_passes
 
 from .controls import paired_jackknife, paired_p_values, probe_draw_control, same_layer_mean_interval
-from .estimators import UnitCKA, check_units_hold_whole_images, full_keyed_cka, image_groups, resolve_unit_size
+from .estimators import check_units_hold_whole_images, image_groups, resolve_unit_size
 from .probing import IndexedBatch, ProbedModel, ProbeSequence, crop_images, progress_enabled, resampling_label, shard_batches
 from .spec import AnalysisSpec
 
@@ -150,26 +151,33 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
     n_total = _n_crops(batches)
     unit = resolve_unit_size(spec.unit_size, _batch_size(batches), n_total)
     images = crop_images(batches)  # the image of each crop: the resampling unit is the image
+    # the one CKA driver of the metrics package, over every pair of keys (A x A, B x B, A x B at once)
+    # with paired replicates and the two half-draw maps of the probe-draw control
+    cka_spec = CKASpec(estimator=spec.estimator, unit_size=unit, level=spec.confidence, halves=True,
+                       groups=image_groups(images) if images is not None and spec.estimator == "biased-full" else None,
+                       **({"max_bytes": spec.max_bytes} if spec.max_bytes and spec.estimator == "biased-full" else {}))
     if spec.estimator == "unbiased-minibatch":
         if images is not None:
             check_units_hold_whole_images(images, unit)
-        acc = UnitCKA(keys, unit)
         with ExitStack() as stack:
             exts = _feature_extractors(stack, probed, layers, spec.features)
             dists = _attention(stack, probed, spec.confidence, known_attention) if attention else []
-            for batch in _bar(local, desc, progress):
-                for p in probed:
-                    p.feed(batch, spec.probe.seed)
-                acc.update(batch.first, _keyed(exts))
+
+            def run(group: Sequence[str], _: Sequence[str]):
+                for batch in _bar(local, desc, progress):
+                    for p in probed:
+                        p.feed(batch, spec.probe.seed)
+                    yield batch.first, _keyed(exts), {}
+
+            est = cka_by_passes(keys, None, run, cka_spec, n_samples=n_total, distributed=world > 1)
         att = _tables(dists, world, known_attention)
-        est = acc.finish(distributed=world > 1)
     else:
         if n_total > FULL_MAX_SAMPLES:
             raise CkaLabError(f"biased-full CKA takes at most {FULL_MAX_SAMPLES} crops (its Grams are N x N per layer), "
                               f"got --n-samples {n_total}: use fewer crops or --estimator unbiased-minibatch")
         numel = _feature_numel(probed, layers, local[0] if len(local) else batches[0], spec)
 
-        def run(group: Sequence[str]):
+        def run(group: Sequence[str], _: Sequence[str]):
             ga, gb = _split(group)
             with ExitStack() as stack:
                 exts = _feature_extractors(stack, probed, (ga, gb), spec.features)
@@ -177,12 +185,9 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
                     for p, ext in zip(probed, exts):
                         if ext is not None:
                             p.feed(batch, spec.probe.seed)
-                    yield {k: v.clone() for k, v in _keyed(exts).items()}
+                    yield batch.first, {k: v.clone() for k, v in _keyed(exts).items()}, {}
 
-        budget = {"max_bytes": spec.max_bytes} if spec.max_bytes else {}
-        est = full_keyed_cka(keys, run, n_samples=n_total, feature_numel=numel, unit_size=unit,
-                             distributed=world > 1, bounds=image_groups(images) if images is not None else None,
-                             **budget)
+        est = cka_by_passes(keys, None, run, cka_spec, n_samples=n_total, feature_numel=numel, distributed=world > 1)
         att = [None] * 4
         if attention:
             with ExitStack() as stack:
@@ -192,25 +197,26 @@ def measure(model_a: ProbedModel, model_b: ProbedModel, spec: AnalysisSpec, batc
                     for p in recording:
                         p.feed(batch, spec.probe.seed)
             att = _tables(dists, world, known_attention)
+    replicates = None if est.replicates is None else torch.from_numpy(est.replicates)
     ia, ib = list(range(len(layers[0]))), list(range(len(layers[0]), len(keys)))
     blocks = [(ia, ia), (ib, ib), (ia, ib)]
     same = len(ia) == len(ib)
     centre = est.centre_estimate  # biased-full: the debiased CKA, whose jackknife covers at D >= N
     diffs = [(0, 1)] if same else []
-    cis, dcis = paired_jackknife(centre, est.replicates, blocks, diffs, level=spec.confidence)
-    pvals = paired_p_values(centre, est.replicates, blocks, diffs)
+    cis, dcis = paired_jackknife(centre, replicates, blocks, diffs, level=spec.confidence)
+    pvals = paired_p_values(centre, replicates, blocks, diffs)
     control_a = probe_draw_control(est.halves, ia, ia) if controls else None
     control_b = probe_draw_control(est.halves, ib, ib) if controls else None
     unit_label = f"{est.unit}; {resampling_label(images, est.n_units, spec.estimator)}"
     if est.interval_estimate is not None:
         unit_label += ("; biased-full intervals and tests are of the debiased CKA of the same crops (unbiased "
                        "HSIC_1): the biased estimate's own jackknife does not cover at feature dimensions >= N")
-    return Measurement(layers[0], layers[1], est.estimate, est.n_samples, est.n_units, unit_label,
+    return Measurement(layers[0], layers[1], est.matrix, est.n_samples, est.n_units, unit_label,
                        dict(zip(("aa", "bb", "ab"), cis)), dcis[0] if same else None, control_a, control_b,
-                       est.constant, est.passes, *att,
+                       list(est.constant_a), est.passes, *att,
                        difference_p=pvals[0] if same else None,
                        difference_centre=(centre[np.ix_(ia, ia)] - centre[np.ix_(ib, ib)]) if same else None,
-                       same_layer=same_layer_mean_interval(centre, est.replicates, ia, ib, level=spec.confidence)
+                       same_layer=same_layer_mean_interval(centre, replicates, ia, ib, level=spec.confidence)
                        if same else None)
 
 

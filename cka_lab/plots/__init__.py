@@ -2,6 +2,7 @@
 
 from cka_lab.plots.heatmap import (
     HeatmapPanel,
+    HeatmapStyle,
     cka_table,
     plot_cka_heatmap,
     plot_cka_heatmaps,
@@ -11,6 +12,7 @@ from cka_lab.plots.heatmap import (
 
 __all__ = [
     "HeatmapPanel",
+    "HeatmapStyle",
     "cka_table",
     "plot_cka_heatmap",
     "plot_cka_heatmaps",

@@ -11,7 +11,7 @@ calling this module changes no global matplotlib state, and saving renders with 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from cka_lab.io import atomic_write, write_csv
 
 __all__ = [
     "HeatmapPanel",
+    "HeatmapStyle",
     "cka_table",
     "plot_cka_heatmap",
     "plot_cka_heatmaps",
@@ -115,6 +116,34 @@ class HeatmapPanel:
     stages_b: Sequence[int] = field(default=())
 
 
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """The colour scale of CKA heatmaps, shared by every panel of a figure.
+
+    Attributes:
+        vmin, vmax: the colour scale (0..1 by default, so that figures made separately compare).
+        cmap: a matplotlib colormap name.
+        annotate: print the values in the cells; None: only when a panel has at most 12 layers a side.
+    """
+
+    vmin: float = 0.0
+    vmax: float = 1.0
+    cmap: str = "magma"
+    annotate: bool | None = None
+
+
+def _options(cls, given: dict, base=None):
+    """``base`` (or ``cls()``) with the keywords of ``given`` that are fields of ``cls`` (taken out of ``given``)."""
+    names = [f.name for f in fields(cls)]
+    mine = {k: given.pop(k) for k in list(given) if k in names}
+    return replace(base or cls(), **mine) if mine else (base or cls())
+
+
+def _no_more(given: dict, caller: str, known: Sequence[str]) -> None:
+    if given:
+        raise CkaLabError(f"{caller} got unknown option(s) {', '.join(sorted(given))}: use {', '.join(known)}")
+
+
 def _tick_fontsize(n: int) -> float:
     return 9.0 if n <= 16 else 7.5 if n <= 32 else 6.0 if n <= 48 else 5.0
 
@@ -179,27 +208,27 @@ def _draw_panel(ax: object, panel: HeatmapPanel, vmin: float, vmax: float, cmap:
 
 def plot_cka_heatmaps(
     panels: Sequence[HeatmapPanel],
+    style: HeatmapStyle | None = None,
     *,
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-    cmap: str = "magma",
-    annotate: bool | None = None,
     suptitle: str | None = None,
     path: str | Path | None = None,
+    **style_fields,
 ) -> Figure:
     """Several CKA heatmaps in one row with one shared colour scale and colorbar ("linear CKA").
 
     Args:
         panels: the matrices to draw, left to right.
-        vmin, vmax: the colour scale shared by all panels.
-        cmap: a matplotlib colormap name.
-        annotate: print the values in the cells; default only when a panel has at most 12 layers a side.
+        style: the colour scale shared by all panels (:class:`HeatmapStyle`); its fields may also be
+            given as keywords (``vmin=``, ``vmax=``, ``cmap=``, ``annotate=``).
         suptitle: a title above all panels.
         path: if given, the figure is also saved there (PNG, PDF, SVG by extension).
 
     Returns:
         The Figure.
     """
+    style = _options(HeatmapStyle, style_fields, style)
+    _no_more(style_fields, "plot_cka_heatmaps", [f.name for f in fields(HeatmapStyle)])
+    vmin, vmax, cmap, annotate = style.vmin, style.vmax, style.cmap, style.annotate
     if not panels:
         raise CkaLabError("plot_cka_heatmaps needs at least one panel")
     sizes = [_panel_inches(len(p.layers_a), len(p.layers_b)) for p in panels]
@@ -227,26 +256,24 @@ def plot_cka_heatmap(
     matrix: object,
     layers_a: Sequence[str],
     layers_b: Sequence[str],
+    style: HeatmapStyle | None = None,
     *,
-    name_a: str = "model A",
-    name_b: str = "model B",
-    title: str | None = None,
-    stages_a: Sequence[int] = (),
-    stages_b: Sequence[int] = (),
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-    cmap: str = "magma",
-    annotate: bool | None = None,
     path: str | Path | None = None,
+    **options,
 ) -> Figure:
     """One CKA heatmap: rows are ``layers_a`` of ``name_a``, columns ``layers_b`` of ``name_b``.
 
-    Common dotted prefixes are moved from the tick labels to the axis labels; ``stages_a``/``stages_b``
-    are the indices where a new group of layers starts (a white line is drawn there). See
-    ``plot_cka_heatmaps`` for the other arguments. Returns the Figure (saved to ``path`` if given).
+    ``options``: the other fields of :class:`HeatmapPanel` (``name_a``, ``name_b``, ``title``,
+    ``stages_a``, ``stages_b``: the indices where a new group of layers starts, a white line is drawn
+    there) and of :class:`HeatmapStyle` (``vmin``, ``vmax``, ``cmap``, ``annotate``), as keywords.
+    Common dotted prefixes are moved from the tick labels to the axis labels. Returns the Figure (saved
+    to ``path`` if given).
     """
-    panel = HeatmapPanel(matrix, layers_a, layers_b, name_a, name_b, title, stages_a, stages_b)
-    return plot_cka_heatmaps([panel], vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, path=path)
+    panel_fields = [f.name for f in fields(HeatmapPanel)][3:]
+    panel = HeatmapPanel(matrix, layers_a, layers_b, **{k: options.pop(k) for k in list(options) if k in panel_fields})
+    style = _options(HeatmapStyle, options, style)
+    _no_more(options, "plot_cka_heatmap", panel_fields + [f.name for f in fields(HeatmapStyle)])
+    return plot_cka_heatmaps([panel], style, path=path)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:

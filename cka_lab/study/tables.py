@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cka_lab.metrics.jackknife import jackknife_se
 from cka_lab.metrics.multiplicity import holm
 
 __all__ = ["Effect", "paired_effect", "jackknife_effect", "scores_frame", "score_summary", "gains", "baselines_frame",
@@ -99,7 +100,7 @@ def jackknife_effect(statistic: Callable[[Sequence[int]], float], n: int, level:
     loo = np.array([statistic([j for j in range(n) if j != i]) for i in range(n)], dtype=np.float64)
     if not np.all(np.isfinite(loo)) or not np.isfinite(full):
         return Effect(full, float("nan"), n, float("nan"), float("nan"), level, float("nan"), "seed jackknife")
-    se = float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+    se = float(jackknife_se(loo)[1])
     return _t_effect(full, se, n, level, "seed jackknife", se * np.sqrt(n))
 
 

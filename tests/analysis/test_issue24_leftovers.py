@@ -7,21 +7,23 @@ import pytest
 import torch
 
 from cka_lab.analysis.compare import Comparison
-from cka_lab.analysis.estimators import full_keyed_cka, resolve_unit_size
+from cka_lab.analysis.estimators import resolve_unit_size
 from cka_lab.errors import CkaLabError
+from cka_lab.metrics.cka import CKASpec, cka_by_passes
 
 
 def test_biased_full_warns_naming_a_constant_layer():
     g = torch.Generator().manual_seed(0)
     feats = {"live": torch.randn(16, 5, generator=g), "flat": torch.full((16, 5), 0.5)}
 
-    def run(group):
-        yield {k: feats[k] for k in group}
+    def run(group, _):
+        yield {k: feats[k] for k in group}, {}
 
     with pytest.warns(UserWarning, match="'flat' has constant features"):
-        est = full_keyed_cka(["live", "flat"], run, n_samples=16, feature_numel={"live": 5, "flat": 5}, unit_size=4)
-    assert est.constant == ["flat"]
-    assert np.isnan(est.estimate[1]).all() and est.estimate[0, 0] == pytest.approx(1.0)
+        est = cka_by_passes(["live", "flat"], None, run, CKASpec(estimator="biased-full", unit_size=4), n_samples=16,
+                            feature_numel={"live": 5, "flat": 5})
+    assert est.constant_a == ("flat",)
+    assert np.isnan(est.matrix[1]).all() and est.matrix[0, 0] == pytest.approx(1.0)
 
 
 def test_unit_size_messages_name_the_right_flag_and_two_different_sizes():

@@ -11,8 +11,9 @@ so the rows of T (2N numbers each) are features whose Grams have exactly the law
 problem: X̃ = T[:N], Ẽ = T[N:], Ỹ = a X̃ + σ Ẽ. A draw at D = 4096 then costs what one at D = 2N costs
 (for D < 2N the features are drawn directly). The 200 draws of a setting are computed at once, as a
 batch of Grams, through the functions the accumulators use for their intervals (``u_centre`` and
-``jackknife_interval`` as in ``MinibatchCKA``, ``deleted_group_unbiased`` as in ``biased_cka_result`` and the
-analysis's ``full_keyed_cka``); ``test_the_vectorised_intervals_are_the_accumulators_intervals`` checks
+``jackknife_interval`` as in ``MinibatchCKA``, ``deleted_group_unbiased`` as in ``grams_result``, which
+``cka_by_passes`` and ``FullBatchCKA.result`` use);
+``test_the_vectorised_intervals_are_the_accumulators_intervals`` checks
 them against ``MinibatchCKA.result()`` and ``FullBatchCKA.result()`` on a few draws.
 
 Bounds: 200 draws at a true coverage of 95 % give a binomial sd of 1.5 %; the test asks for at least
@@ -79,8 +80,8 @@ def minibatch_intervals(k: torch.Tensor, l: torch.Tensor, unit: int = 8) -> tupl
 
 
 def full_intervals(k: torch.Tensor, l: torch.Tensor, groups: int = 32, debiased: bool = True):
-    """biased-full 95 % intervals of R draws at once from their centred Grams, as ``biased_cka_result`` /
-    ``full_keyed_cka`` make them: the delete-a-group jackknife of the debiased CKA
+    """biased-full 95 % intervals of R draws at once from their centred Grams, as ``grams_result``
+    makes them: the delete-a-group jackknife of the debiased CKA
     (``deleted_group_unbiased``), or with ``debiased=False`` of the biased CKA (``deleted_group_inner``)."""
     n = k.shape[-1]
     bounds = group_bounds(n, groups)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cka_lab.errors import CkaLabError
-from cka_lab.metrics.cka import FullBatchCKA, MinibatchCKA, cka_by_passes
+from cka_lab.metrics.cka import CKASpec, FullBatchCKA, MinibatchCKA, cka_by_passes
 
 WORLD = 2
 BATCHES = 6  # rank r takes batches r, r + 2, r + 4
@@ -75,8 +75,8 @@ def sharded_results(rank: int | None) -> dict[str, object]:
     for estimator in ("unbiased-minibatch", "biased-full"):
         # Grams, scratch and 20 floats per crop of features: passes a0 | a1 | b0 + b1
         budget = 4 * CROPS * CROPS * 8 + 3 * CROPS * CROPS * 8 + 64 * 2**20 + CROPS * 20 * 4
-        results[estimator] = cka_by_passes(estimator, ["a0", "a1"], ["b0", "b1"], run, n_samples=CROPS,
-                                           feature_numel={"a0": 12, "a1": 20, "b0": 9, "b1": 6}, max_bytes=budget,
+        results[estimator] = cka_by_passes(["a0", "a1"], ["b0", "b1"], run, CKASpec(estimator=estimator, max_bytes=budget),
+                                           n_samples=CROPS, feature_numel={"a0": 12, "a1": 20, "b0": 9, "b1": 6},
                                            distributed=rank is not None)
     for name, res in results.items():
         out[name] = {"matrix": torch.from_numpy(res.matrix), "lower": torch.from_numpy(res.lower),

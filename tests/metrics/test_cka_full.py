@@ -18,6 +18,7 @@ from cka_lab.metrics.cka import (
     FullBatchCKA,
     MinibatchCKA,
     check_estimator,
+    CKASpec,
     cka_by_passes,
     group_bounds,
     plan_passes,
@@ -129,7 +130,8 @@ def test_biased_full_at_1024_crops_through_several_passes_equals_the_formula_to_
         for s in range(0, n, 64):  # one pass over the crops, hooks only on the group's layers
             yield {k: a[k][s : s + 64] for k in group_a}, {k: b[k][s : s + 64] for k in group_b}
 
-    result = cka_by_passes("biased-full", list(a), list(b), run, n_samples=n, feature_numel=numel, max_bytes=budget)
+    result = cka_by_passes(list(a), list(b), run, CKASpec(estimator="biased-full", max_bytes=budget), n_samples=n,
+                           feature_numel=numel)
     assert runs == [(["a0"], []), (["a1", "a2"], []), ([], ["b0", "b1"]), ([], ["b2"])]
     assert result.passes == 4
     np.testing.assert_allclose(result.matrix, reference(a, b), rtol=0, atol=1e-9)
@@ -242,7 +244,7 @@ def test_cka_by_passes_unbiased_minibatch_is_one_pass_equal_to_the_accumulator()
         for fa, fb in zip(batches(a, 32), batches(b, 32)):
             yield fa, fb
 
-    result = cka_by_passes("unbiased-minibatch", list(a), list(b), run, n_samples=96, unit_size=8)
+    result = cka_by_passes(list(a), list(b), run, CKASpec(unit_size=8), n_samples=96)
     direct = MinibatchCKA(list(a), list(b), unit_size=8)
     for fa, fb in zip(batches(a, 32), batches(b, 32)):
         direct.update(fa, fb)
@@ -271,7 +273,7 @@ def test_a_pass_that_yields_another_number_of_crops_is_an_error():
         yield {k: a[k] for k in group_a}, {k: b[k] for k in group_b}
 
     with pytest.raises(CkaLabError, match="yielded 32 crops but n_samples=40"):
-        cka_by_passes("biased-full", ["a1"], ["b0"], run, n_samples=40, feature_numel=100)
+        cka_by_passes(["a1"], ["b0"], run, CKASpec(estimator="biased-full"), n_samples=40, feature_numel=100)
 
 
 # ---- limits ----------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from scipy import stats as sps
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
+from cka_lab.metrics.jackknife import jackknife_interval
 
 __all__ = [
     "SiteInfo",
@@ -71,13 +71,11 @@ def jackknife_ratio(num: Tensor, den: Tensor, confidence: float = 0.95) -> tuple
     """
     num, den = num.double().flatten(), den.double().flatten()
     ratio = float(num.sum() / den.sum())
-    C = num.numel()
-    if C < 2:
+    if num.numel() < 2:
         return ratio, math.nan, math.nan
     loo = (num.sum() - num) / (den.sum() - den)  # (C,)
-    se = math.sqrt((C - 1) / C * float(((loo - loo.mean()) ** 2).sum()))
-    t = float(sps.t.ppf(0.5 + confidence / 2, C - 1))
-    return ratio, ratio - t * se, ratio + t * se
+    low, high, _ = jackknife_interval(torch.tensor(ratio, dtype=torch.float64), loo, confidence, bias_corrected=False)
+    return ratio, float(low), float(high)
 
 
 def _check_by(by: Sequence[str]) -> tuple[str, ...]:

@@ -8,10 +8,11 @@ Estimators (``ESTIMATORS``):
 * ``"biased-full"`` -- ``FullBatchCKA`` (Kornblith et al. 2019): the exact biased HSIC of all N crops,
   float64, the EDT authors' Fig. 2 estimator. Module ``cka_full``.
 
-``cka_by_passes(estimator, layers_a, layers_b, run, n_samples=, feature_numel=, max_bytes=)`` runs
-either one over the probe crops, in as many passes (layer groups) as biased-full's memory budget
-needs, and returns a ``CKAResult`` (matrix, jackknife interval, constant layers, provenance:
-estimator, n_samples, unit). Module ``cka_passes``.
+``cka_by_passes(layers_a, layers_b, run, CKASpec(estimator=...), n_samples=, feature_numel=)`` -- the one
+driver, which the analysis uses -- runs either one over the probe crops, in as many passes (layer groups)
+as biased-full's memory budget needs, and returns a ``CKAResult`` (matrix, jackknife interval and
+replicates, constant layers, provenance: estimator, n_samples, unit; optionally the two half-draw
+maps). Module ``cka_passes``.
 
 Both accumulators are ``torchmetrics.Metric`` s with ``update / compute / result / reset / merge /
 all_reduce`` (``cka_protocol``). Constant layers (centred variance <= ``CONSTANT_TOL`` x mean square)
@@ -23,12 +24,13 @@ from cka_lab.metrics.cka.full import (
     DEFAULT_MAX_BYTES,
     FullBatchCKA,
     LayerGrams,
-    biased_cka_result,
+    cka_ratio,
     deleted_group_inner,
-    deleted_group_self,
     deleted_group_unbiased,
     deleted_group_unbiased_self,
+    grams_result,
     group_bounds,
+    half_maps,
 )
 from cka_lab.metrics.cka.functional import (
     CONSTANT_TOL,
@@ -52,6 +54,7 @@ from cka_lab.metrics.cka.minibatch import MinibatchCKA, minibatch_cka
 from cka_lab.metrics.cka.passes import DEFAULT_UNIT_SIZE, RunPass, cka_by_passes, feature_room, plan_passes
 from cka_lab.metrics.cka.protocol import CKAAccumulator
 from cka_lab.metrics.cka.result import ESTIMATORS, CKAResult, check_estimator, jackknife_interval, jackknife_p_value
+from cka_lab.metrics.cka.spec import N_GROUPS, CKASpec
 
 __all__ = [
     "CONSTANT_TOL",
@@ -67,12 +70,13 @@ __all__ = [
     "MinibatchCKA",
     "RunPass",
     "as_matrix",
-    "biased_cka_result",
+    "CKASpec",
+    "N_GROUPS",
     "centred_gram",
     "check_estimator",
     "cka_by_passes",
+    "cka_ratio",
     "deleted_group_inner",
-    "deleted_group_self",
     "deleted_group_unbiased",
     "deleted_group_unbiased_self",
     "double_centre",
@@ -80,7 +84,9 @@ __all__ = [
     "full_centred_gram",
     "gram",
     "gram_dtype_for",
+    "grams_result",
     "group_bounds",
+    "half_maps",
     "is_constant",
     "jackknife_interval",
     "jackknife_p_value",

@@ -46,25 +46,20 @@ from cka_lab.metrics.cka.functional import CONSTANT_TOL, as_matrix, full_centred
 from cka_lab.metrics.cka.inputs import layer_list, same_batch, select_features
 from cka_lab.metrics.cka.protocol import CKAAccumulator
 from cka_lab.metrics.cka.result import CKAResult, jackknife_interval
+from cka_lab.metrics.cka.spec import DEFAULT_MAX_BYTES, N_GROUPS, CKASpec
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FullBatchCKA",
     "LayerGrams",
-    "biased_cka_result",
+    "cka_ratio",
     "deleted_group_inner",
-    "deleted_group_self",
     "deleted_group_unbiased",
     "deleted_group_unbiased_self",
+    "grams_result",
     "group_bounds",
+    "half_maps",
 ]
-
-DEFAULT_MAX_BYTES = 4 * 2**30
-"""Default memory budget of the biased-full estimator: 4 GiB (features kept + Grams)."""
-
-N_GROUPS = 32
-"""Default number of jackknife groups of crops for biased-full."""
-
 
 def gib(n: float) -> str:
     """A number of bytes for messages: GiB, MiB or bytes."""
@@ -153,35 +148,6 @@ def _rows_left_in(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor,
     rows = (left_in * keep).permute(2, 0, 1)  # (G, L, N)
     sizes = keep.sum(0).to(torch.float64)
     return rows, rows.sum(-1), sizes
-
-
-def deleted_group_self(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """``deleted_group_inner(a_l, a_l)`` of every layer l alone (the CKA denominators), vectorised over groups.
-
-    Args:
-        a: (L, N, N) symmetric float64 (centred) Grams.
-        bounds: G groups (start, stop) partitioning range(N).
-
-    Returns:
-        (full, deleted): (L,) ``||H A H||²_F`` and (G, L) the same over each S_g.
-    """
-    l, n = a.shape[0], a.shape[1]
-    g = len(bounds)
-    gid = _group_index(n, bounds, a.device)
-    rows, sums, sizes = _rows_left_in(a, bounds)  # (G, L, N), (G, L), (G,)
-    total = torch.empty(l, dtype=torch.float64, device=a.device)
-    q = torch.empty(g, l, dtype=torch.float64, device=a.device)
-    w = torch.empty(g, l, dtype=torch.float64, device=a.device)
-    for i in range(l):  # one layer's N x N square at a time
-        square = a[i] * a[i]  # (N, N)
-        by_row = square.sum(1)  # (N,)
-        total[i] = by_row.sum()
-        q[:, i] = torch.zeros(g, dtype=torch.float64, device=a.device).index_add_(0, gid, by_row)
-        blocks = torch.zeros(n, g, dtype=torch.float64, device=a.device).index_add_(1, gid, square)  # (N, G)
-        w[:, i] = torch.zeros(g, g, dtype=torch.float64, device=a.device).index_add_(0, gid, blocks).diagonal()
-    nn = sizes[:, None]
-    deleted = total - 2 * q + w - 2 / nn * rows.square().sum(-1) + sums.square() / nn**2
-    return total, deleted
 
 
 def _diag_left_in(a: Tensor, bounds: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
@@ -285,85 +251,98 @@ def deleted_group_unbiased_self(a: Tensor, bounds: Sequence[tuple[int, int]]) ->
     return full, deleted
 
 
-def biased_cka_result(
-    grams_a: LayerGrams,
-    grams_b: LayerGrams,
-    layers_a: Sequence[str],
-    layers_b: Sequence[str],
-    *,
-    n_groups: int = N_GROUPS,
-    level: float = 0.95,
-    tol: float = CONSTANT_TOL,
-    passes: int = 1,
-    warn: bool = True,
-    intervals: bool = True,
-) -> CKAResult:
-    """Biased full-batch CKA and its delete-a-group jackknife interval from centred Grams.
+def cka_ratio(xy: Tensor, xx: Tensor, yy: Tensor, dead: Tensor) -> Tensor:
+    """(..., L, L) inner products and (..., L) self terms -> CKA, NaN for dead (constant) layers."""
+    denom = (xx.clamp(min=0).unsqueeze(-1) * yy.clamp(min=0).unsqueeze(-2)).sqrt()
+    ok = (denom > 0) & ~dead.unsqueeze(-1) & ~dead.unsqueeze(-2)
+    return torch.where(ok, xy / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(xy, math.nan))
+
+
+def half_maps(grams: LayerGrams, unit: int, dead: Tensor) -> tuple[Tensor, Tensor]:
+    """The biased CKA of the even and of the odd units of ``unit`` crops (two disjoint draws of the
+    crops), each (L, L), from the full centred Grams re-centred over the half."""
+    n = grams.grams.shape[-1]
+    idx = torch.arange(n)
+    out = []
+    for parity in (0, 1):
+        sel = idx[(idx // unit) % 2 == parity]
+        g = grams.grams[:, sel][:, :, sel]
+        g = g - g.mean(-1, keepdim=True)
+        g = g - g.mean(-2, keepdim=True)  # re-centred over the half: the half's own centred Gram
+        flat = g.reshape(g.shape[0], -1)
+        inner = flat @ flat.T
+        out.append(cka_ratio(inner, inner.diagonal(), inner.diagonal(), dead).cpu())
+    return out[0], out[1]
+
+
+def _block(x: Tensor, rows: Sequence[int], cols: Sequence[int]) -> Tensor:
+    """``x[..., rows, :][..., cols]``: the (..., rows, cols) block."""
+    return x[..., list(rows), :][..., list(cols)]
+
+
+def grams_result(grams: LayerGrams, names: Sequence[str], rows: Sequence[int], cols: Sequence[int], spec: CKASpec,
+                 *, passes: int = 1, intervals: bool = True) -> CKAResult:
+    """Biased full-batch CKA, its delete-a-group jackknife interval and replicates, from centred Grams.
+
+    The CKA of every pair of the L layers whose Grams are given (each Gram once, however many pairs it
+    is in) and the (rows, cols) block of it in the result: for two models, A's layers then B's, rows
+    A's and cols B's; for all pairs of one list of layers (e.g. both models' layers at once), rows =
+    cols = all.
 
     Args:
-        grams_a, grams_b: the (La, N, N) and (Lb, N, N) centred Grams of the same N crops.
-        layers_a, layers_b: their names.
-        n_groups: jackknife groups (contiguous, near-equal; at most N).
-        level: interval coverage.
-        tol: constant-layer tolerance.
+        grams: (L, N, N) centred Grams of the same N crops and their spread.
+        names: the L layer names.
+        rows, cols: the layers of the result's rows (``layers_a``) and columns (``layers_b``).
+        spec: ``n_groups`` / ``groups`` (jackknife groups), ``level``, ``tol``, ``halves`` with
+            ``unit_size`` (the even- and odd-unit maps).
         passes: recorded in the result.
-        warn: warn about constant layers.
-        intervals: compute the jackknife (False: lower/upper None, the matrix only).
+        intervals: compute the jackknife (False: the matrix only).
     """
-    a, b = grams_a.grams, grams_b.grams
+    a = grams.grams
     n = a.shape[-1]
-    if b.shape[-1] != n:
-        raise CkaLabError(f"the Grams of A and B must cover the same crops, got {n} and {b.shape[-1]}")
     if n < 2:
         raise CkaLabError(f"biased-full CKA needs at least 2 crops, got {n}")
-    dead_a = is_constant(grams_a.square, grams_a.centred, tol)
-    dead_b = is_constant(grams_b.square, grams_b.centred, tol)
-    const_a = [name for name, d in zip(layers_a, dead_a.tolist()) if d]
-    const_b = [name for name, d in zip(layers_b, dead_b.tolist()) if d]
-    if warn and (const_a or const_b):
-        dead = const_a + [x for x in const_b if x not in const_a]
+    dead = is_constant(grams.square, grams.centred, spec.tol)
+    const_a = [names[i] for i in rows if dead[i]]
+    const_b = [names[j] for j in cols if dead[j]]
+    if const_a or const_b:
         warnings.warn(
-            f"layer {', '.join(repr(d) for d in dead)} has constant features over all {n} samples "
-            f"(centred variance <= {tol:g} x its mean square); its CKA is undefined and set to NaN",
+            f"layer {', '.join(repr(d) for d in const_a + [x for x in const_b if x not in const_a])} has constant "
+            f"features over all {n} samples (centred variance <= {spec.tol:g} x its mean square); its CKA is "
+            "undefined and set to NaN",
             stacklevel=3,
         )
-    bounds = group_bounds(n, n_groups)
-    if not intervals:
-        bounds = [(0, n)]
-    cross, cross_del = deleted_group_inner(a, b, bounds)
-    aa, aa_del = deleted_group_self(a, bounds)  # (La,), (G, La)
-    bb, bb_del = deleted_group_self(b, bounds)  # (Lb,), (G, Lb)
-    dead_a, dead_b = dead_a.to(a.device), dead_b.to(a.device)
-
-    def ratio(xy: Tensor, xx: Tensor, yy: Tensor) -> Tensor:
-        denom = (xx.clamp(min=0).unsqueeze(-1) * yy.clamp(min=0).unsqueeze(-2)).sqrt()
-        ok = (denom > 0) & ~dead_a.unsqueeze(-1) & ~dead_b.unsqueeze(-2)
-        return torch.where(ok, xy / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(xy, math.nan))
-
-    estimate = ratio(cross, aa, bb).cpu()
-    lower = upper = bias = debiased = None
+    dead = dead.to(a.device)
+    bounds = (list(spec.groups) if spec.groups is not None else group_bounds(n, spec.n_groups)) if intervals else [(0, n)]
+    full, _ = deleted_group_inner(a, a, [(0, n)])
+    estimate = _block(cka_ratio(full, full.diagonal(), full.diagonal(), dead).cpu(), rows, cols)
+    lower = upper = bias = debiased = replicates = None
     interval = "none"
     if intervals and len(bounds) >= 2 and n - max(e - s for s, e in bounds) >= 4:
-        u_cross, u_cross_del = deleted_group_unbiased(a, b, bounds)
-        u_aa, u_aa_del = deleted_group_unbiased_self(a, bounds)
-        u_bb, u_bb_del = deleted_group_unbiased_self(b, bounds)
-        debiased_t = ratio(u_cross, u_aa, u_bb).cpu()
-        replicates = ratio(u_cross_del, u_aa_del, u_bb_del).cpu()
-        low, high, _ = jackknife_interval(debiased_t, replicates, level)
-        lower, upper, debiased = low.numpy(), high.numpy(), debiased_t.numpy()
+        # intervals from the debiased CKA of the same crops (see the module doc): the biased estimate's
+        # jackknife does not cover at feature dimensions D >= N
+        u_full, u_deleted = deleted_group_unbiased(a, a, bounds)
+        debiased_t = _block(cka_ratio(u_full, u_full.diagonal(), u_full.diagonal(), dead).cpu(), rows, cols)
+        selfs = u_deleted.diagonal(dim1=-2, dim2=-1)  # (G, L)
+        replicates_t = _block(cka_ratio(u_deleted, selfs, selfs, dead).cpu(), rows, cols)
+        low, high, _ = jackknife_interval(debiased_t, replicates_t, spec.level)
+        lower, upper, debiased, replicates = low.numpy(), high.numpy(), debiased_t.numpy(), replicates_t.numpy()
         bias = estimate.numpy() - (lower + upper) / 2
         interval = (f"debiased CKA (unbiased HSIC_1 of the same {n} crops): delete-a-group bias-corrected jackknife "
                     f"over {len(bounds)} groups of crops, Student t with {len(bounds) - 1} df")
+    halves = None
+    if spec.halves and n >= 4 * spec.unit_size:
+        halves = tuple(_block(h, rows, cols).numpy() for h in half_maps(grams, spec.unit_size, dead))
     size = max(e - s for s, e in bounds)
     return CKAResult(
         matrix=estimate.numpy().astype(np.float64),
         estimator="biased-full",
         n_samples=n,
-        layers_a=tuple(layers_a),
-        layers_b=tuple(layers_b),
+        layers_a=tuple(names[i] for i in rows),
+        layers_b=tuple(names[j] for j in cols),
         lower=lower,
         upper=upper,
-        level=level,
+        level=spec.level,
         unit=f"jackknife group of {size} crops",
         unit_size=size,
         n_units=len(bounds),
@@ -373,6 +352,8 @@ def biased_cka_result(
         bias=bias,
         passes=passes,
         interval_estimate=debiased,
+        replicates=replicates,
+        halves=halves,
     )
 
 
@@ -457,34 +438,32 @@ class FullBatchCKA(CKAAccumulator):
             lst.append(x)
         self.samples = self.samples + n
 
-    def centred_grams(self) -> tuple[LayerGrams, LayerGrams]:
-        """The (La, N, N) and (Lb, N, N) float64 centred Grams of the kept features, and their spread."""
+    def grams(self) -> LayerGrams:
+        """The (La + Lb, N, N) float64 centred Grams of the kept features (A's layers, then B's) and their spread."""
         if self.n_samples == 0:
             raise CkaLabError("no batch was added: call update() with the features of at least one batch")
+        lists = self._lists("a") + self._lists("b")
+        n = self.n_samples
+        grams = torch.empty(len(lists), n, n, dtype=torch.float64, device=self.device)
+        square = torch.empty(len(lists), dtype=torch.float64, device=self.device)
+        centred = torch.empty_like(square)
+        for i, chunks in enumerate(lists):
+            grams[i], square[i], centred[i] = full_centred_gram(chunks, self.gram_dtype)
+        return LayerGrams(grams, square, centred)
 
-        def side(lists: list[list[Tensor]]) -> LayerGrams:
-            n = self.n_samples
-            grams = torch.empty(len(lists), n, n, dtype=torch.float64, device=self.device)
-            square = torch.empty(len(lists), dtype=torch.float64, device=self.device)
-            centred = torch.empty_like(square)
-            for i, chunks in enumerate(lists):
-                grams[i], square[i], centred[i] = full_centred_gram(chunks, self.gram_dtype)
-            return LayerGrams(grams, square, centred)
-
-        return side(self._lists("a")), side(self._lists("b"))
+    def _result(self, level: float, intervals: bool) -> CKAResult:
+        la = len(self.layers_a)
+        spec = CKASpec(estimator="biased-full", n_groups=self.n_groups, level=level, tol=self.tol)
+        return grams_result(self.grams(), self.layers_a + self.layers_b, range(la),
+                            range(la, la + len(self.layers_b)), spec, intervals=intervals)
 
     def result(self, level: float = 0.95) -> CKAResult:
-        """The biased CKA matrix with its delete-a-group jackknife interval."""
-        ga, gb = self.centred_grams()
-        return biased_cka_result(
-            ga, gb, self.layers_a, self.layers_b, n_groups=self.n_groups, level=level, tol=self.tol
-        )
+        """The biased CKA matrix with its delete-a-group jackknife interval and replicates."""
+        return self._result(level, intervals=True)
 
     def compute(self) -> Tensor:
         """The CKA matrix: (La, Lb) float64 on the features' device; NaN cells for constant layers (warned)."""
-        ga, gb = self.centred_grams()
-        res = biased_cka_result(ga, gb, self.layers_a, self.layers_b, tol=self.tol, intervals=False)
-        return torch.as_tensor(res.matrix, device=self.device)
+        return torch.as_tensor(self._result(0.95, intervals=False).matrix, device=self.device)
 
     def __repr__(self) -> str:
         return f"FullBatchCKA({len(self.layers_a)}×{len(self.layers_b)} layers, {self.n_samples} samples)"

@@ -317,15 +317,16 @@ class MinibatchCKA(CKAAccumulator):
         return estimate, cka_ratio(sab - ab, saa - aa, sbb - bb, dead_a, dead_b)
 
     def result(self, level: float = 0.95) -> CKAResult:
-        """The CKA matrix with a delete-one-unit jackknife interval (needs keep_batches and >= 2 units for it)."""
+        """The CKA matrix with a delete-one-unit jackknife interval and its replicates (needs keep_batches
+        and >= 2 units for them)."""
         matrix = self.compute().cpu()
-        lower = upper = bias = None
+        lower = upper = bias = replicates = None
         n_units = self.n_units
         interval = "none (needs keep_batches=True and at least 2 units)"
         if self.keep_batches and n_units >= 2:
-            estimate, replicates = self.jackknife()
-            low, high, bias_t = jackknife_interval(estimate, replicates, level)
-            lower, upper, bias = low.numpy(), high.numpy(), bias_t.numpy()
+            estimate, replicates_t = self.jackknife()
+            low, high, bias_t = jackknife_interval(estimate, replicates_t, level)
+            lower, upper, bias, replicates = low.numpy(), high.numpy(), bias_t.numpy(), replicates_t.numpy()
             interval = f"delete-one-unit bias-corrected jackknife over {n_units} units, Student t with {n_units - 1} df"
         const_a, const_b = self.constant_layers()
         size = self.unit_size or round(self.n_samples / max(n_units, 1))
@@ -346,6 +347,7 @@ class MinibatchCKA(CKAAccumulator):
             constant_a=tuple(const_a),
             constant_b=tuple(const_b),
             bias=bias,
+            replicates=replicates,
         )
 
     def confidence_interval(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ probe crops with hooks on only those layers and yields ``(feats_a, feats_b)`` pe
   features are needed only to fill it. ``plan_passes`` splits the layers of A, then of B, into groups
   whose features (``N · numel · feature_bytes``) fit the budget left by the Grams, and each group is
   one pass through a ``FullBatchCKA``; the Grams of all passes then give the CKA and the
-  delete-a-group jackknife (``cka_full.biased_cka_result``).
+  delete-a-group jackknife (``cka_full.grams_result``).
 
 Budget (biased-full): ``max_bytes >= (La + Lb)·N²·8`` (all Grams) ``+ 3·N²·8 + 64 MiB`` (scratch of one
 Gram) ``+`` the largest layer's ``N · numel · feature_bytes``; otherwise a one-line CkaLabError names
@@ -21,28 +21,20 @@ group (MinibatchCKA: sums; FullBatchCKA: the crops' features are gathered on eve
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from cka_lab.errors import CkaLabError
-from cka_lab.metrics.cka.full import (
-    DEFAULT_MAX_BYTES,
-    N_GROUPS,
-    FullBatchCKA,
-    LayerGrams,
-    biased_cka_result,
-    gib,
-)
-from cka_lab.metrics.cka.functional import BLOCK_BYTES, CONSTANT_TOL
+from cka_lab.metrics.cka.full import FullBatchCKA, LayerGrams, gib, grams_result
+from cka_lab.metrics.cka.functional import BLOCK_BYTES
 from cka_lab.metrics.cka.inputs import layer_list
 from cka_lab.metrics.cka.minibatch import MinibatchCKA
-from cka_lab.metrics.cka.result import CKAResult, check_estimator
+from cka_lab.metrics.cka.result import CKAResult
+from cka_lab.metrics.cka.spec import DEFAULT_MAX_BYTES, DEFAULT_UNIT_SIZE, CKASpec
 
-__all__ = ["DEFAULT_UNIT_SIZE", "RunPass", "cka_by_passes", "feature_room", "plan_passes"]
-
-DEFAULT_UNIT_SIZE = 8
-"""Crops per HSIC unit of unbiased-minibatch in ``cka_by_passes`` (128 crops -> 16 units)."""
+__all__ = ["DEFAULT_UNIT_SIZE", "CKASpec", "RunPass", "cka_by_passes", "feature_room", "plan_passes"]
 
 RunPass = Callable[[list[str], list[str]], Iterable[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]]
 """``run(group_a, group_b)``: one pass over the probe crops, yielding (feats_a, feats_b) per batch."""
@@ -126,93 +118,132 @@ def plan_passes(
 
 
 def cka_by_passes(
-    estimator: str,
     layers_a: Sequence[str],
-    layers_b: Sequence[str],
+    layers_b: Sequence[str] | None,
     run: RunPass,
+    spec: CKASpec | None = None,
     *,
     n_samples: int,
     feature_numel: Numel | tuple[Numel, Numel] | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    feature_bytes: int = 4,
-    unit_size: int = DEFAULT_UNIT_SIZE,
-    n_groups: int = N_GROUPS,
-    level: float = 0.95,
-    gram_dtype: torch.dtype | None = None,
-    tol: float = CONSTANT_TOL,
     distributed: bool = False,
     process_group: object | None = None,
 ) -> CKAResult:
     """CKA between every layer of A and every layer of B, by as many passes over the probes as needed.
 
+    The one driver of a CKA over probe crops (the analysis measures through it): ``unbiased-minibatch``
+    streams into ``MinibatchCKA`` and returns its ``result()``; ``biased-full`` fills one N x N Gram per
+    layer through ``FullBatchCKA`` pass by pass and returns ``grams_result`` of them. Either way a
+    ``CKAResult`` with its jackknife replicates (and, with ``spec.halves``, the two half-draw maps).
+
     Args:
-        estimator: ``"unbiased-minibatch"`` or ``"biased-full"`` (``ESTIMATORS``).
-        layers_a, layers_b: layer names.
-        run: ``run(group_a, group_b)`` -> iterable of (feats_a, feats_b) per batch, one full pass over
-            the same crops in the same order every time.
-        n_samples: N, the number of crops a pass yields (checked).
+        layers_a, layers_b: layer names; ``layers_b=None``: every pair of ``layers_a`` (one map over one
+            list, e.g. both models' layers at once, each Gram computed once); ``run`` then gets
+            ``(group, [])`` and yields ``(feats, {})``.
+        run: ``run(group_a, group_b)`` -> iterable of ``(feats_a, feats_b)`` per batch, one full pass
+            over the same crops in the same order every time; an item may be ``(first, feats_a,
+            feats_b)`` with ``first`` the global index of the batch's first crop (needed for the half
+            draws under ``distributed``; otherwise crops are counted from 0).
+        spec: estimator, unit size, jackknife groups, level, memory budget, ... (``CKASpec``; None: its
+            defaults).
+        n_samples: N, the number of crops a pass yields (checked in one process).
         feature_numel: elements per crop of each layer (see ``plan_passes``); needed by biased-full.
-        max_bytes: memory budget of biased-full.
-        feature_bytes: bytes per kept feature element (biased-full's plan).
-        unit_size: crops per HSIC unit (unbiased-minibatch).
-        n_groups: jackknife groups of crops (biased-full).
-        level: interval coverage.
-        gram_dtype: Gram dtype; default float32/float64 by features (unbiased), float64 (biased).
-        tol: constant-layer tolerance.
         distributed: all-reduce over ``process_group`` after each pass (every rank runs its shard;
             shard the crops contiguously, in whole units, in rank order).
 
     Returns:
         A ``CKAResult`` (``passes`` = the number of passes made).
     """
-    estimator = check_estimator(estimator)
+    spec = CKASpec() if spec is None else spec
     la = layer_list(layers_a, "layers_a")
-    lb = layer_list(layers_b, "layers_b")
-    if estimator == "unbiased-minibatch":
-        metric = MinibatchCKA(la, lb, keep_batches=True, gram_dtype=gram_dtype, unit_size=unit_size, tol=tol)
-        seen = 0
-        for feats_a, feats_b in run(la, lb):
-            metric.update(feats_a, feats_b)
-            seen += _batch_size(feats_a, la)
-        if distributed:
-            metric.all_reduce(process_group)
-        else:
-            _check_count(seen, n_samples)
-        return metric.result(level)
-
+    lb = None if layers_b is None else layer_list(layers_b, "layers_b")
+    if spec.estimator == "unbiased-minibatch":
+        return _by_units(la, lb, run, spec, n_samples, distributed, process_group)
     if feature_numel is None:
         raise CkaLabError("biased-full plans its passes from the feature size: give feature_numel (elements per crop of each layer)")
-    plan = plan_passes(la, lb, n_samples=n_samples, feature_numel=feature_numel, max_bytes=max_bytes,
-                       feature_bytes=feature_bytes)
+    return _by_grams(la, lb, run, spec, n_samples, feature_numel, distributed, process_group)
+
+
+def _item(item: tuple) -> tuple[int | None, Mapping[str, Tensor], Mapping[str, Tensor]]:
+    return tuple(item) if len(item) == 3 else (None, *item)
+
+
+def _by_units(la: list[str], lb: list[str] | None, run: RunPass, spec: CKASpec, n_samples: int, distributed: bool,
+              process_group: object | None) -> CKAResult:
+    """unbiased-minibatch: one pass; with ``spec.halves`` units alternate between two accumulators (the
+    even and the odd units), merged for the estimate."""
+    u = spec.unit_size
+
+    def accumulator() -> MinibatchCKA:
+        return MinibatchCKA(la, la if lb is None else lb, keep_batches=True, gram_dtype=spec.gram_dtype, unit_size=u,
+                            tol=spec.tol)
+
+    parts = [accumulator(), accumulator()] if spec.halves else [accumulator()]
+    seen = 0
+    for item in run(la, [] if lb is None else lb):
+        first, feats_a, feats_b = _item(item)
+        if lb is None:
+            feats_b = feats_a
+        n = _batch_size(feats_a, la)
+        if spec.halves:
+            first = seen if first is None else first
+            if first % u:
+                raise CkaLabError(f"a batch starts at crop {first}, inside a unit of {u} crops: the half draws need "
+                                  "batches that start at unit boundaries")
+            for start in range(0, n, u):
+                unit_a = {k: v[start:start + u] for k, v in feats_a.items()}
+                unit_b = unit_a if lb is None else {k: v[start:start + u] for k, v in feats_b.items()}
+                parts[((first + start) // u) % 2].update(unit_a, unit_b)
+        else:
+            parts[0].update(feats_a, feats_b)
+        seen += n
+    if distributed:
+        for part in parts:
+            part.all_reduce(process_group)
+    else:
+        _check_count(seen, n_samples)
+    if not spec.halves:
+        return parts[0].result(spec.level)
+    counts = [part.n_units for part in parts]
+    if not sum(counts):
+        raise CkaLabError("no probe crop was run: give at least one batch")
+    halves = tuple(part.compute().cpu().numpy() for part in parts) if all(counts) else None
+    total = accumulator()
+    for part in parts:
+        if part.n_units:
+            total.merge(part)
+    return replace(total.result(spec.level), halves=halves)
+
+
+def _by_grams(la: list[str], lb: list[str] | None, run: RunPass, spec: CKASpec, n_samples: int,
+              feature_numel: Numel | tuple[Numel, Numel], distributed: bool, process_group: object | None) -> CKAResult:
+    """biased-full: the layers in passes that fit ``spec.max_bytes``, one Gram per layer kept."""
+    plan = plan_passes(la, [] if lb is None else lb, n_samples=n_samples, feature_numel=feature_numel,
+                       max_bytes=spec.max_bytes, feature_bytes=spec.feature_bytes)
     n = n_samples
-    stores = {
-        side: LayerGrams(
-            torch.empty(len(names), n, n, dtype=torch.float64),
-            torch.empty(len(names), dtype=torch.float64),
-            torch.empty(len(names), dtype=torch.float64),
-        )
-        for side, names in (("a", la), ("b", lb))
-    }
-    index = {"a": {name: i for i, name in enumerate(la)}, "b": {name: j for j, name in enumerate(lb)}}
+    names = la + ([] if lb is None else lb)
+    slot = {("a", name): i for i, name in enumerate(la)}
+    slot.update({("b", name): len(la) + j for j, name in enumerate(lb or [])})
+    store = LayerGrams(torch.empty(len(names), n, n, dtype=torch.float64), torch.empty(len(names), dtype=torch.float64),
+                       torch.empty(len(names), dtype=torch.float64))
+    # the features of one pass may use what the Grams leave (checked as they arrive, in their real dtype)
+    room = feature_room(len(names), n, spec.max_bytes)
     for group_a, group_b in plan:
-        # the features of one pass may use what the Grams leave (checked as they arrive, in their real dtype)
-        room = feature_room(len(la) + len(lb), n, max_bytes)
-        acc = FullBatchCKA(group_a, group_b, max_bytes=room, gram_dtype=gram_dtype or torch.float64, tol=tol)
-        for feats_a, feats_b in run(group_a, group_b):
+        acc = FullBatchCKA(group_a, group_b, max_bytes=room, gram_dtype=spec.gram_dtype or torch.float64, tol=spec.tol)
+        for item in run(group_a, group_b):
+            _, feats_a, feats_b = _item(item)
             acc.update(feats_a, feats_b)
         if distributed:
             acc.all_reduce(process_group)
         _check_count(acc.n_samples, n)
-        grams = dict(zip("ab", acc.centred_grams()))
+        grams = acc.grams()
         del acc  # the features of this pass
-        for side, group in (("a", group_a), ("b", group_b)):
-            for k, name in enumerate(group):
-                i = index[side][name]
-                stores[side].grams[i] = grams[side].grams[k]
-                stores[side].square[i] = grams[side].square[k]
-                stores[side].centred[i] = grams[side].centred[k]
+        for k, key in enumerate([("a", x) for x in group_a] + [("b", x) for x in group_b]):
+            i = slot[key]
+            store.grams[i], store.square[i], store.centred[i] = grams.grams[k], grams.square[k], grams.centred[k]
         del grams
-    return biased_cka_result(stores["a"], stores["b"], la, lb, n_groups=n_groups, level=level, tol=tol, passes=len(plan))
+    rows = range(len(la))
+    return grams_result(store, names, rows, rows if lb is None else range(len(la), len(names)), spec,
+                        passes=len(plan))
 
 
 def _batch_size(feats: Mapping[str, Tensor], layers: list[str]) -> int:

@@ -101,6 +101,7 @@ class CKAAccumulator(Metric):
             else:
                 incoming[name] = value.to(device)
         self.merge_state(incoming)
+        self._update_count += other.update_count  # merged batches count as updates (compute() does not warn)
         self._merged(other)
         return self
 
