@@ -83,8 +83,8 @@ def test_every_run_evaluation_contrast_and_the_pdf(finished):
     claims_page = pdf[1].get_textpage().get_text_range()
     assert "NOT DECIDABLE AT THIS SCALE" in claims_page or "REPRODUCED" in claims_page
     pages = [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
-    assert any("Holm" in t and t.startswith("Claims: effect") for t in pages)
-    assert any(t.startswith("Per model: PSNR") and "H/Hmax s0" in t for t in pages)
+    assert any("Holm" in t and "Claims: effect" in t for t in pages)  # pdfium may give the table before the title
+    assert any("Per model: PSNR" in t and "H/Hmax s0" in t for t in pages)
     assert "stage structure" in " ".join(claims.claim)
     models = pd.read_csv(finished / "tables" / "models.csv")
     assert len(models) == len(scores) and {"H/Hmax s0", "learnt"} <= set(models.columns)

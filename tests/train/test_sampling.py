@@ -74,10 +74,11 @@ def test_some_sources_weighted_is_one_clear_error(train_folders):
 
 @pytest.mark.slow
 def test_bundled_sr_config_draws_a_quarter_of_its_patches_from_the_grey_images(repo_root, data_dir):
-    """The bundled SR x2 data (80 colour, 400 grey): 83 % grey when drawn by image, 24 % by patch count."""
+    """The bundled SR x2 data (80 colour, 400 grey): 83 % grey when drawn by image, 37 % by patch count (24 px LR
+    patches; the grey images are small, so they hold few of them)."""
     cfg = parse_config((repo_root / "checkpoints/configs/edtt_srx2_scratch.toml").read_text(), data_root=data_dir,
                        source=repo_root / "checkpoints/configs/edtt_srx2_scratch.toml")
     ps = SRPatchSet(load_images(cfg.data.sr), 2, cfg.data.patch_size, augment=False)
     grey = np.array([n.startswith("BSD400_gray/") for n in ps.names])
     assert grey.mean() == pytest.approx(400 / 480)
-    assert 0.2 < ps.probabilities[grey].sum() < 0.3
+    assert 0.33 < ps.probabilities[grey].sum() < 0.41
