@@ -248,14 +248,19 @@ def _controls(spec: StudySpec, records: Sequence[ContrastRecord]) -> dict[str, d
             for t in spec.tasks.targets}
 
 
+def _targets_by_kind(spec: StudySpec) -> tuple[list[str], list[str]]:
+    """The study's SR targets and its DN targets, in file order."""
+    return ([t for t in spec.tasks.targets if task_kind(t) == "sr"],
+            [t for t in spec.tasks.targets if task_kind(t) == "dn"])
+
+
 def _label(claim: str, protocol: str) -> str:
     return f"{claim} [{protocol} protocol]" if protocol else claim
 
 
 def _change_claims(spec: StudySpec, records: Sequence[ContrastRecord], protocol: str) -> list[Verdict]:
     """Claim 4 under one CKA protocol: pre-training changes SR models more than DN models."""
-    sr = [t for t in spec.tasks.targets if task_kind(t) == "sr"]
-    dn = [t for t in spec.tasks.targets if task_kind(t) == "dn"]
+    sr, dn = _targets_by_kind(spec)
     seeds = list(spec.study.seeds)
     if not (sr and dn):
         return []
@@ -281,8 +286,7 @@ def _change_claims(spec: StudySpec, records: Sequence[ContrastRecord], protocol:
 
 def _organisation_claims(spec: StudySpec, records: Sequence[ContrastRecord], protocol: str) -> list[Verdict]:
     """Claim 6 under one CKA protocol: SR and DN models are organised differently layer by layer."""
-    sr = [t for t in spec.tasks.targets if task_kind(t) == "sr"]
-    dn = [t for t in spec.tasks.targets if task_kind(t) == "dn"]
+    sr, dn = _targets_by_kind(spec)
     seeds = list(spec.study.seeds)
     if not (sr and dn):
         return []
