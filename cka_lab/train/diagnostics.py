@@ -29,9 +29,9 @@ block, direction and head), for the per-head figure of ``cka-lab plot-log``.
 The attention statistics are measured on a fixed probe (:func:`heldout_probe`: crops of the
 **validation** inputs at the training patch size, images the run never trains on; without a
 validation set, ``schedule.probe_size`` training patches per head drawn once from the seed) in eval
-mode without gradients, with hooks on each ``...attns.k`` module (its ``mask`` argument), and a
-forward pre-hook / forward hook on ``...attns.k.softmax`` (logits / probabilities), removed when the
-``with`` block ends. The probe draws nothing from the global RNGs, so a run with diagnostics trains
+mode without gradients, through the one attention tap of :mod:`cka_lab.features.attention` (the
+``mask`` argument of each ``...attns.k`` module, the logits and probabilities of its softmax), removed
+when the ``with`` block ends. The probe draws nothing from the global RNGs, so a run with diagnostics trains
 exactly as one without.
 """
 
@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from cka_lab.metrics.attention import attention_modules
+from cka_lab.features.attention import AttentionMap, AttentionTap
 from cka_lab.models.names import attention_site, qkv_stage
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "KIND_STATS",
     "LEARNT_ENTROPY",
     "diagnostic_columns",
-    "attention_row_stats",
+    "row_entropy_spread",
     "head_row_stats",
     "AttentionProbe",
     "summarise_heads",
@@ -98,7 +98,7 @@ def _row_values(logits: Tensor, probs: Tensor, allowed: Tensor | None) -> tuple[
     return rel, var.sqrt(), rows
 
 
-def attention_row_stats(logits: Tensor, probs: Tensor, allowed: Tensor | None = None) -> tuple[float, float, int]:
+def row_entropy_spread(logits: Tensor, probs: Tensor, allowed: Tensor | None = None) -> tuple[float, float, int]:
     """Sums over rows of relative entropy and logit spread, and the number of rows counted.
 
     ``logits, probs: (..., N)`` (pre-softmax scores and the softmax of them), ``allowed``: bool,
@@ -110,7 +110,7 @@ def attention_row_stats(logits: Tensor, probs: Tensor, allowed: Tensor | None = 
 
 
 def head_row_stats(logits: Tensor, probs: Tensor, allowed: Tensor | None, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The sums of :func:`attention_row_stats` kept apart per head.
+    """The sums of :func:`row_entropy_spread` kept apart per head.
 
     ``logits, probs: (..., h, ..., N)`` with the head axis at ``head_dim`` (e.g. ``(B, nW, h, N, N)``,
     ``head_dim=2``). Returns three ``(h,)`` float64 tensors: summed relative entropy, summed logit
@@ -134,65 +134,37 @@ class AttentionProbe:
     """
 
     def __init__(self, model: nn.Module):
-        self._sites = []
-        for name, mod in attention_modules(model):
-            site = attention_site(name)
-            if site:
-                self._sites.append((site, mod))
-        self._handles: list = []
+        self._tap = AttentionTap(model, self._measure)
+        self._sites = {name: attention_site(name) for name, _ in self._tap.modules}
         self.reset()
 
     def reset(self) -> None:
         self.sums: dict[tuple[int, int, int], list[Tensor]] = {}
 
     def __enter__(self) -> "AttentionProbe":
-        for site, mod in self._sites:
-            state: dict = {}
-            self._handles.append(mod.register_forward_pre_hook(self._grab_mask(state), with_kwargs=True))
-            self._handles.append(mod.softmax.register_forward_pre_hook(self._grab_logits(state)))
-            self._handles.append(mod.softmax.register_forward_hook(self._measure(site, state)))
+        self._tap.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._tap.close()
 
-    @staticmethod
-    def _grab_mask(state: dict):
-        def hook(_module, args, kwargs):
-            mask = args[1] if len(args) > 1 else kwargs.get("mask")
-            state["mask"] = mask  # (nW, N, N) additive, 0 where allowed, or None
-
-        return hook
-
-    @staticmethod
-    def _grab_logits(state: dict):
-        def hook(_module, args):
-            state["logits"] = args[0].detach()
-
-        return hook
-
-    def _measure(self, site: tuple[int, int, int], state: dict):
-        def hook(_module, _args, probs: Tensor):
-            logits = state.pop("logits")
-            mask = state.get("mask")
-            h = logits.shape[1]
-            if mask is not None:
-                nW, N = mask.shape[0], mask.shape[-1]
-                shape = (-1, nW, h, N, N)  # (B, nW, h, N, N)
-                logits, probs = logits.reshape(shape), probs.detach().reshape(shape)
-                allowed, head_dim = (mask == 0)[None, :, None], 2
-            else:
-                allowed, head_dim = None, 1
-            sums = head_row_stats(logits, probs.detach(), allowed, head_dim)
-            acc = self.sums.get(site)
-            self.sums[site] = list(sums) if acc is None else [a + b for a, b in zip(acc, sums)]
-
-        return hook
+    def _measure(self, m: AttentionMap) -> None:
+        site = self._sites[m.module]
+        logits, probs, mask = m.logits, m.probs, m.mask
+        h = logits.shape[1]
+        if mask is not None:
+            nW, N = mask.shape[0], mask.shape[-1]
+            shape = (-1, nW, h, N, N)  # (B, nW, h, N, N)
+            logits, probs = logits.reshape(shape), probs.reshape(shape)
+            allowed, head_dim = (mask == 0)[None, :, None], 2
+        else:
+            allowed, head_dim = None, 1
+        sums = head_row_stats(logits, probs, allowed, head_dim)
+        acc = self.sums.get(site)
+        self.sums[site] = list(sums) if acc is None else [a + b for a, b in zip(acc, sums)]
 
     def heads(self) -> pd.DataFrame:
         """One row per head seen: ``stage, block, kind, direction, head, entropy_rel, logit_spread, rows``.

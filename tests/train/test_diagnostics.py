@@ -15,7 +15,7 @@ from cka_lab.train.diagnostics import (
     QKVUpdates,
     KIND_STATS,
     STATS,
-    attention_row_stats,
+    row_entropy_spread,
     diagnostic_columns,
     head_row_stats,
     heldout_probe,
@@ -45,7 +45,7 @@ def test_row_stats_match_a_hand_computation_with_masked_keys():
     ok = torch.tensor(allowed)
     masked = logits + (~ok).double() * -100.0  # what the model's softmax sees
     probs = torch.softmax(masked, -1)
-    ent, spread, n = attention_row_stats(masked, probs, ok)
+    ent, spread, n = row_entropy_spread(masked, probs, ok)
     refs = [_reference_row(r, a) for r, a in zip(rows, allowed)]
     assert n == 3
     assert ent == pytest.approx(sum(r[0] for r in refs), abs=1e-12)
@@ -53,13 +53,13 @@ def test_row_stats_match_a_hand_computation_with_masked_keys():
     # uniform over the allowed keys is exactly 1, whatever the number of masked keys
     assert refs[1][0] == pytest.approx(1.0)
     # without the mask the -100 keys would count: a different (wrong) answer
-    assert attention_row_stats(masked, probs)[0] != pytest.approx(ent, abs=1e-3)
+    assert row_entropy_spread(masked, probs)[0] != pytest.approx(ent, abs=1e-3)
 
 
 def test_rows_with_one_allowed_key_are_skipped():
     logits = torch.tensor([[0.0, -100.0], [0.1, 0.2]])
     ok = torch.tensor([[True, False], [True, True]])
-    ent, spread, n = attention_row_stats(logits, torch.softmax(logits, -1), ok)
+    ent, spread, n = row_entropy_spread(logits, torch.softmax(logits, -1), ok)
     assert n == 1
     assert spread == pytest.approx(0.05, abs=1e-7)
 
@@ -127,7 +127,7 @@ def test_head_row_stats_sum_to_the_row_stats():
     masked = logits + (~allowed).double()[None, :, None] * -100.0
     probs = torch.softmax(masked, -1)
     ent, spread, n = head_row_stats(masked, probs, allowed[None, :, None], 2)
-    tot = attention_row_stats(masked, probs, allowed[None, :, None])
+    tot = row_entropy_spread(masked, probs, allowed[None, :, None])
     assert ent.shape == (5,)
     assert float(ent.sum()) == pytest.approx(tot[0], rel=1e-12)
     assert float(spread.sum()) == pytest.approx(tot[1], rel=1e-12)

@@ -1,6 +1,7 @@
 """Attention statistics of every EDT attention head against uniform attention in the same windows.
 
-:class:`AttentionDistance` hooks the ``softmax`` of every window-attention module of an EDT and
+:class:`AttentionDistance` taps the ``softmax`` of every window-attention module of an EDT
+(:class:`~cka_lab.features.attention.AttentionTap`) and
 accumulates, per crop and head, the sums of the row statistics of
 :mod:`cka_lab.metrics.attention.stats` (attention distance in input pixels, entropy, largest weight)
 together with the exact statistics of uniform attention under the same windows and shifted-window
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from cka_lab.errors import CkaLabError
+from cka_lab.features.attention import AttentionMap, AttentionTap, attention_modules
 from cka_lab.models.names import attention_site
 from cka_lab.metrics.attention.baselines import uniform_attention_stats
 from cka_lab.metrics.attention.stats import ROW_STATS, attention_distance_sums, attention_row_stats, window_offsets
@@ -58,15 +60,6 @@ class _Site:
     window: tuple[int, int]
     shift: tuple[int, int] | None
     heads: int
-
-
-def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every EDT window-attention module (one with a ``softmax`` and a ``window``)."""
-    return [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, "softmax", None), nn.Softmax) and hasattr(m, "window") and attention_site(n)
-    ]
 
 
 def token_pixel_size(model: nn.Module, task: str | None = None) -> float:
@@ -138,25 +131,20 @@ class AttentionDistance(Metric):
             self._attn_modules.append((name, mod))
             self.add_state(self._state(name), default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
-        self._sizes: dict[str, tuple[int, int]] = {}
-        self._handles: list = []
+        self._tap: AttentionTap | None = None
         self._reduced = False
 
     @staticmethod
     def _state(name: str) -> str:
         return "crops__" + name.replace(".", "_")
 
-    # -- hooks -------------------------------------------------------------------------------------
+    # -- hooks (one AttentionTap) -------------------------------------------------------------------
     def __enter__(self) -> AttentionDistance:
-        if self._handles:
+        if self._tap is not None:
             raise CkaLabError("this AttentionDistance is already recording: enter its `with` block only once at a time")
-        try:
-            for name, mod in self._attn_modules:
-                self._handles.append(mod.register_forward_pre_hook(self._size_hook(name), with_kwargs=True))
-                self._handles.append(mod.softmax.register_forward_hook(self._attn_hook(name)))
-        except BaseException:
-            self.close()
-            raise
+        tap = AttentionTap(self.model, self._on_map, self._attn_modules)
+        tap.__enter__()
+        self._tap = tap
         return self
 
     def __exit__(self, *exc) -> None:
@@ -164,23 +152,12 @@ class AttentionDistance(Metric):
 
     def close(self) -> None:
         """Remove every hook (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+        if self._tap is not None:
+            self._tap.close()
+            self._tap = None
 
-    def _size_hook(self, name: str):
-        def hook(_module, args, kwargs) -> None:
-            qkv = args[0] if args else kwargs["qkv"]  # (3, B, H, W, C)
-            self._sizes[name] = (int(qkv.shape[2]), int(qkv.shape[3]))
-
-        return hook
-
-    def _attn_hook(self, name: str):
-        def hook(_module, inputs, attn: Tensor) -> None:
-            logits = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-            self.update(name, attn.detach(), self._sizes[name],
-                        logits=None if logits is None else logits.detach())
-
-        return hook
+    def _on_map(self, m: AttentionMap) -> None:
+        self.update(m.module, m.probs, m.size, logits=m.logits)
 
     # -- accumulator -------------------------------------------------------------------------------
     def update(self, module: str, attn: Tensor, size: tuple[int, int], *, logits: Tensor | None = None) -> None:
