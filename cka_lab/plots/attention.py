@@ -72,7 +72,7 @@ def plot_locality(summary: pd.DataFrame, *, title: str | None = None, path: str 
     handles, labels = axes[0, 0].get_legend_handles_labels()
     level = float(df["confidence"].iloc[0]) if "confidence" in df.columns else 0.95
     n = int(df["n_crops"].min())
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8.5, frameon=False,
+    fig.legend(handles, labels, loc="outside right center", fontsize=8.5, frameon=False,
                title=f"bars: {level:.0%} jackknife CI\nover {n} crops", title_fontsize=8)  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=12)

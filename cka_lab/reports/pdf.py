@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
@@ -25,15 +24,14 @@ from cka_lab.models.names import short_layer_name, stage_starts
 from cka_lab.analysis.contrast import Contrast
 from cka_lab.analysis.findings import contrast_attention_findings as attention_findings  # noqa: F401 (kept name)
 from cka_lab.analysis.findings import contrast_findings as findings
-from cka_lab.analysis.findings import format_number as _fmt
 from cka_lab.errors import CkaLabError
 from cka_lab.io import atomic_write
 from cka_lab.plots import HeatmapPanel, plot_cka_heatmaps
 from cka_lab.plots.contrast import plot_attention_distance, plot_cka_difference
+from cka_lab.reports.pages import A4_LANDSCAPE, table_pages
 
 __all__ = ["ModelInfo", "findings", "write_report", "model_info"]
 
-A4_LANDSCAPE = (11.69, 8.27)
 
 
 @dataclass
@@ -89,26 +87,6 @@ def _text_pages(title: str, paragraphs: Sequence[str], width: int = 125) -> list
             y -= 0.032
         y -= 0.012
     return pages
-
-
-def _table_page(title: str, tables: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
-    fig = Figure(figsize=A4_LANDSCAPE)
-    fig.text(0.06, 0.95, title, fontsize=15, weight="bold", va="top")
-    axes = fig.subplots(len(tables), 1)
-    axes = np.atleast_1d(axes)
-    for ax, (caption, df) in zip(axes, tables):
-        ax.axis("off")
-        ax.set_title(caption, fontsize=10, loc="left")
-        shown = df.copy()
-        for col in shown.columns:
-            if pd.api.types.is_float_dtype(shown[col]):
-                shown[col] = shown[col].map(lambda v: _fmt(v, 3))
-        table = ax.table(cellText=shown.to_numpy(), colLabels=list(shown.columns), loc="upper center",
-                         cellLoc="center")
-        table.auto_set_font_size(False)
-        table.set_fontsize(7.5)
-        table.scale(1, 1.25)
-    return fig
 
 
 def title_page(title: str, models: Sequence[ModelInfo], settings: Mapping[str, str]) -> Figure:
@@ -186,7 +164,7 @@ def contrast_pages(c: Contrast) -> list[Figure]:
         tables.append(("Attention per stage, plain and shifted windows apart: distance (input px) against uniform "
                        "attention in the same windows; locality = distance / uniform, entropy_rel = entropy / uniform, "
                        "with intervals", t[[x for x in cols if x in t.columns]]))
-    pages.append(_table_page(f"{c.name_a} vs {c.name_b}: numbers ({what})", tables))
+    pages += table_pages(f"{c.name_a} vs {c.name_b}: numbers ({what})", tables)
     return pages
 
 

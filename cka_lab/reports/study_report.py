@@ -24,6 +24,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from cka_lab.reports.pages import table_pages  # noqa: E402
+
 __all__ = ["write_study_report"]
 
 A4 = (11.69, 8.27)
@@ -51,26 +53,6 @@ def _text_pages(title: str, lines: Sequence[str], *, footer: str = "", width: in
             y -= 0.026
         y -= 0.008
     return figs
-
-
-def _table_page(title: str, df: pd.DataFrame, *, footer: str = "", digits: int = 3,
-                col_widths: Sequence[float] | None = None) -> Figure:
-    fig = plt.figure(figsize=A4)
-    fig.text(0.05, 0.94, title, fontsize=15, weight="bold", va="top")
-    ax = fig.add_axes([0.04, 0.08, 0.92, 0.8])
-    ax.axis("off")
-    shown = df.copy()
-    for c in shown.columns:
-        if pd.api.types.is_float_dtype(shown[c]):
-            shown[c] = shown[c].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.{digits}f}")
-    table = ax.table(cellText=shown.values[:40], colLabels=list(shown.columns), loc="upper center", cellLoc="center",
-                     colWidths=list(col_widths) if col_widths is not None else None)
-    table.auto_set_font_size(False)
-    table.set_fontsize(7.5 if len(shown.columns) > 8 else 8.5)
-    table.scale(1, 1.25)
-    if footer:
-        fig.text(0.05, 0.025, footer, fontsize=7.5, color="0.35")
-    return fig
 
 
 def _scores_figure(scores: pd.DataFrame, footer: str, baselines: pd.DataFrame | None = None) -> Figure:
@@ -175,35 +157,31 @@ def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequ
         shown["claim"] = [f"{i + 1}. " + textwrap.shorten(re.sub(r" \[\w+ protocol\]$", "", c), 72, placeholder=" ...")
                           for i, c in enumerate(shown["claim"])]
         shown["status"] = shown["status"].str.replace(" at this scale", "", regex=False)
-        fig = _table_page("Claims: effect, 95 % interval, raw p and Holm-adjusted p (over the tested claims)",
-                          shown, footer=footer, digits=4,
-                          col_widths=(0.4, 0.06, 0.09, 0.065, 0.065, 0.065, 0.1, 0.03, 0.055, 0.06))
-        fig.text(0.05, 0.06, "n/a in p_holm: not tested (a precondition failed: baselines not beaten, attention not "
-                 "learnt, too few seeds), so not in Holm's family. Full sentences: the previous page; tables/claims.csv.",
-                 fontsize=8)
-        figs.append(fig)
-    figs += [_scores_figure(scores, footer, baselines),
-             _table_page("Scores: mean +- std over seeds, and the trivial baselines on the same images", summary,
-                         footer=footer),
-             _table_page("PSNR gain over scratch = extra training + transfer (dB)",
-                         gains[[c for c in gains.columns if not c.startswith("ssim") and c != "part"]],
-                         footer="psnr_gain: condition - scratch (for scratch-long: the extra training); transfer: "
-                         "condition - scratch-long; paired by seed, 95 % t-intervals over seeds. SSIM gains: "
-                         "tables/gains.csv. -- " + footer)]
+        figs += table_pages("Claims: effect, 95 % interval, raw p and Holm-adjusted p (over the tested claims)",
+                            [("", shown)], footer=footer, digits=4,
+                            note="n/a in p_holm: not tested (a precondition failed: baselines not beaten, attention not "
+                            "learnt, too few seeds), so not in Holm's family. Full sentences: the claims pages; "
+                            "tables/claims.csv.")
+    figs.append(_scores_figure(scores, footer, baselines))
+    figs += table_pages("Scores: mean +- std over seeds, and the trivial baselines on the same images",
+                        [("", summary)], footer=footer)
+    figs += table_pages("PSNR gain over scratch = extra training + transfer (dB)",
+                        [("", gains[[c for c in gains.columns if not c.startswith("ssim") and c != "part"]])],
+                        footer=footer,
+                        note="psnr_gain: condition - scratch (for scratch-long: the extra training); transfer: "
+                        "condition - scratch-long; paired by seed, 95 % t-intervals over seeds. SSIM gains: "
+                        "tables/gains.csv.")
     if models is not None and not models.empty:
         shown = models.drop(columns=[c for c in ("target", "condition", "seed") if c in models])
-        for start in range(0, len(shown), 40):
-            widths = [0.16 if c == "run" else 0.84 / max(1, len(shown.columns) - 1) for c in shown.columns]
-            figs.append(_table_page("Per model: PSNR (dB) and baseline; attention entropy / uniform per stage",
-                                    shown.iloc[start:start + 40], col_widths=widths,
-                                    footer="Baseline: the best trivial restoration on the same images. H/Hmax: attention "
-                                    "entropy / uniform attention's (1 = uniform); learnt: the largest 1 - H/Hmax over "
-                                    "the stages. -- " + footer, digits=3))
+        figs += table_pages("Per model: PSNR (dB) and baseline; attention entropy / uniform per stage", [("", shown)],
+                            footer=footer, note="Baseline: the best trivial restoration on the same images. H/Hmax: "
+                            "attention entropy / uniform attention's (1 = uniform); learnt: the largest 1 - H/Hmax over "
+                            "the stages.")
     if design is not None and not design.empty:
-        figs.append(_table_page("Design: training steps and patches per condition (pre-training included), data overlap",
-                                design.drop(columns=["pretrain_data", "target_data"]).rename(
-                                    columns={"pretrain_includes_target_data": "pre-training includes target data"}),
-                                footer=footer, col_widths=(0.06, 0.1, 0.1, 0.15, 0.06, 0.07, 0.3, 0.16)))
+        figs += table_pages("Design: training steps and patches per condition (pre-training included), data overlap",
+                            [("", design.drop(columns=["pretrain_data", "target_data"]).rename(
+                                columns={"pretrain_includes_target_data": "pre-training includes target data"}))],
+                            footer=footer)
     for title, panels, edges in heatmaps:
         figs.append(_heatmaps_figure(title, panels, edges, footer))
     for title, series, control in curves:
