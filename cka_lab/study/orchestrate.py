@@ -21,7 +21,7 @@ from cka_lab.runtime import rank_world
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
-from cka_lab.study.tables import (ALPHA, FINDINGS, baselines_frame, gains, model_table, score_summary, scores_frame,
+from cka_lab.study.tables import (ALPHA, FINDINGS, baselines_frame, findings_markdown, gains, model_table, score_summary, scores_frame,
                                   verdict_table)
 
 __all__ = ["study_from_args", "resolve_study_file"]
@@ -195,6 +195,11 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
                             for r in records if r.plan.kind == "seed" and r.plan.condition == scratch}))
     protocol = "; ".join(f"{n}: {protocol_label(spec, n)}" if len(by_protocol) > 1 else protocol_label(spec, n)
                          for n in by_protocol)
+    write_bytes(paths.root / "findings.md", findings_markdown(
+        f"{spec.study.name}: the paper's findings, judged", verdicts,
+        [f"Hardware: {hardware}. CKA protocols: {protocol}.",
+         "Each sentence is the report's (report.pdf, claims page); numbers: tables/claims.csv. Holm's correction "
+         "is over the tested claims."]).encode("utf-8"))
     title = _title_lines(spec, hardware, protocol, design, base)
     short = protocol if len(by_protocol) == 1 else "CKA protocols " + " and ".join(by_protocol)
     return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,

@@ -11,6 +11,7 @@ The study folder ``OUT`` holds::
     eval/RUN.json       PSNR/SSIM of a target model on its test set
     contrasts/PAIR/     CKA, attention and control tables of one contrast
     tables/*.csv        the tables behind the report;   report.pdf
+    findings.md         the report's claims page as Markdown (the sentences the README and notebooks quote)
 
 Every step is skipped when its output exists, and every output is written atomically, so a killed
 study continues with ``--resume`` where it stopped: finished runs are not redone, an interrupted run

@@ -28,7 +28,7 @@ from cka_lab.metrics.multiplicity import holm
 
 __all__ = ["Effect", "paired_effect", "jackknife_effect", "scores_frame", "score_summary", "gains", "baselines_frame",
            "model_table", "FINDINGS", "Verdict", "verdict", "undecidable", "adjust_verdicts", "verdict_table", "ALPHA", "UNDECIDABLE",
-           "MIN_EFFECT"]
+           "MIN_EFFECT", "findings_markdown"]
 
 ALPHA = 0.05
 """Family-wise error of the study's claims (Holm)."""
@@ -283,6 +283,26 @@ def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[V
                          f" (not significant after Holm's correction over the {m} claims tested)")
         out.append(replace(v, status=status, evidence=evidence, p_adjusted=float(a)))
     return out
+
+
+def findings_markdown(title: str, verdicts: Sequence[Verdict], preamble: Sequence[str] = ()) -> str:
+    """The report's claims page as Markdown: the same sentences, numbers and order, under the paper's findings.
+
+    For the README and the notebooks to quote the study's own words (``findings.md`` beside ``report.pdf``).
+    The counts line tallies the verdicts by status.
+    """
+    counts = {s: sum(v.status == s for v in verdicts)
+              for s in ("reproduced", "not reproduced", "not decidable at this scale")}
+    lines = [f"# {title}", "", *preamble, *([""] if preamble else []),
+             "Verdicts: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(verdicts)} claims).", ""]
+    last = None
+    for i, v in enumerate(verdicts, 1):
+        head = FINDINGS.get(v.finding, "Other claims")
+        if head != last:
+            lines += ["", f"## {head}", ""] if last is not None else [f"## {head}", ""]
+            last = head
+        lines.append(f"{i}. {v.sentence()}")
+    return "\n".join(lines) + "\n"
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:

@@ -109,3 +109,18 @@ def test_a_significant_effect_below_the_minimum_is_not_reproduced():
     tiny, big = adjust_verdicts([tiny, big])
     assert tiny.p_adjusted < 0.05 and tiny.status == "not decidable at this scale" and "minimum effect" in tiny.evidence
     assert big.status == "reproduced"
+
+
+def test_findings_markdown_quotes_the_report_sentences_under_their_findings():
+    from cka_lab.study.tables import FINDINGS, Effect, findings_markdown, undecidable, verdict
+
+    e = Effect(mean=0.3, std=0.05, n=3, lower=0.18, upper=0.42, p=0.01)
+    vs = [verdict("Claim one", e, what="x", unit="CKA"),
+          undecidable("Claim two", None, "too few seeds")]
+    vs = [type(v)(**{**v.__dict__, "finding": f}) for v, f in zip(vs, ("a", "gains"))]
+    md = findings_markdown("demo: judged", vs, ["Hardware: test."])
+    lines = md.splitlines()
+    assert lines[0] == "# demo: judged" and "Hardware: test." in lines
+    assert "Verdicts: 1 reproduced, 0 not reproduced, 1 not decidable at this scale (of 2 claims)." in lines
+    assert lines.index(f"## {FINDINGS['a']}") < lines.index(f"1. {vs[0].sentence()}")
+    assert lines.index(f"## {FINDINGS['gains']}") < lines.index(f"2. {vs[1].sentence()}")

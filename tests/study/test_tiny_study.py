@@ -58,6 +58,8 @@ def test_every_run_evaluation_contrast_and_the_pdf(finished):
     for name in TABLES:
         assert (finished / "tables" / f"{name}.csv").is_file()
     claims = pd.read_csv(finished / "tables" / "claims.csv")
+    findings_md = (finished / "findings.md").read_text(encoding="utf-8")  # the claims page, for README/notebooks
+    assert all(c in findings_md for c in claims.claim) and f"(of {len(claims)} claims)" in findings_md
     assert set(claims.status) <= {"reproduced", "not reproduced", "not decidable at this scale"}
     assert len(claims) >= 4 and {"p", "p_holm", "effect", "lower", "upper", "tested"} <= set(claims.columns)
     # the trivial baselines, on the models' own evaluation images, in the score tables
