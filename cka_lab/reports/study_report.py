@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from cka_lab.reports.pages import table_pages  # noqa: E402
 
-__all__ = ["write_study_report"]
+__all__ = ["StudyReportContent", "write_study_report"]
 
 A4 = (11.69, 8.27)
 
@@ -129,19 +130,46 @@ def _numbered(verdicts: Sequence[str], findings: Sequence[str] | None) -> list[s
     return out
 
 
-def write_study_report(path: Path, *, title_lines: Sequence[str], verdicts: Sequence[str], scores: pd.DataFrame,
-                       summary: pd.DataFrame, gains: pd.DataFrame, heatmaps: Sequence[tuple[str, list, list]],
-                       curves: Sequence[tuple[str, dict, dict]], locality: pd.DataFrame, protocol: str,
-                       hardware: str, study_name: str, baselines: pd.DataFrame | None = None,
-                       claims: pd.DataFrame | None = None, design: pd.DataFrame | None = None,
-                       models: pd.DataFrame | None = None, findings: Sequence[str] | None = None) -> Path:
-    """Write the study PDF atomically (temporary file in the target folder, then rename).
+@dataclass(frozen=True)
+class StudyReportContent:
+    """What the study PDF shows, in report order.
 
-    ``baselines``: target, baseline, psnr (lines on the score page); ``claims``: the verdict table
-    (:func:`cka_lab.study.tables.verdict_table`); ``design``: steps and patches per condition; ``models``:
-    one row per model, PSNR beside its baseline and attention entropy per stage
-    (:func:`cka_lab.study.tables.model_table`); ``findings``: per verdict, the paper's finding it tests
-    (a heading is written where it changes)."""
+    ``title_lines``: the title page (``"## "`` starts a heading); ``verdicts``: one sentence per claim, with
+    ``findings`` (per verdict, the paper's finding it tests: a heading is written where it changes);
+    ``claims``: the verdict table (:func:`cka_lab.study.tables.verdict_table`); ``scores`` / ``summary`` /
+    ``gains``: per model, per condition, gains over scratch; ``baselines``: target, baseline, psnr (lines on the
+    score page); ``models``: one row per model, PSNR beside its baseline and attention entropy per stage
+    (:func:`cka_lab.study.tables.model_table`); ``design``: steps and patches per condition; ``heatmaps``:
+    ``(title, [(panel title, (L, L) matrix)], stage starts)``; ``curves``: ``(title, {label: [(L,) per seed]},
+    {control label: (L,)})``; ``locality``: attention locality rows. ``protocol`` and ``hardware`` go in every
+    page's footer.
+    """
+
+    study_name: str
+    hardware: str
+    protocol: str
+    title_lines: Sequence[str]
+    verdicts: Sequence[str]
+    scores: pd.DataFrame
+    summary: pd.DataFrame
+    gains: pd.DataFrame
+    locality: pd.DataFrame = field(default_factory=pd.DataFrame)
+    heatmaps: Sequence[tuple[str, list, list]] = ()
+    curves: Sequence[tuple[str, dict, dict]] = ()
+    baselines: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None
+    design: pd.DataFrame | None = None
+    models: pd.DataFrame | None = None
+    findings: Sequence[str] | None = None
+
+
+def write_study_report(path: Path, content: StudyReportContent) -> Path:
+    """Write the study PDF of ``content`` atomically (temporary file in the target folder, then rename)."""
+    c = content
+    title_lines, verdicts, scores, summary, gains = c.title_lines, c.verdicts, c.scores, c.summary, c.gains
+    heatmaps, curves, locality, protocol, hardware = c.heatmaps, c.curves, c.locality, c.protocol, c.hardware
+    study_name, baselines, claims, design, models, findings = (c.study_name, c.baselines, c.claims, c.design,
+                                                               c.models, c.findings)
     import io
 
     from cka_lab.io import write_bytes

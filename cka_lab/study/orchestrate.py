@@ -133,7 +133,7 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
     and the contrast records of each CKA protocol (``{"default": [...], "paper": [...]}``; a list is the
     default protocol's)."""
     from cka_lab.analysis.compare import stage_starts
-    from cka_lab.reports.study_report import write_study_report
+    from cka_lab.reports.study_report import StudyReportContent, write_study_report
 
     by_protocol = records if isinstance(records, dict) else {"default": records}
     records = by_protocol.get("default") or next(iter(by_protocol.values()))
@@ -202,11 +202,11 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
          "is over the tested claims."]).encode("utf-8"))
     title = _title_lines(spec, hardware, protocol, design, base)
     short = protocol if len(by_protocol) == 1 else "CKA protocols " + " and ".join(by_protocol)
-    return write_study_report(paths.report, title_lines=title, verdicts=[v.sentence() for v in verdicts], scores=scores,
-                              summary=summary, gains=gain, heatmaps=heatmaps, curves=curves, locality=locality,
-                              protocol=short, hardware=hardware, study_name=spec.study.name, baselines=base,
-                              claims=claims, design=design, models=models,
-                              findings=[FINDINGS.get(v.finding, "Other claims") for v in verdicts])
+    return write_study_report(paths.report, StudyReportContent(
+        study_name=spec.study.name, hardware=hardware, protocol=short, title_lines=title,
+        verdicts=[v.sentence() for v in verdicts], findings=[FINDINGS.get(v.finding, "Other claims") for v in verdicts],
+        claims=claims, scores=scores, summary=summary, gains=gain, baselines=base, models=models, design=design,
+        heatmaps=heatmaps, curves=curves, locality=locality))
 
 
 def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:
