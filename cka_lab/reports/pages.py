@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -24,12 +25,19 @@ _CHAR = 0.0053  # width of one character at 7.5 pt, figure fraction of the A4-la
 _LEFT, _WIDTH, _BOTTOM = 0.05, 0.9, 0.07
 
 
+def _cell(v: object, digits: int) -> str:
+    """A table entry as text: floats with ``digits`` decimals, ``n/a`` for anything missing."""
+    if v is None or v is pd.NA or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return format_number(float(v), digits)
+    return str(v)
+
+
 def _shown(df: pd.DataFrame, digits: int) -> pd.DataFrame:
-    out = df.copy()
-    for col in out.columns:
-        if pd.api.types.is_float_dtype(out[col]):
-            out[col] = out[col].map(lambda v: format_number(v, digits))
-    return out.astype(str).replace({"nan": "n/a", "None": "n/a"})
+    """Every entry as a Python ``str`` (pandas' own string dtype keeps NaN: not used)."""
+    return pd.DataFrame({c: [_cell(v, digits) for v in df[c].tolist()] for c in df.columns}, columns=df.columns,
+                        dtype=object)
 
 
 def _widths(shown: pd.DataFrame) -> list[int]:

@@ -42,3 +42,8 @@ def test_long_title_wraps_and_empty_table_says_so():
     heads = [t for t in _texts(pages[0]) if t.startswith("numbers") or t in title]
     assert len(heads) >= 2 and all(len(h) <= 105 for h in heads)
     assert _rows(pages) == [["(no rows)", ""]]
+
+
+def test_missing_entries_of_text_columns_are_n_a():
+    df = pd.DataFrame({"protocol": ["paper", np.nan, None], "p": [0.01, np.nan, 0.5]})
+    assert _rows(table_pages("t", [("", df)])) == [["paper", "0.010"], ["n/a", "n/a"], ["n/a", "0.500"]]
