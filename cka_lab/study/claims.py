@@ -218,13 +218,13 @@ def judge_claims(spec: StudySpec, scores: pd.DataFrame, records: list[ContrastRe
             dn_only = paired_effect(change[dn[0]].dropna())
             claim = (f"Pre-training ({c.name}) makes upper-stage attention more local in {sr[0]} models than in "
                      f"{dn[0]} models (barely changes DN)")
-            what = (f"[locality(scratch) - locality(pre)] {sr[0]} - {dn[0]}, upper stages (the {dn[0]} change "
-                    f"alone: {dn_only.describe('', 3)})")
+            what = f"[locality(scratch) - locality(pre)] {sr[0]} - {dn[0]}, upper stages"
+            alone = f"the {dn[0]} change alone: {dn_only.describe('', 3)}"
             if not gaps or max(gaps) < UNIFORM_TOLERANCE:
                 out.append(undecidable(claim, effect, "no model learnt attention (upper-stage entropy within "
                                        f"{UNIFORM_TOLERANCE:g} of uniform)", what=what, unit="(distance / uniform)"))
                 continue
-            out.append(verdict(claim, effect, what=what, unit="(distance / uniform)"))
+            out.append(verdict(claim, effect, what=what, context=alone, unit="(distance / uniform)"))
     # 6 -- SR and DN organised differently (each CKA protocol)
     for pname, precs in protocols.items():
         out += _organisation_claims(spec, precs, pname if len(protocols) > 1 else "")
@@ -369,8 +369,8 @@ def _stage_claims(spec: StudySpec, records: Sequence[ContrastRecord], protocol: 
     if a.n == 0:
         return [undecidable(c, None, "no within-model CKA maps with two body stages", unit="CKA", protocol=protocol)
                 for c in (claim_a, claim_b)]
-    out.append(verdict(claim_a, a, what=f"{what}, {sr[0]}; {control}", unit="CKA", protocol=protocol))
-    out.append(verdict(claim_b, b, what=f"{what}, {sr[0]} - {dn[0]} paired by seed ({dn[0]} alone: "
-                       f"{paired_effect(s_dn.dropna()).describe('', 3)}); {control}", unit="CKA", protocol=protocol))
+    out.append(verdict(claim_a, a, what=f"{what}, {sr[0]}", context=control, unit="CKA", protocol=protocol))
+    out.append(verdict(claim_b, b, what=f"{what}, {sr[0]} - {dn[0]} paired by seed", unit="CKA", protocol=protocol,
+                       context=f"{dn[0]} alone: {paired_effect(s_dn.dropna()).describe('', 3)}; {control}"))
     return out
 

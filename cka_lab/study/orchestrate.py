@@ -94,7 +94,7 @@ def _run_study(spec: StudySpec, out: Path, args: argparse.Namespace) -> int:
                                                                        protocol=q),
             protocol=protocol)
     report = write_outputs(spec, paths, by_protocol, hardware=hardware_description(device), baselines=baselines,
-                           results=results)
+                           results=results, elapsed_s=time.perf_counter() - t0)
     print(f"[study] {spec.study.name} done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0
 
@@ -128,10 +128,12 @@ def design_frame(spec: StudySpec) -> pd.DataFrame:
 
 
 def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[ContrastRecord]] | list[ContrastRecord],
-                  *, hardware: str, baselines: list[dict] = (), results: list[dict]) -> Path:
+                  *, hardware: str, baselines: list[dict] = (), results: list[dict],
+                  elapsed_s: float | None = None) -> Path:
     """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations (``results``), baselines
     and the contrast records of each CKA protocol (``{"default": [...], "paper": [...]}``; a list is the
-    default protocol's)."""
+    default protocol's). ``elapsed_s``: the wall time of this invocation so far (on the title page beside the
+    runs' own training times)."""
     from cka_lab.analysis.compare import stage_starts
     from cka_lab.reports.study_report import StudyReportContent, write_study_report
 
@@ -201,12 +203,48 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
          "Each sentence is the report's (report.pdf, claims page); numbers: tables/claims.csv. Holm's correction "
          "is over the tested claims."]).encode("utf-8"))
     title = _title_lines(spec, hardware, protocol, design, base)
+    wall = run_wall_times(spec, paths)
+    write_bytes(paths.tables / "wall_time.csv", wall.to_csv(index=False, float_format="%.1f").encode("utf-8"))
+    title.insert(1, _wall_time_line(spec, wall, elapsed_s))
     short = protocol if len(by_protocol) == 1 else "CKA protocols " + " and ".join(by_protocol)
     return write_study_report(paths.report, StudyReportContent(
         study_name=spec.study.name, hardware=hardware, protocol=short, title_lines=title,
         verdicts=[v.sentence() for v in verdicts], findings=[FINDINGS.get(v.finding, "Other claims") for v in verdicts],
         claims=claims, scores=scores, summary=summary, gains=gain, baselines=base, models=models, design=design,
         heatmaps=heatmaps, curves=curves, locality=locality))
+
+
+def training_wall_time(log: Path) -> float:
+    """Seconds a run trained, from its ``train_log.csv``: the sum over rows of (iterations since the previous
+    row) x ``sec_per_iter`` (a wall-clock figure: validation and checkpoints included); NaN without a log."""
+    try:
+        df = pd.read_csv(log, usecols=["iteration", "sec_per_iter"])
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return float("nan")
+    steps = df["iteration"].diff().fillna(df["iteration"].iloc[0] if len(df) else 0)
+    return float((steps * df["sec_per_iter"]).sum())
+
+
+def run_wall_times(spec: StudySpec, paths: StudyPaths) -> pd.DataFrame:
+    """run, kind, iterations, wall_time_s (:func:`training_wall_time`) of every planned run."""
+    from cka_lab.study.plan import plan_runs
+
+    rows = []
+    for r in plan_runs(spec):
+        log = paths.runs / r.name / "train_log.csv"
+        rows.append({"run": r.name, "kind": r.kind, "wall_time_s": training_wall_time(log)})
+    return pd.DataFrame(rows)
+
+
+def _wall_time_line(spec: StudySpec, wall: pd.DataFrame, elapsed_s: float | None) -> str:
+    known = wall["wall_time_s"].dropna()
+    slots = max(1, len(spec.study.devices) * spec.study.runs_per_device)
+    line = (f"Wall time: training {known.sum() / 3600:.1f} h of run time over {len(known)} of {len(wall)} runs "
+            f"(each run's own wall clock, from its train_log.csv), {slots} run(s) at once "
+            f"(about {known.sum() / 3600 / slots:.1f} h elapsed if the slots were always full)")
+    if elapsed_s is not None:
+        line += f"; this invocation {elapsed_s / 60:.0f} min (evaluation, contrasts and this report included)"
+    return line + ". Per run: tables/wall_time.csv."
 
 
 def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:

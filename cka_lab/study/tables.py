@@ -238,10 +238,12 @@ MIN_EFFECT = {"dB": 0.05, "CKA": 0.01, "(distance / uniform)": 0.01}
 ``--min-effect``), 1 % of uniform attention's distance (the attention findings' floor)."""
 
 
-def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB", protocol: str = "") -> Verdict:
+def verdict(claim: str, effect: Effect, *, what: str, unit: str = "dB", protocol: str = "",
+            context: str = "") -> Verdict:
     """A claim whose paper direction is positive, tested by its effect's p-value (status settled by
-    :func:`adjust_verdicts`; until then by the raw interval)."""
-    text = f"{what} = {effect.describe(unit)}"
+    :func:`adjust_verdicts`; until then by the raw interval). The evidence reads ``what = effect``, then
+    ``context`` (a control or a baseline beside it)."""
+    text = f"{what} = {effect.describe(unit)}" + (f"; {context}" if context else "")
     floor = MIN_EFFECT.get(unit, 0.0)
     if effect.n < 2 or not np.isfinite(effect.lower):
         return Verdict(claim, UNDECIDABLE, text + " (needs more seeds for an interval)", effect, tested=False, unit=unit,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,3 +125,12 @@ def test_findings_markdown_quotes_the_report_sentences_under_their_findings():
     assert "Verdicts: 1 reproduced, 0 not reproduced, 1 not decidable at this scale (of 2 claims)." in lines
     assert lines.index(f"## {FINDINGS['a']}") < lines.index(f"1. {vs[0].sentence()}")
     assert lines.index(f"## {FINDINGS['gains']}") < lines.index(f"2. {vs[1].sentence()}")
+
+
+def test_training_wall_time_sums_each_log_window(tmp_path):
+    from cka_lab.study.orchestrate import training_wall_time
+
+    log = tmp_path / "train_log.csv"
+    log.write_text("iteration,loss,sec_per_iter\n25,0.1,2.0\n50,0.09,1.0\n60,0.08,0.5\n")
+    assert training_wall_time(log) == 25 * 2.0 + 25 * 1.0 + 10 * 0.5
+    assert np.isnan(training_wall_time(tmp_path / "missing.csv"))

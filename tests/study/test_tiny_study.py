@@ -19,7 +19,8 @@ from cka_lab.study.plan import plan_runs
 # Slow (subprocesses, minutes on 2 cores): run by ``pytest -m slow``, as .ci/run does after the fast tests.
 pytestmark = pytest.mark.slow
 
-TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims", "baselines", "design")
+TABLES = ("scores", "score_summary", "gains", "same_layer_cka", "attention_locality", "claims", "baselines", "design",
+          "models", "wall_time")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_every_run_evaluation_contrast_and_the_pdf(finished):
     pdf = pdfium.PdfDocument(str(finished / "report.pdf"))
     assert len(pdf) >= 8
     first = pdf[0].get_textpage().get_text_range()
+    assert "Wall time: training" in first  # the title page gives the hardware and the wall time
     assert "Hardware: CPU only" in first and "tiny" in first
     assert "INCLUDES the target's training set" in first and "bicubic" in first
     claims_page = pdf[1].get_textpage().get_text_range()
