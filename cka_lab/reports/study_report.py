@@ -83,14 +83,20 @@ def _scores_figure(scores: pd.DataFrame, footer: str, baselines: pd.DataFrame | 
 
 
 def _heatmaps_figure(title: str, panels: Sequence[tuple[str, np.ndarray]], stage_edges: Sequence[int], footer: str) -> Figure:
-    fig, axes = plt.subplots(1, len(panels), figsize=A4, squeeze=False)
-    fig.subplots_adjust(left=0.05, right=0.88, top=0.82, bottom=0.12, wspace=0.35)
-    for ax, (label, m) in zip(axes[0], panels):
+    n = len(panels)
+    ncols = n if n <= 3 else 2 if n == 4 else 3  # two rows beyond three panels: larger maps
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=A4, squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.88, top=0.86 if nrows > 1 else 0.82, bottom=0.08 if nrows > 1 else 0.12,
+                        wspace=0.35, hspace=0.45)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (label, m) in zip(axes.flat, panels):
         im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", origin="lower")
         for e in stage_edges:
             ax.axhline(e - 0.5, color="w", lw=0.6)
             ax.axvline(e - 0.5, color="w", lw=0.6)
-        lines = [w for part in label.split("\n") for w in textwrap.wrap(part, 22)]  # narrow panels: no overlap
+        lines = [w for part in label.split("\n") for w in textwrap.wrap(part, 40 if ncols <= 2 else 30)]
         ax.set_title("\n".join(lines), fontsize=9)
         ax.set_xlabel("layer")
         ax.set_ylabel("layer")
@@ -216,13 +222,20 @@ def write_study_report(path: Path, content: StudyReportContent) -> Path:
         figs.append(_curves_figure(title, series, control, "same-layer CKA", footer))
     if not locality.empty:
         fig, ax = plt.subplots(figsize=A4)
-        groups = locality.assign(model=locality["model"].str.replace(r"-s\d+$", "", regex=True))
+        # one value per (model, seed, stage): a model appears once per contrast it is in, and plain and shifted
+        # windows are averaged, so that the bars are the spread over seeds only
+        per_seed = (locality.drop_duplicates(["model", "stage", "kind"])
+                    .groupby(["model", "stage"], as_index=False)["locality"].mean())
+        groups = per_seed.assign(model=per_seed["model"].str.replace(r"-s\d+$", "", regex=True))
         sns.pointplot(data=groups, x="stage", y="locality", hue="model", errorbar="sd", dodge=0.3, ax=ax,
                       capsize=0.1)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        fig.subplots_adjust(right=0.8)
         ax.axhline(1.0, color="0.4", ls=":", lw=1.2)
         ax.text(0.02, 1.0, " uniform attention", color="0.3", fontsize=8, va="bottom", transform=ax.get_yaxis_transform())
         ax.set_ylabel("attention distance / uniform-attention distance")
-        ax.set_title("Attention locality per stage: mean over blocks, heads and seeds (bars: sd over seeds);\n"
+        ax.set_title("Attention locality per stage: mean over blocks, heads, window kinds and seeds (bars: sd over "
+                     "seeds);\n"
                      "< 1: more local than uniform attention under the same windows and masks",
                      fontsize=12, weight="bold")
         fig.text(0.05, 0.015, footer, fontsize=7.5, color="0.35")

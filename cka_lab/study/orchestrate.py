@@ -238,6 +238,9 @@ def run_wall_times(spec: StudySpec, paths: StudyPaths) -> pd.DataFrame:
 
 def _wall_time_line(spec: StudySpec, wall: pd.DataFrame, elapsed_s: float | None) -> str:
     known = wall["wall_time_s"].dropna()
+    if known.empty:
+        return ("Wall time: training not recorded in this folder (no run has a train_log.csv)"
+                + (f"; this invocation {elapsed_s / 60:.0f} min" if elapsed_s is not None else "") + ".")
     slots = max(1, len(spec.study.devices) * spec.study.runs_per_device)
     line = (f"Wall time: training {known.sum() / 3600:.1f} h of run time over {len(known)} of {len(wall)} runs "
             f"(each run's own wall clock, from its train_log.csv), {slots} run(s) at once "

@@ -50,9 +50,10 @@ class Effect:
     method: str = "t over seeds"
 
     def describe(self, unit: str = "dB", digits: int = 2) -> str:
+        value = f"{self.mean:+.{digits}f}" + (f" {unit}" if unit else "")
         if self.n < 2 or not np.isfinite(self.lower):
-            return f"{self.mean:+.{digits}f} {unit} (n = {self.n}, no interval)"
-        return (f"{self.mean:+.{digits}f} {unit} ({int(self.level * 100)} % CI {self.lower:+.{digits}f} to "
+            return f"{value} (n = {self.n}, no interval)"
+        return (f"{value} ({int(self.level * 100)} % CI {self.lower:+.{digits}f} to "
                 f"{self.upper:+.{digits}f}, {self.method}, n = {self.n})")
 
 
