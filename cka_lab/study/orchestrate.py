@@ -226,7 +226,7 @@ def training_wall_time(log: Path) -> float:
 
 
 def run_wall_times(spec: StudySpec, paths: StudyPaths) -> pd.DataFrame:
-    """run, kind, iterations, wall_time_s (:func:`training_wall_time`) of every planned run."""
+    """run, kind, wall_time_s (:func:`training_wall_time`; NaN for a run without a log) of every planned run."""
     from cka_lab.study.plan import plan_runs
 
     rows = []
