@@ -209,8 +209,8 @@ def write_study_report(path: Path, content: StudyReportContent) -> Path:
         shown = models.drop(columns=[c for c in ("target", "condition", "seed") if c in models])
         figs += table_pages("Per model: PSNR (dB) and baseline; attention entropy / uniform per stage", [("", shown)],
                             footer=footer, note="Baseline: the best trivial restoration on the same images. H/Hmax: "
-                            "attention entropy / uniform attention's (1 = uniform); learnt: the largest 1 - H/Hmax over "
-                            "the stages.")
+                            "attention entropy / uniform attention's (1 = uniform), mean over blocks and heads; "
+                            "max(1-H/Hmax): its largest 1 - H/Hmax over the stages.")
     if design is not None and not design.empty:
         figs += table_pages("Design: training steps and patches per condition (pre-training included), data overlap",
                             [("", design.drop(columns=["pretrain_data", "target_data"]).rename(

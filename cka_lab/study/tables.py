@@ -129,7 +129,8 @@ def scores_frame(results: list[dict], baselines: pd.DataFrame | None = None) -> 
 def model_table(scores: pd.DataFrame, attention: Sequence[dict]) -> pd.DataFrame:
     """One row per evaluated model: PSNR beside its best trivial baseline, and per body stage the attention
     entropy relative to uniform attention's (``H/Hmax s<i>``: mean over blocks and heads of both window kinds;
-    1 = uniform, lower = sharper) with ``learnt`` = its largest ``1 - H/Hmax`` over the stages.
+    1 = uniform, lower = sharper) with ``max(1-H/Hmax)``, its largest ``1 - H/Hmax`` over the stages (not the
+    training diagnostics' "learnt", a fraction of heads).
 
     ``attention``: attention rows (model, stage, kind, entropy_rel) from the contrast records; a model in
     several contrasts has the same rows in each (measured once), so duplicates are dropped."""
@@ -142,7 +143,7 @@ def model_table(scores: pd.DataFrame, attention: Sequence[dict]) -> pd.DataFrame
     rows = rows.drop_duplicates(subset=["model", "stage", "kind"])
     ent = rows.groupby(["model", "stage"])["entropy_rel"].mean().unstack("stage")
     ent.columns = [f"H/Hmax s{int(c)}" for c in ent.columns]
-    ent["learnt"] = (1.0 - ent).max(axis=1)
+    ent["max(1-H/Hmax)"] = (1.0 - ent).max(axis=1)
     return out.merge(ent, left_on="run", right_index=True, how="left")
 
 

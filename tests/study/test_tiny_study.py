@@ -91,7 +91,7 @@ def test_every_run_evaluation_contrast_and_the_pdf(finished):
     assert any("Per model: PSNR" in t and "H/Hmax s0" in t for t in pages)
     assert "stage structure" in " ".join(claims.claim)
     models = pd.read_csv(finished / "tables" / "models.csv")
-    assert len(models) == len(scores) and {"H/Hmax s0", "learnt"} <= set(models.columns)
+    assert len(models) == len(scores) and {"H/Hmax s0", "max(1-H/Hmax)"} <= set(models.columns)
 
 
 def test_a_killed_study_resumes_to_the_same_tables(study_env, finished, tmp_path):
