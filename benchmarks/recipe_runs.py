@@ -3,8 +3,9 @@
     python benchmarks/recipe_runs.py RUN_DIR [RUN_DIR ...] [--at 500 1000 1500 2000] [--markdown]
 
 For each run folder (``cka-lab train`` output: ``train_log.csv``, ``val_log.csv``, ``config.toml``):
-the recipe (lr, q/k lr scale, patch, batch), the last logged iteration and its wall time (the sum of
-``sec_per_iter`` over the log; older rows left validation and checkpoint time out), the validation
+the recipe (lr, q/k lr scale, patch, batch), the last logged iteration and its wall time
+(:func:`cka_lab.train.logs.training_wall_time`: iterations per log row x ``sec_per_iter``; older rows left
+validation and checkpoint time out), the validation
 PSNR at the last validation, and, at the iterations ``--at`` (the last log row at or before each), per stage the
 fraction of plain-block heads at or below 0.95 of uniform entropy (``s{i}_plain_learnt``), so that one
 row shows whether attention learnt and whether it stayed. Baselines are not computed here: the
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cka_lab.train.logs import training_wall_time
+
 
 def run_row(run: Path, at: list[float]) -> dict:
     tl = pd.read_csv(run / "train_log.csv")
@@ -33,7 +36,7 @@ def run_row(run: Path, at: list[float]) -> dict:
     row = {"run": run.name, "arch": cfg.get("model", {}).get("arch", "?"), "lr": o.get("lr"),
            "qk_lr_scale": o.get("qk_lr_scale", 1.0), "patch": d.get("patch_size"), "batch": s.get("batch_size"),
            "iterations": last, "of": s.get("iterations"),
-           "wall_min": float((tl["sec_per_iter"] * log_every).sum() / 60)}
+           "wall_min": training_wall_time(run / "train_log.csv") / 60}
     if not vl.empty:
         lastv = vl[vl["iteration"] == vl["iteration"].max()]
         row.update({f"psnr_{t}": float(p) for t, p in zip(lastv["task"], lastv["psnr"])})

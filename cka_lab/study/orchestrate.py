@@ -21,6 +21,7 @@ from cka_lab.runtime import rank_world
 from cka_lab.study.measure import measure_contrast, protocol_label
 from cka_lab.study.runner import StudyPaths, evaluate_runs, hardware_description, prepare_folder, train_runs
 from cka_lab.study.spec import StudySpec, load_study
+from cka_lab.train.logs import training_wall_time
 from cka_lab.study.tables import (ALPHA, FINDINGS, baselines_frame, findings_markdown, gains, model_table, score_summary, scores_frame,
                                   verdict_table)
 
@@ -212,17 +213,6 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
         verdicts=[v.sentence() for v in verdicts], findings=[FINDINGS.get(v.finding, "Other claims") for v in verdicts],
         claims=claims, scores=scores, summary=summary, gains=gain, baselines=base, models=models, design=design,
         heatmaps=heatmaps, curves=curves, locality=locality))
-
-
-def training_wall_time(log: Path) -> float:
-    """Seconds a run trained, from its ``train_log.csv``: the sum over rows of (iterations since the previous
-    row) x ``sec_per_iter`` (a wall-clock figure: validation and checkpoints included); NaN without a log."""
-    try:
-        df = pd.read_csv(log, usecols=["iteration", "sec_per_iter"])
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return float("nan")
-    steps = df["iteration"].diff().fillna(df["iteration"].iloc[0] if len(df) else 0)
-    return float((steps * df["sec_per_iter"]).sum())
 
 
 def run_wall_times(spec: StudySpec, paths: StudyPaths) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cka_lab.errors import CkaLabError
 from cka_lab.io import atomic_write, open_append
 
-__all__ = ["CsvLog", "progress_enabled", "make_progress", "say"]
+__all__ = ["CsvLog", "progress_enabled", "make_progress", "say", "training_wall_time"]
 
 
 def progress_enabled() -> bool:
@@ -89,3 +89,29 @@ class CsvLog:
         except OSError as exc:
             raise CkaLabError(f"cannot write the log {str(self.path)!r} ({exc.strerror}): "
                               "free some space or choose another --out") from None
+
+
+def training_wall_time(log: Path) -> float:
+    """Seconds a run trained, from its ``train_log.csv``: the sum over rows of (iterations since the previous
+    row, the first row counting from 0; never negative) x ``sec_per_iter`` (a wall-clock figure: diagnostics,
+    validation and checkpoints included); rows without both numbers add nothing. NaN when the log is
+    missing or unreadable or no row has both numbers."""
+    total, prev, counted = 0.0, 0, 0
+    try:
+        with open(log, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    it = int(float(row["iteration"]))
+                except (KeyError, TypeError, ValueError):  # a row without its iteration adds nothing
+                    continue
+                try:
+                    sec = float(row["sec_per_iter"])
+                except (KeyError, TypeError, ValueError):
+                    sec = float("nan")
+                if sec == sec:  # not NaN
+                    total += max(0, it - prev) * sec
+                    counted += 1
+                prev = max(prev, it)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return float("nan")
+    return total if counted else float("nan")

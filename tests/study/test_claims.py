@@ -63,8 +63,6 @@ def test_upper_entropy_gap_uses_the_upper_half_of_the_stages():
 
 
 def test_same_layer_values_match_layers_by_short_name():
-    import numpy as np
-
     from cka_lab.study.measure import same_layer_values
 
     a = ["head_sr_x2.0", "body.layers.0.residual_group.blocks.0", "tail_sr_x2.3"]
@@ -75,7 +73,6 @@ def test_same_layer_values_match_layers_by_short_name():
 
 
 def test_cka_claims_are_judged_under_every_protocol_in_one_family():
-    import numpy as np
 
     spec = parse_study(STUDY.replace('targets = ["x2"]', 'targets = ["x2", "g25"]').replace(
         'target_sr = ["b"]', 'target_sr = ["b"]\npretrain_dn = ["a"]\ntarget_dn = ["b"]'))
@@ -126,11 +123,3 @@ def test_findings_markdown_quotes_the_report_sentences_under_their_findings():
     assert lines.index(f"## {FINDINGS['a']}") < lines.index(f"1. {vs[0].sentence()}")
     assert lines.index(f"## {FINDINGS['gains']}") < lines.index(f"2. {vs[1].sentence()}")
 
-
-def test_training_wall_time_sums_each_log_window(tmp_path):
-    from cka_lab.study.orchestrate import training_wall_time
-
-    log = tmp_path / "train_log.csv"
-    log.write_text("iteration,loss,sec_per_iter\n25,0.1,2.0\n50,0.09,1.0\n60,0.08,0.5\n")
-    assert training_wall_time(log) == 25 * 2.0 + 25 * 1.0 + 10 * 0.5
-    assert np.isnan(training_wall_time(tmp_path / "missing.csv"))
