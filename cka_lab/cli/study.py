@@ -3,7 +3,7 @@
 Trains every run of the study (tasks x conditions x seeds, pre-trainings shared), evaluates every target
 model, runs the contrasts (scratch vs each pre-trained condition within a seed, seed vs seed as the
 control, SR vs DN) and writes the tables and one PDF. ``STUDY`` is a file or a bundled preset name
-(``tiny``, ``paper-small``, ``paper-small-cpu``). ``torchrun --nproc_per_node N -m cka_lab.study ...`` spreads the runs over N GPUs.
+(``tiny``, ``paper-cpu``, ``paper-small``, ``paper-small-cpu``). ``torchrun --nproc_per_node N -m cka_lab.study ...`` spreads the runs over N GPUs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ __all__ = ["add_arguments", "run_from_args"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", metavar="STUDY.toml", help="study file, or a bundled preset: tiny, paper-small, paper-small-cpu")
+    from cka_lab.study import preset_names
+
+    p.add_argument("study", metavar="STUDY.toml", help=f"study file, or a bundled preset: {', '.join(preset_names())}")
     p.add_argument("--out", default=None, metavar="DIR", help="study folder (default: studies/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --out where it stopped")
     p.add_argument("--max-runs", type=int, default=None, metavar="N",

@@ -137,8 +137,11 @@ def test_the_fingerprint_covers_what_is_trained_and_nothing_else():
 
 
 def test_bundled_presets_parse():
+    from cka_lab.study import preset_names
+
+    assert preset_names() == ["paper-cpu", "paper-small", "paper-small-cpu", "tiny"]
     specs = {}
-    for name in ("tiny", "paper-small", "paper-small-cpu", "paper-cpu"):
+    for name in preset_names():
         specs[name] = spec = parse_study(preset_path(name).read_text(), source=preset_path(name))
         assert plan_runs(spec) and plan_contrasts(spec)
     # paper-small-cpu is paper-small's design at a CPU budget: same runs, seeds, data split and recipe
