@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,16 +108,37 @@ def _heatmaps_figure(title: str, panels: Sequence[tuple[str, np.ndarray]], stage
 
 
 def _curves_figure(title: str, curves: Mapping[str, Sequence[np.ndarray]], control: Mapping[str, np.ndarray],
-                   ylabel: str, footer: str, *, hline: float | None = None) -> Figure:
+                   ylabel: str, footer: str) -> Figure:
+    """One line per compared condition, the mean over its seeds with the range of the seeds as a band, and the
+    control pairs the same way in grey: ``curves``: ``{label: [(L,) per seed]}``; ``control``:
+    ``{"control: <what> seed i vs j": (L,)}``, grouped by ``<what>`` (the pairs of one group are averaged)."""
     fig, ax = plt.subplots(figsize=A4)
-    palette = sns.color_palette("deep", len(curves) + 1)
+    palette = sns.color_palette("deep", max(1, len(curves)))
+
+    def band(ys: Sequence[np.ndarray], color, label: str, unit: str, **line) -> None:
+        sizes = {len(y) for y in ys}
+        if len(sizes) > 1:  # curves of different lengths (layer sets differ): drawn one by one
+            for i, y in enumerate(ys):
+                ax.plot(np.arange(len(y)), y, color=color, label=label if i == 0 else None, **line)
+            return
+        m = np.vstack([np.asarray(y, dtype=float) for y in ys])
+        x, n = np.arange(m.shape[1]), m.shape[0]
+        with warnings.catch_warnings():  # a layer with no value in any seed stays a gap
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, lo, hi = np.nanmean(m, 0), np.nanmin(m, 0), np.nanmax(m, 0)
+        ax.plot(x, mean, color=color, label=label + (f" (mean of {n} {unit}; band: their range)" if n > 1 else ""), **line)
+        if n > 1:
+            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+
     for (label, series), color in zip(curves.items(), palette):
-        for i, y in enumerate(series):
-            ax.plot(np.arange(len(y)), y, color=color, lw=1.6, alpha=0.9, label=label if i == 0 else None)
+        if len(series):
+            band(series, color, label, "seeds", lw=1.8)
+    groups: dict[str, list[np.ndarray]] = {}
     for label, y in control.items():
-        ax.plot(np.arange(len(y)), y, color="0.3", lw=2, ls="--", label=label)
-    if hline is not None:
-        ax.axhline(hline, color="0.5", lw=1, ls=":", label="uniform attention")
+        groups.setdefault(re.sub(r" seed \d+ vs \d+$", "", label), []).append(np.asarray(y))
+    greys = ["0.25", "0.55", "0.4"]
+    for (label, ys), grey in zip(groups.items(), greys * len(groups)):
+        band(ys, grey, label, "seed pairs", lw=2, ls="--")
     ax.set_xlabel("layer index")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

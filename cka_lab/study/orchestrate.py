@@ -186,15 +186,17 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
             for r in records:
                 if r.plan.kind == "pretrain" and r.plan.target == target:
                     series[f"{r.plan.condition} vs {scratch}"].append(np.asarray(r.same_layer))
-            control = {f"control: {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
+            control = {f"control: {target} {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
                        for r in seed_rec}
-            curves.append((f"{target}: same-layer CKA between scratch and pre-trained models, one line per seed{tag}",
+            curves.append((f"{target}: same-layer CKA between scratch and pre-trained models{tag}\n"
+                           "(mean over seeds, band: their range; grey: scratch seed pairs, the control)",
                            series, control))
         task_recs = [r for r in records if r.plan.kind == "task"]
         if task_recs:
-            curves.append((f"SR vs DN (scratch): same-layer CKA, one line per seed{tag}",
+            curves.append((f"SR vs DN (scratch): same-layer CKA{tag}\n"
+                           "(mean over seeds, band: their range; grey: scratch seed pairs of each task, the control)",
                            {"SR vs DN": [np.asarray(r.same_layer) for r in task_recs]},
-                           {f"control: {r.plan.target} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
+                           {f"control: {r.plan.target} {r.plan.condition} seed {r.plan.seed} vs {r.plan.seed_b}": np.asarray(r.same_layer)
                             for r in records if r.plan.kind == "seed" and r.plan.condition == scratch}))
     protocol = "; ".join(f"{n}: {protocol_label(spec, n)}" if len(by_protocol) > 1 else protocol_label(spec, n)
                          for n in by_protocol)

@@ -37,3 +37,25 @@ def test_the_study_report_shows_every_claim_and_model(tmp_path):
     assert "45. claim 44" in text  # the claims table is not cut at 40 rows
     assert "x2-scratch-s49" in text  # nor the per-model table
     assert "Pre-training study 'demo'" in text and "x2: CKA maps" in text
+
+
+def test_same_layer_curves_are_seed_means_with_their_range_beside_the_control():
+    from matplotlib.collections import PolyCollection
+
+    from cka_lab.reports.study_report import _curves_figure
+
+    seeds = [np.array([0.5, 0.6, 0.7]), np.array([0.7, 0.8, 0.9]), np.array([0.6, 0.7, np.nan])]
+    control = {"control: x2 scratch seed 0 vs 1": np.array([0.9, 0.9, 0.9]),
+               "control: x2 scratch seed 0 vs 2": np.array([0.8, 0.8, 0.8])}
+    fig = _curves_figure("t", {"related vs scratch": seeds, "single vs scratch": [np.array([0.1, 0.2, 0.3])]},
+                         control, "same-layer CKA", "footer")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
+    assert set(lines) == {"related vs scratch (mean of 3 seeds; band: their range)", "single vs scratch",
+                          "control: x2 scratch (mean of 2 seed pairs; band: their range)"}
+    np.testing.assert_allclose(lines["related vs scratch (mean of 3 seeds; band: their range)"], [0.6, 0.7, 0.8])
+    np.testing.assert_allclose(lines["control: x2 scratch (mean of 2 seed pairs; band: their range)"], [0.85] * 3)
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one per curve of several seeds or pairs; none for the single seed
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), 0.5) and np.isclose(ys.max(), 0.9)  # the range of the seeds
