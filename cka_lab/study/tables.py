@@ -50,7 +50,7 @@ class Effect:
     method: str = "t over seeds"
 
     def describe(self, unit: str = "dB", digits: int = 2) -> str:
-        value = f"{self.mean:+.{digits}f}" + (f" {unit}" if unit else "")
+        value = (f"{self.mean:+.{digits}f}" if np.isfinite(self.mean) else "n/a") + (f" {unit}" if unit else "")
         if self.n < 2 or not np.isfinite(self.lower):
             return f"{value} (n = {self.n}, no interval)"
         return (f"{value} ({int(self.level * 100)} % CI {self.lower:+.{digits}f} to "

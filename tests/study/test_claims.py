@@ -123,3 +123,12 @@ def test_findings_markdown_quotes_the_report_sentences_under_their_findings():
     assert lines.index(f"## {FINDINGS['a']}") < lines.index(f"1. {vs[0].sentence()}")
     assert lines.index(f"## {FINDINGS['gains']}") < lines.index(f"2. {vs[1].sentence()}")
 
+
+
+def test_an_effect_reads_n_a_where_it_has_no_value():
+    from cka_lab.study.tables import Effect
+
+    nan = float("nan")
+    assert Effect(nan, nan, 1, nan, nan).describe("CKA") == "n/a CKA (n = 1, no interval)"
+    assert Effect(0.25, nan, 1, nan, nan).describe("dB") == "+0.25 dB (n = 1, no interval)"
+    assert Effect(0.25, 0.1, 3, 0.0, 0.5).describe("dB") == "+0.25 dB (95 % CI +0.00 to +0.50, t over seeds, n = 3)"
