@@ -88,14 +88,19 @@ def _run_study(spec: StudySpec, out: Path, args: argparse.Namespace) -> int:
     # a model in several contrasts (scratch runs are in most) has its attention measured once, in a pass of
     # its own, so that every table is the same whether or not the study was resumed midway
     cache = AttentionCache(separate=True)
-    by_protocol = {}
+    by_protocol, measured = {}, []
+
+    def say(line: str) -> None:  # run_contrasts says a line for each contrast it measures (not for a saved one)
+        measured.append(line)
+        print(line, flush=True)
+
     for protocol in spec.analysis.protocols:
         by_protocol[protocol] = run_contrasts(
             spec, paths, lambda s, p, c, q=protocol: measure_contrast(s, p, c, device=device, attention_cache=cache,
                                                                        protocol=q),
-            protocol=protocol)
+            say=say, protocol=protocol)
     report = write_outputs(spec, paths, by_protocol, hardware=hardware_description(device), baselines=baselines,
-                           results=results, elapsed_s=time.perf_counter() - t0)
+                           results=results, elapsed_s=time.perf_counter() - t0, measured=len(measured))
     print(f"[study] {spec.study.name} done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0
 
@@ -130,11 +135,11 @@ def design_frame(spec: StudySpec) -> pd.DataFrame:
 
 def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[ContrastRecord]] | list[ContrastRecord],
                   *, hardware: str, baselines: list[dict] = (), results: list[dict],
-                  elapsed_s: float | None = None) -> Path:
+                  elapsed_s: float | None = None, measured: int | None = None) -> Path:
     """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations (``results``), baselines
     and the contrast records of each CKA protocol (``{"default": [...], "paper": [...]}``; a list is the
     default protocol's). ``elapsed_s``: the wall time of this invocation so far (on the title page beside the
-    runs' own training times)."""
+    runs' own training times); ``measured``: how many contrasts this invocation measured (0: the report only)."""
     from cka_lab.analysis.compare import stage_starts
     from cka_lab.reports.study_report import StudyReportContent, write_study_report
 
@@ -208,7 +213,7 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
     title = _title_lines(spec, hardware, protocol, design, base)
     wall = run_wall_times(spec, paths)
     write_bytes(paths.tables / "wall_time.csv", wall.to_csv(index=False, float_format="%.1f").encode("utf-8"))
-    title.insert(1, _wall_time_line(spec, wall, elapsed_s))
+    title.insert(1, _wall_time_line(spec, wall, elapsed_s, measured))
     short = protocol if len(by_protocol) == 1 else "CKA protocols " + " and ".join(by_protocol)
     return write_study_report(paths.report, StudyReportContent(
         study_name=spec.study.name, hardware=hardware, protocol=short, title_lines=title,
@@ -228,18 +233,23 @@ def run_wall_times(spec: StudySpec, paths: StudyPaths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _wall_time_line(spec: StudySpec, wall: pd.DataFrame, elapsed_s: float | None) -> str:
+def _wall_time_line(spec: StudySpec, wall: pd.DataFrame, elapsed_s: float | None, measured: int | None = None) -> str:
+    if elapsed_s is None:
+        this = ""
+    elif measured == 0:
+        this = (f"; this invocation {elapsed_s / 60:.0f} min, the report only (every contrast was measured by an "
+                "earlier invocation of the study)")
+    else:
+        this = (f"; this invocation {elapsed_s / 60:.0f} min (evaluation, "
+                f"{'' if measured is None else f'{measured} '}contrasts and this report included)")
     known = wall["wall_time_s"].dropna()
     if known.empty:
-        return ("Wall time: training not recorded in this folder (no run has a train_log.csv)"
-                + (f"; this invocation {elapsed_s / 60:.0f} min" if elapsed_s is not None else "") + ".")
+        return f"Wall time: training not recorded in this folder (no run has a train_log.csv){this}."
     slots = max(1, len(spec.study.devices) * spec.study.runs_per_device)
-    line = (f"Wall time: training {known.sum() / 3600:.1f} h of run time over {len(known)} of {len(wall)} runs "
+    return (f"Wall time: training {known.sum() / 3600:.1f} h of run time over {len(known)} of {len(wall)} runs "
             f"(each run's own wall clock, from its train_log.csv), {slots} run(s) at once "
-            f"(about {known.sum() / 3600 / slots:.1f} h elapsed if the slots were always full)")
-    if elapsed_s is not None:
-        line += f"; this invocation {elapsed_s / 60:.0f} min (evaluation, contrasts and this report included)"
-    return line + ". Per run: tables/wall_time.csv."
+            f"(about {known.sum() / 3600 / slots:.1f} h elapsed if the slots were always full){this}. "
+            "Per run: tables/wall_time.csv.")
 
 
 def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataFrame, base: pd.DataFrame) -> list[str]:

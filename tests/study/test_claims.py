@@ -132,3 +132,20 @@ def test_an_effect_reads_n_a_where_it_has_no_value():
     assert Effect(nan, nan, 1, nan, nan).describe("CKA") == "n/a CKA (n = 1, no interval)"
     assert Effect(0.25, nan, 1, nan, nan).describe("dB") == "+0.25 dB (n = 1, no interval)"
     assert Effect(0.25, 0.1, 3, 0.0, 0.5).describe("dB") == "+0.25 dB (95 % CI +0.00 to +0.50, t over seeds, n = 3)"
+
+
+def test_the_wall_time_line_says_when_an_invocation_only_wrote_the_report():
+    from cka_lab.study.orchestrate import _wall_time_line
+
+    wall = pd.DataFrame({"run": ["a", "b"], "kind": ["scratch", "scratch"], "wall_time_s": [3600.0, 1800.0]})
+
+    class Study:  # the two fields the line reads
+        devices, runs_per_device = ["cpu"], 2
+
+    class Spec:
+        study = Study
+
+    line = _wall_time_line(Spec, wall, 120.0, measured=0)
+    assert "training 1.5 h of run time over 2 of 2 runs" in line and "2 run(s) at once" in line
+    assert "this invocation 2 min, the report only (every contrast was measured by an earlier invocation" in line
+    assert "(evaluation, 12 contrasts and this report included)" in _wall_time_line(Spec, wall, 600.0, measured=12)

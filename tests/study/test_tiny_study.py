@@ -116,6 +116,10 @@ def test_a_killed_study_resumes_to_the_same_tables(study_env, finished, tmp_path
         b = pd.read_csv(out / "tables" / f"{name}.csv")
         assert len(b) == len(a) > 0, name
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+    # resumed once more, with every contrast saved: the report is rewritten, and its title page says so
+    assert main(["study", str(study), "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    first = pytest.importorskip("pypdfium2").PdfDocument(str(out / "report.pdf"))[0].get_textpage().get_text_range()
+    assert "the report only" in " ".join(first.split())
 
 
 def test_folder_of_another_study_and_missing_resume_get_one_line(study_env, finished, tmp_path, capsys):
