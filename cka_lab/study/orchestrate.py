@@ -295,6 +295,7 @@ def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataF
         f"Analysis protocol: {protocol}. Seeds: every run has its own initialisation and batch-order seeds, so a compared "
         "pair (scratch, pre-trained) and a control pair (scratch seed i, scratch seed j) share nothing; the CKA control "
         "uses every pair of scratch seeds and enters with its variance (leave-one-seed-out jackknife).",
+        _optim_line(spec),
         "Departures from the paper: far smaller budgets and data (ImageNet pre-training in the paper); every SR model "
         "uses the pixelshuffle upsampler so that scratch and fine-tuned models share one architecture.",
         f"Verdicts: a claim is tested by its effect's two-sided p (t over seeds; seed jackknife for CKA claims); Holm's "
@@ -303,6 +304,32 @@ def _title_lines(spec: StudySpec, hardware: str, protocol: str, design: pd.DataF
         "compared model beats the best trivial baseline; a locality claim only where attention was learnt.",
     ]
     return lines
+
+
+def _optim_line(spec: StudySpec) -> str:
+    """The study's ``[optim]`` beside the official EDT recipe (``OptimConfig``'s defaults; milestones: the official
+    250k/400k/450k/475k of 500k iterations as fractions), naming each departure."""
+    import dataclasses
+
+    from cka_lab.train.config import OptimConfig
+
+    official = {f.name: f.default for f in dataclasses.fields(OptimConfig)}
+    official["milestones"] = (0.5, 0.8, 0.9, 0.95)
+
+    def fmt(v) -> str:
+        if isinstance(v, (list, tuple)):
+            return "(" + ", ".join(fmt(x) for x in v) + ")"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    given = spec.optim_dict()
+    shown = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(given.items())) or "the official recipe"
+    departures = []
+    for key, value in sorted(given.items()):
+        base = official.get("lr" if key in ("pretrain_lr", "finetune_lr") else key)
+        if base is not None and fmt(value) != fmt(base):
+            departures.append(f"{key} {fmt(value)} (official {'lr ' if key.endswith('_lr') else ''}{fmt(base)})")
+    return (f"Optimiser (every run's [optim]): Adam, {shown}. Departures from the official EDT recipe: "
+            + ("; ".join(departures) if departures else "none") + ".")
 
 
 def _sources(values) -> str:

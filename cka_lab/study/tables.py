@@ -283,7 +283,7 @@ def adjust_verdicts(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[V
                 evidence += " (the opposite direction)"
         else:
             status = UNDECIDABLE
-            evidence += (" (the interval includes zero)" if v.effect.lower <= 0 <= v.effect.upper else
+            evidence += (" (the claim's interval includes zero)" if v.effect.lower <= 0 <= v.effect.upper else
                          f" (not significant after Holm's correction over the {m} claims tested)")
         out.append(replace(v, status=status, evidence=evidence, p_adjusted=float(a)))
     return out

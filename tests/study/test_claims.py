@@ -149,3 +149,17 @@ def test_the_wall_time_line_says_when_an_invocation_only_wrote_the_report():
     assert "training 1.5 h of run time over 2 of 2 runs" in line and "2 run(s) at once" in line
     assert "this invocation 2 min, the report only (every contrast was measured by an earlier invocation" in line
     assert "(evaluation, 12 contrasts and this report included)" in _wall_time_line(Spec, wall, 600.0, measured=12)
+
+
+def test_the_title_page_names_each_departure_from_the_official_optimiser():
+    from cka_lab.study import preset_path
+    from cka_lab.study.orchestrate import _optim_line
+
+    line = _optim_line(parse_study(preset_path("paper-cpu").read_text()))
+    for departure in ("lr 0.002 (official 0.0002)", "finetune_lr 0.001 (official lr 0.0002)", "eps 1e-15 (official 1e-08)",
+                      "qk_lr_scale 4 (official 1)", "warmup 0.05 (official 0)",
+                      "milestones (0.6, 0.8, 0.9) (official (0.5, 0.8, 0.9, 0.95))"):
+        assert departure in line, departure
+    assert "betas" not in line.split("Departures")[1]  # (0.9, 0.99) is the official pair
+    tiny = parse_study(preset_path("tiny").read_text())  # lr 2e-4 and nothing else
+    assert _optim_line(tiny).endswith("recipe: none.")
