@@ -125,7 +125,12 @@ def train(cfg: TrainConfig, *, out: str | Path | None = None, resume: bool = Fal
         trainer.batch = cfg.schedule.batch_size // env.world_size if split_batch else cfg.schedule.batch_size
         try:
             with trainer.locks:  # the run folder's lock (rank 0), released before a failed run's clean-up
-                return trainer.run()
+                result = trainer.run()
+            # every rank done (rank 0's last writes included) before any leaves the process group: a gloo
+            # rank whose peer has torn the group down may abort at exit ("terminate called without an
+            # active exception", seen once in CI with two CPU ranks)
+            env.barrier()
+            return result
         except BaseException:
             remove_empty_dirs(trainer.created)  # a failed run leaves no empty run folder behind
             raise
