@@ -139,7 +139,7 @@ def write_outputs(spec: StudySpec, paths: StudyPaths, records: dict[str, list[Co
     """The tables (``tables/*.csv``) and the PDF (``report.pdf``), from evaluations (``results``), baselines
     and the contrast records of each CKA protocol (``{"default": [...], "paper": [...]}``; a list is the
     default protocol's). ``elapsed_s``: the wall time of this invocation so far (on the title page beside the
-    runs' own training times); ``measured``: how many contrasts this invocation measured (0: the report only)."""
+    runs' own training times); ``measured``: how many contrasts this invocation measured (0: all were saved)."""
     from cka_lab.analysis.compare import stage_starts
     from cka_lab.reports.study_report import StudyReportContent, write_study_report
 
@@ -237,8 +237,8 @@ def _wall_time_line(spec: StudySpec, wall: pd.DataFrame, elapsed_s: float | None
     if elapsed_s is None:
         this = ""
     elif measured == 0:
-        this = (f"; this invocation {elapsed_s / 60:.0f} min, the report only (every contrast was measured by an "
-                "earlier invocation of the study)")
+        this = (f"; this invocation {elapsed_s / 60:.0f} min, measuring no contrast (every contrast was saved by "
+                "an earlier invocation of the study)")
     else:
         this = (f"; this invocation {elapsed_s / 60:.0f} min (evaluation, "
                 f"{'' if measured is None else f'{measured} '}contrasts and this report included)")

@@ -134,7 +134,7 @@ def test_an_effect_reads_n_a_where_it_has_no_value():
     assert Effect(0.25, 0.1, 3, 0.0, 0.5).describe("dB") == "+0.25 dB (95 % CI +0.00 to +0.50, t over seeds, n = 3)"
 
 
-def test_the_wall_time_line_says_when_an_invocation_only_wrote_the_report():
+def test_the_wall_time_line_says_when_an_invocation_measured_no_contrast():
     from cka_lab.study.orchestrate import _wall_time_line
 
     wall = pd.DataFrame({"run": ["a", "b"], "kind": ["scratch", "scratch"], "wall_time_s": [3600.0, 1800.0]})
@@ -147,7 +147,7 @@ def test_the_wall_time_line_says_when_an_invocation_only_wrote_the_report():
 
     line = _wall_time_line(Spec, wall, 120.0, measured=0)
     assert "training 1.5 h of run time over 2 of 2 runs" in line and "2 run(s) at once" in line
-    assert "this invocation 2 min, the report only (every contrast was measured by an earlier invocation" in line
+    assert "this invocation 2 min, measuring no contrast (every contrast was saved by an earlier invocation" in line
     assert "(evaluation, 12 contrasts and this report included)" in _wall_time_line(Spec, wall, 600.0, measured=12)
 
 
