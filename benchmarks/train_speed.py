@@ -221,24 +221,27 @@ def layouts_table(args) -> None:
         print(f"{args.arch} at {patch} px: {fwd / 1e9:.2f} GFLOP forward per patch; floor {floor:.2f} patches/s")
         for batch in args.batches:
             for layout in args.layouts:
-                base = Spec(arch=args.arch, patch=patch, batch=batch, steps=args.steps, warmup=args.warmup)
-                r = measure_layout(layout, base)
-                r["floor_patches_per_s"] = floor
-                r["of_floor"] = r["patches_per_s"] / floor
-                rows.append(r)
-                print(f"  {layout:<7} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
-                      f"{r['patches_per_s']:6.2f} patches/s ({100 * r['of_floor']:4.1f} % of floor), "
-                      f"peak {_fmt_mem(r['peak_bytes'])}", flush=True)
+                for prec in args.precision or ["fp32"]:
+                    base = Spec(arch=args.arch, patch=patch, batch=batch, steps=args.steps, warmup=args.warmup,
+                                precision=prec)
+                    r = measure_layout(layout, base)
+                    r["precision"] = prec
+                    r["floor_patches_per_s"] = floor
+                    r["of_floor"] = r["patches_per_s"] / floor
+                    rows.append(r)
+                    print(f"  {layout:<7} {prec} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
+                          f"{r['patches_per_s']:6.2f} patches/s ({100 * r['of_floor']:4.1f} % of floor), "
+                          f"peak {_fmt_mem(r['peak_bytes'])}", flush=True)
     df = pd.DataFrame(rows)
     df["peak"] = df["peak_bytes"].map(_fmt_mem)
     print()
-    print(df[["layout", "patch", "batch", "sec_per_step", "patches_per_s", "of_floor", "peak"]]
+    print(df[["layout", "precision", "patch", "batch", "sec_per_step", "patches_per_s", "of_floor", "peak"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for patch, g in df.groupby("patch"):
         best = g.loc[g["patches_per_s"].idxmax()]
-        ref = g[(g["layout"] == "1x2") & (g["batch"] == best["batch"])]
-        ratio = f", x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} the 1x2 layout at that batch" if len(ref) else ""
-        print(f"fastest at {patch} px: {best['layout']} batch {best['batch']}: {best['patches_per_s']:.2f} patches/s"
+        ref = g[(g["layout"] == "1x2") & (g["batch"] == best["batch"]) & (g["precision"] == "fp32")]
+        ratio = f", x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} the fp32 1x2 layout at that batch" if len(ref) else ""
+        print(f"fastest at {patch} px: {best['layout']} {best['precision']} batch {best['batch']}: {best['patches_per_s']:.2f} patches/s"
               f"{ratio}")
 
 
@@ -277,7 +280,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--paths", action="store_true", help="explicit vs fused attention instead of the layouts")
     p.add_argument("--device", default="cpu", help="with --paths: cpu or cuda")
-    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"], help="with --paths")
+    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="fp32 and/or bf16 autocast (default fp32; with --paths on cuda: both)")
     p.add_argument("--threads", type=int, default=0, help="with --paths: CPU threads (default 2)")
     p.add_argument("--rounds", type=int, default=1, help="with --paths: alternations, the fastest counts")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
 from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes
+from cka_lab.models.cpu_attention import kernel_supports, window_attention
 from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
 
@@ -43,6 +44,7 @@ __all__ = [
     "RSTB",
     "SwinBody",
     "window_mask",
+    "use_cpu_kernel",
     "window_tokens",
     "gather_tokens",
     "mirror_pad",
@@ -306,6 +308,18 @@ def explicit_attention():
         _FORCE_EXPLICIT -= 1
 
 
+def use_cpu_kernel(qkv: Tensor, mask: Tensor | None, N: int, d: int) -> bool:
+    """True when :meth:`WindowAttention.attend_windows` attends by the compiled CPU kernel
+    (:mod:`cka_lab.models.cpu_attention`): float32 or bfloat16 ``qkv`` on the CPU, a mask without gradient,
+    heads of at most 16 channels, and the kernel enabled and built (else torch's SDPA)."""
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype in (torch.float32, torch.bfloat16)
+        and (mask is None or not mask.requires_grad)
+        and kernel_supports(N, d)
+    )
+
+
 def sdpa_head_dim(d: int, device: torch.device) -> int:
     """The head dimension given to SDPA: ``d`` zero-padded to what the fast kernels want (exact).
 
@@ -465,6 +479,11 @@ class WindowAttention(nn.Module):
         t = qkv.view(-1, N, 3, h, d)  # (B*nW, N, 3, h, d)
         v_img = t[:, :, 2].reshape(-1, N, C).transpose(1, 2).reshape(-1, C, wh, ww)  # channels-last windows
         lepe = self.lepe(v_img).flatten(2).transpose(1, 2)  # (B*nW, N, C)
+        if use_cpu_kernel(qkv, mask, N, d):
+            t32 = t.float() if t.dtype != torch.float32 else t  # bf16 autocast: attended in float32, as below
+            m = mask.reshape(-1, N, N) if mask is not None else None
+            o = window_attention(t32, m, self.scale).view(-1, N, C).to(qkv.dtype) + lepe  # (B*nW, N, C)
+            return o.view(B, L, C)
         q, k, v = (u.transpose(1, 2) for u in t.unbind(2))  # (B*nW, h, N, d) views
         d_pad = sdpa_head_dim(d, qkv.device)
         cpu_bf16 = qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16

@@ -4,7 +4,9 @@ The fused path is the default; it must give the explicit path's outputs (1e-5) a
 relative, every parameter and the input), for plain and shifted-window blocks, and it must step aside
 for the explicit path whenever something needs the map: a hook on ``softmax`` / ``attn_drop``, a global
 module hook, attention dropout in training, ``fused_attn = False`` or :func:`explicit_attention`.
-The fixture tests in ``test_edt.py`` run with the default, i.e. fused.
+The fixture tests in ``test_edt.py`` run with the default, i.e. fused. On the CPU the fused path is the
+compiled kernel of :mod:`cka_lab.models.cpu_attention` where it builds, else SDPA: the equalities below
+are checked for both (``backend``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cka_lab.models import create_edt
+from cka_lab.models import cpu_attention, create_edt
 from cka_lab.models import edt as edt_mod
 from cka_lab.models.edt import CSwinTransformerBlock, WindowAttention, explicit_attention, set_fused_attn, use_fused_attn
+
+
+@pytest.fixture(params=["kernel", "sdpa"])
+def backend(request, monkeypatch):
+    """The fused path's backend on the CPU: the compiled kernel or torch's SDPA."""
+    if request.param == "kernel" and not cpu_attention.kernel_available():
+        pytest.skip("no C++ compiler here: the kernel cannot be built")
+    if request.param == "sdpa":
+        monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
+    cpu_attention.reset_kernel()
+    yield request.param
+    monkeypatch.delenv("CKA_LAB_CPU_KERNEL", raising=False)
+    cpu_attention.reset_kernel()
 
 
 def _block(shift: bool, size: int = 48, seed: int = 0) -> CSwinTransformerBlock:
@@ -67,7 +82,7 @@ def test_fused_is_the_default_of_new_modules_and_the_environment_can_turn_it_off
 
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("size", [48, 72])  # 48: the stored masks; 72: masks computed on demand
-def test_fused_forward_equals_the_explicit_forward(monkeypatch, shift, size):
+def test_fused_forward_equals_the_explicit_forward(monkeypatch, backend, shift, size):
     blk = _block(shift, size=48).eval()
     x = _tokens(size=size)
     calls = _count_paths(monkeypatch)
@@ -84,7 +99,7 @@ def test_fused_forward_equals_the_explicit_forward(monkeypatch, shift, size):
 
 
 @pytest.mark.parametrize("shift", [False, True])
-def test_fused_gradients_equal_the_explicit_gradients(shift):
+def test_fused_gradients_equal_the_explicit_gradients(backend, shift):
     blk = _block(shift).train()
 
     def grads(fused: bool) -> dict[str, torch.Tensor]:
@@ -176,7 +191,7 @@ def test_attention_dropout_in_training_and_the_asked_switches_take_the_explicit_
     assert calls == {"explicit": 2 * sum(model.config.depths), "fused": 0}
 
 
-def test_the_whole_model_in_training_mode_gives_the_same_loss_and_gradients_fused_and_explicit():
+def test_the_whole_model_in_training_mode_gives_the_same_loss_and_gradients_fused_and_explicit(backend):
     torch.manual_seed(0)
     model = create_edt("SRx2_EDTT", drop_path_rate=0.0).train()
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
