@@ -2,7 +2,8 @@
 
     python -u benchmarks/train_speed.py                          # CPU layouts: 1 run x 2 threads, DDP 2 x 1, 2 runs x 1
     python -u benchmarks/train_speed.py --patches 24 48 --batches 4 8 16 --layouts 1x2 ddp2x1 2x1
-    python -u benchmarks/train_speed.py --paths                  # explicit vs fused attention (issue 12's table)
+    python -u benchmarks/train_speed.py --precision fp32 bf16    # and bf16 autocast (CPUs with native bf16)
+    python -u benchmarks/train_speed.py --paths                  # explicit vs SDPA vs the CPU kernel (issue 12's table)
     python -u benchmarks/train_speed.py --paths --device cuda    # the same on a GPU (fp32 and bf16)
 
 One training step is what ``cka-lab train`` does per iteration: forward of one batch of EDT-T SR x2
@@ -17,6 +18,11 @@ Layouts (``--layouts``), each for every patch size x batch size:
   (the same global batch);
 * ``2x1``: two independent runs side by side, 1 thread each, ``batch`` patches per step each; the
   patches/s given is the two runs together (what a study that packs 2 runs on 2 cores gets).
+
+Each layout is measured with cka_lab's compiled CPU kernels on and off (``--kernels``; on is what
+``cka-lab train`` uses: :mod:`cka_lab.models.cpu_attention` for window attention,
+:mod:`cka_lab.models.cpu_dwconv` for the depthwise convolution's backward; off, ``CKA_LAB_CPU_KERNEL=0``,
+is torch's SDPA and oneDNN, the baseline), in the same run.
 
 Each layout reports the fastest of ``--steps`` timed steps after ``--warmup`` untimed ones. Beside the
 numbers: the float32 GEMM rate of the machine (a 2048^3 matmul, best of 3, all threads) and the FLOP
@@ -60,6 +66,7 @@ class Spec:
     batch: int = 16  # patches per step of this process
     threads: int = 2
     path: str = "fused"  # "explicit" | "fused"
+    kernels: str = "on"  # CPU: "on" (cka_lab's compiled kernels, the default) | "off" (torch's SDPA and conv backward)
     precision: str = "fp32"  # "fp32" | "bf16"
     device: str = "cpu"
     steps: int = 3
@@ -91,7 +98,8 @@ def _input_side(arch: str, patch: int) -> int:
 
 
 def forward_flops(arch: str, patch: int) -> float:
-    """FLOPs of one forward of one patch (``FlopCounterMode``; the fused attention counted as SDPA)."""
+    """FLOPs of one forward of one patch (``FlopCounterMode``; its global module hooks make the model take
+    the explicit attention path, so attention is counted as its two batched matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from cka_lab.models import create_edt
@@ -105,9 +113,12 @@ def forward_flops(arch: str, patch: int) -> float:
 
 def measure(spec: Spec) -> dict:
     """Run ``spec`` in this process: fastest and median seconds per step, patches/s, peak memory."""
-    from cka_lab.models import create_edt
+    os.environ["CKA_LAB_CPU_KERNEL"] = "1" if spec.kernels == "on" else "0"
+    from cka_lab.models import cpu_kernels, create_edt
     from cka_lab.models.edt import bf16_autocast
 
+    if spec.kernels == "on" and spec.device == "cpu" and not cpu_kernels.kernel_available():
+        raise SystemExit("--kernels on: cka_lab's CPU kernels could not be built here")
     torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
     if spec.world > 1:
@@ -221,28 +232,33 @@ def layouts_table(args) -> None:
         print(f"{args.arch} at {patch} px: {fwd / 1e9:.2f} GFLOP forward per patch; floor {floor:.2f} patches/s")
         for batch in args.batches:
             for layout in args.layouts:
-                for prec in args.precision or ["fp32"]:
+                for prec, kernels in [(p, k) for k in args.kernels for p in args.precision or ["fp32"]]:
                     base = Spec(arch=args.arch, patch=patch, batch=batch, steps=args.steps, warmup=args.warmup,
-                                precision=prec)
+                                precision=prec, kernels=kernels)
                     r = measure_layout(layout, base)
-                    r["precision"] = prec
+                    r["precision"], r["kernels"] = prec, kernels
                     r["floor_patches_per_s"] = floor
                     r["of_floor"] = r["patches_per_s"] / floor
                     rows.append(r)
-                    print(f"  {layout:<7} {prec} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
+                    print(f"  {layout:<7} kernels {kernels:<3} {prec} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
                           f"{r['patches_per_s']:6.2f} patches/s ({100 * r['of_floor']:4.1f} % of floor), "
                           f"peak {_fmt_mem(r['peak_bytes'])}", flush=True)
     df = pd.DataFrame(rows)
     df["peak"] = df["peak_bytes"].map(_fmt_mem)
     print()
-    print(df[["layout", "precision", "patch", "batch", "sec_per_step", "patches_per_s", "of_floor", "peak"]]
+    print(df[["layout", "kernels", "precision", "patch", "batch", "sec_per_step", "patches_per_s", "of_floor", "peak"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for patch, g in df.groupby("patch"):
         best = g.loc[g["patches_per_s"].idxmax()]
-        ref = g[(g["layout"] == "1x2") & (g["batch"] == best["batch"]) & (g["precision"] == "fp32")]
-        ratio = f", x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} the fp32 1x2 layout at that batch" if len(ref) else ""
-        print(f"fastest at {patch} px: {best['layout']} {best['precision']} batch {best['batch']}: {best['patches_per_s']:.2f} patches/s"
-              f"{ratio}")
+        ratios = []
+        for what, sel in (("1x2 fp32 without the kernels", (g["layout"] == "1x2") & (g["kernels"] == "off")),
+                          (f"{best['layout']} fp32 without the kernels", (g["layout"] == best["layout"]) & (g["kernels"] == "off"))):
+            ref = g[sel & (g["batch"] == best["batch"]) & (g["precision"] == "fp32")]
+            if len(ref) and not ref.index.equals(g.loc[[best.name]].index):
+                ratios.append(f"x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} {what}")
+        ratio = f" ({', '.join(dict.fromkeys(ratios))} at that batch)" if ratios else ""
+        print(f"fastest at {patch} px: {best['layout']} kernels {best['kernels']} {best['precision']} batch {best['batch']}: "
+              f"{best['patches_per_s']:.2f} patches/s, {100 * best['of_floor']:.1f} % of the floor{ratio}")
 
 
 def paths_table(args) -> None:
@@ -256,16 +272,18 @@ def paths_table(args) -> None:
         for batch in args.batches:
             best: dict[tuple, dict] = {}
             for _ in range(args.rounds):
+                fused = ["fused sdpa", "fused kernel"] if dev == "cpu" else ["fused sdpa"]  # kernel: cka_lab's
                 for prec in precisions:
-                    for path in ("explicit", "fused"):
-                        spec = Spec(arch=args.arch, patch=patch, batch=batch, threads=args.threads or 2, path=path,
+                    for path in ["explicit", *fused]:
+                        spec = Spec(arch=args.arch, patch=patch, batch=batch, threads=args.threads or 2,
+                                    path=path.split()[0], kernels="on" if path.endswith("kernel") else "off",
                                     precision=prec, device=dev, steps=args.steps, warmup=args.warmup)
                         (r,) = run_children([spec])
                         if (prec, path) not in best or r["sec_per_step"] < best[(prec, path)]["sec_per_step"]:
                             best[(prec, path)] = r
             base = best[(precisions[0], "explicit")]
             for (prec, path), r in best.items():
-                print(f"{args.arch} patch {patch} batch {batch} {prec} {path:<8}: {r['sec_per_step']:7.3f} s/step "
+                print(f"{args.arch} patch {patch} batch {batch} {prec} {path:<12}: {r['sec_per_step']:7.3f} s/step "
                       f"{r['patches_per_s']:6.2f} patches/s, {r['memory']} {_fmt_mem(r['peak_bytes'])}; vs explicit: "
                       f"speed x{base['sec_per_step'] / r['sec_per_step']:.2f}, memory 1/{base['peak_bytes'] / r['peak_bytes']:.2f}")
 
@@ -278,6 +296,8 @@ def main() -> None:
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     p.add_argument("--steps", type=int, default=3, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--kernels", nargs="+", default=["on", "off"], choices=["on", "off"],
+                   help="cka_lab's compiled CPU kernels (attention, depthwise-conv backward; the default) on and/or off")
     p.add_argument("--paths", action="store_true", help="explicit vs fused attention instead of the layouts")
     p.add_argument("--device", default="cpu", help="with --paths: cpu or cuda")
     p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],

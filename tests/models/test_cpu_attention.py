@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from cka_lab.models import cpu_attention as ca
+from cka_lab.models import cpu_kernels as ck
 from cka_lab.models import create_edt
 from cka_lab.models import edt as edt_mod
 from cka_lab.models.edt import use_cpu_kernel
 
-pytestmark = pytest.mark.skipif(not ca.kernel_available(), reason="no C++ compiler here: the kernel cannot be built")
+pytestmark = pytest.mark.skipif(not ck.kernel_available(), reason="no C++ compiler here: the kernel cannot be built")
 
 
 def _reference(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -178,17 +179,17 @@ def test_disabled_by_the_environment_the_model_takes_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(edt_mod, "window_attention", lambda *a: calls.append(a))
     monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    ca.reset_kernel()
+    ck.reset_kernel()
     try:
-        assert not ca.kernel_enabled() and not ca.kernel_available()
+        assert not ck.kernel_enabled() and not ck.kernel_available()
         model = create_edt("SRx2_EDTT").eval()
         with torch.no_grad():
             out = model.forward_task(torch.rand(1, 3, 24, 24), "x2")
         assert out.shape == (1, 3, 48, 48) and not calls
     finally:
         monkeypatch.delenv("CKA_LAB_CPU_KERNEL")
-        ca.reset_kernel()
-    assert ca.kernel_available()
+        ck.reset_kernel()
+    assert ck.kernel_available()
 
 
 def test_the_model_gives_the_same_outputs_and_gradients_by_the_kernel_and_by_sdpa(monkeypatch):
@@ -207,35 +208,35 @@ def test_the_model_gives_the_same_outputs_and_gradients_by_the_kernel_and_by_sdp
 
     out_k, g_k = run()
     monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    ca.reset_kernel()
+    ck.reset_kernel()
     try:
         out_s, g_s = run()
     finally:
         monkeypatch.delenv("CKA_LAB_CPU_KERNEL")
-        ca.reset_kernel()
+        ck.reset_kernel()
     assert (out_k - out_s).abs().max().item() <= 1e-5 * out_s.abs().max().item()
     worst = max((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in zip(g_k, g_s))
     assert worst <= 1e-4
 
 
 def test_the_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch):
-    lib = ca.build_kernel(tmp_path)
+    lib = ck.build_kernel(tmp_path)
     stamp = lib.stat().st_mtime_ns
-    assert ca.build_kernel(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # not rebuilt
+    assert ck.build_kernel(tmp_path) == lib and lib.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [lib.name]  # no temporary files left
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
     with pytest.raises(RuntimeError, match="false"):
-        ca.build_kernel(tmp_path / "other")
+        ck.build_kernel(tmp_path / "other")
     assert not list((tmp_path / "other").glob("*.so*"))
     monkeypatch.setenv("CKA_LAB_CACHE", str(tmp_path / "cache"))
-    ca.reset_kernel()
+    ck.reset_kernel()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert not ca.kernel_available()
-        assert len(caught) == 1 and "using torch's SDPA" in str(caught[0].message)
+            assert not ck.kernel_available()
+        assert len(caught) == 1 and "using torch's operators" in str(caught[0].message)
     finally:
         monkeypatch.delenv("CXX")
         monkeypatch.delenv("CKA_LAB_CACHE")
-        ca.reset_kernel()
-    assert ca.kernel_available()
+        ck.reset_kernel()
+    assert ck.kernel_available()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cka_lab.models import cpu_attention, create_edt
+from cka_lab.models import cpu_kernels, create_edt
 from cka_lab.models import edt as edt_mod
 from cka_lab.models.edt import CSwinTransformerBlock, WindowAttention, explicit_attention, set_fused_attn, use_fused_attn
 
@@ -22,14 +22,14 @@ from cka_lab.models.edt import CSwinTransformerBlock, WindowAttention, explicit_
 @pytest.fixture(params=["kernel", "sdpa"])
 def backend(request, monkeypatch):
     """The fused path's backend on the CPU: the compiled kernel or torch's SDPA."""
-    if request.param == "kernel" and not cpu_attention.kernel_available():
+    if request.param == "kernel" and not cpu_kernels.kernel_available():
         pytest.skip("no C++ compiler here: the kernel cannot be built")
     if request.param == "sdpa":
         monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    cpu_attention.reset_kernel()
+    cpu_kernels.reset_kernel()
     yield request.param
     monkeypatch.delenv("CKA_LAB_CPU_KERNEL", raising=False)
-    cpu_attention.reset_kernel()
+    cpu_kernels.reset_kernel()
 
 
 def _block(shift: bool, size: int = 48, seed: int = 0) -> CSwinTransformerBlock:
