@@ -397,11 +397,12 @@ class WindowAttention(nn.Module):
 
     Two paths give the same result (to float32 rounding), in the manner of timm's ``fused_attn``:
 
-    * fused (``self.fused_attn``, the default, see :func:`use_fused_attn`):
-      ``F.scaled_dot_product_attention`` with ``scale=`` and the shifted-window mask as an additive
-      float mask; the ``(N, N)`` maps are never stored. The head dimension is zero-padded to what the
-      fast kernels want (:func:`sdpa_head_dim`; exact: zeros add nothing to ``q . k`` and the padded
-      output columns are dropped).
+    * fused (``self.fused_attn``, the default, see :func:`use_fused_attn`): the ``(N, N)`` maps are
+      never stored. On the CPU (float32, or bf16 attended in float32) cka_lab's compiled kernel
+      (:mod:`cka_lab.models.cpu_attention`, see :func:`use_cpu_kernel`); elsewhere, or where it cannot be
+      built, ``F.scaled_dot_product_attention`` with ``scale=`` and the shifted-window mask as an additive
+      float mask, the head dimension zero-padded to what its fast kernels want (:func:`sdpa_head_dim`;
+      exact: zeros add nothing to ``q . k`` and the padded output columns are dropped).
     * explicit: ``softmax(q k^T * scale + mask) @ v`` through the ``softmax`` and ``attn_drop``
       submodules. Taken whenever :meth:`needs_map` says so: a forward hook or pre-hook on ``softmax``
       or ``attn_drop`` (or a global module hook), active attention dropout in training,
@@ -466,9 +467,11 @@ class WindowAttention(nn.Module):
 
         ``qkv``'s tokens are in :func:`window_tokens` order (``L = nW * N``) and each token's ``3C``
         channels are ``(q, k, v) x (h, d)``; ``mask``: ``(B*nW, 1, N, N)`` additive (0 allowed, -inf not) or None.
-        q, k and v go to ``F.scaled_dot_product_attention`` as strided views ``(B*nW, h, N, d)`` (no
-        copy: torch's CPU flash kernel reads them in place and writes its output token-major, so the
-        output comes back to ``(B, L, C)`` as a view), with ``scale=`` and no stored ``(N, N)`` maps.
+        On the CPU the compiled kernel (:func:`use_cpu_kernel`) attends ``qkv`` as it lies, ``(B*nW, N, 3, h, d)``,
+        and writes ``(B*nW, N, h, d)``; otherwise q, k and v go to ``F.scaled_dot_product_attention`` as
+        strided views ``(B*nW, h, N, d)`` (no copy: torch's CPU flash kernel reads them in place and writes
+        its output token-major, so the output comes back to ``(B, L, C)`` as a view), with ``scale=``.
+        Neither stores the ``(N, N)`` maps.
         The head dimension is zero-padded to what the kernels want (:func:`sdpa_head_dim`, CUDA; exact:
         zeros add nothing to ``q . k`` and the padded output columns are dropped). On the CPU, bfloat16
         inputs (autocast) are attended in float32: torch's CPU flash kernel is 2-3x slower in bf16.
