@@ -24,6 +24,10 @@ Each layout is measured with cka_lab's compiled CPU kernels on and off (``--kern
 :mod:`cka_lab.models.cpu_dwconv` for the depthwise convolution's backward; off, ``CKA_LAB_CPU_KERNEL=0``,
 is torch's SDPA and oneDNN, the baseline), in the same run.
 
+``--baseline-repo DIR`` adds, for the ``1x2`` layout, the same step with the model code of another
+checkout (``git worktree add DIR <commit>``; its ``cka_lab`` is imported instead of this one's), so a
+speed-up over an earlier version is measured in the same run.
+
 Each layout reports the fastest of ``--steps`` timed steps after ``--warmup`` untimed ones. Beside the
 numbers: the float32 GEMM rate of the machine (a 2048^3 matmul, best of 3, all threads) and the FLOP
 floor: ``GEMM rate / (3 x forward FLOPs per patch)`` patches/s (forward FLOPs counted by
@@ -67,6 +71,7 @@ class Spec:
     threads: int = 2
     path: str = "fused"  # "explicit" | "fused"
     kernels: str = "on"  # CPU: "on" (cka_lab's compiled kernels, the default) | "off" (torch's SDPA and conv backward)
+    repo: str = ""  # another checkout whose model code is measured (--baseline-repo); "" = this one
     precision: str = "fp32"  # "fp32" | "bf16"
     device: str = "cpu"
     steps: int = 3
@@ -114,11 +119,15 @@ def forward_flops(arch: str, patch: int) -> float:
 def measure(spec: Spec) -> dict:
     """Run ``spec`` in this process: fastest and median seconds per step, patches/s, peak memory."""
     os.environ["CKA_LAB_CPU_KERNEL"] = "1" if spec.kernels == "on" else "0"
-    from cka_lab.models import cpu_kernels, create_edt
-    from cka_lab.models.edt import bf16_autocast
+    if spec.repo:  # the baseline checkout's cka_lab, imported instead of this one's
+        sys.path.insert(0, spec.repo)
+    from cka_lab.models import create_edt
 
-    if spec.kernels == "on" and spec.device == "cpu" and not cpu_kernels.kernel_available():
-        raise SystemExit("--kernels on: cka_lab's CPU kernels could not be built here")
+    if spec.kernels == "on" and spec.device == "cpu" and not spec.repo:
+        from cka_lab.models import cpu_kernels
+
+        if not cpu_kernels.kernel_available():
+            raise SystemExit("--kernels on: cka_lab's CPU kernels could not be built here")
     torch.set_num_threads(spec.threads)
     dev = torch.device(spec.device)
     if spec.world > 1:
@@ -129,7 +138,9 @@ def measure(spec: Spec) -> dict:
     side, scale = _input_side(spec.arch, spec.patch), SCALES[spec.arch]
     torch.manual_seed(0)
     model = create_edt(spec.arch, image_size=spec.patch).to(dev).train()
-    model.set_fused_attn(spec.path == "fused")
+    for m in model.modules():  # every version with both paths has WindowAttention.fused_attn
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = spec.path == "fused"
     net = model
     if spec.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -144,7 +155,12 @@ def measure(spec: Spec) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        ctx = bf16_autocast(dev) if spec.precision == "bf16" else torch.autocast(dev.type, enabled=False)
+        if spec.precision == "bf16":
+            from cka_lab.models.edt import bf16_autocast
+
+            ctx = bf16_autocast(dev)
+        else:
+            ctx = torch.autocast(dev.type, enabled=False)
         with ctx:
             out = net([x])[0]
         loss = F.l1_loss(out.float(), y)
@@ -165,7 +181,9 @@ def measure(spec: Spec) -> dict:
 
         dist.destroy_process_group()
     times.sort()
-    return {**asdict(spec), "sec_per_step": times[0], "median_sec_per_step": times[len(times) // 2],
+    import cka_lab
+
+    return {**asdict(spec), "cka_lab": str(Path(cka_lab.__file__).parent), "sec_per_step": times[0], "median_sec_per_step": times[len(times) // 2],
             "patches_per_s": spec.batch / times[0], "peak_bytes": peak, "memory": mem_kind}
 
 
@@ -199,6 +217,8 @@ def measure_layout(layout: str, base: Spec) -> dict:
         (r,) = run_children([replace(base, threads=2)])
         pps, sec = r["patches_per_s"], r["sec_per_step"]
         mem = r["peak_bytes"]
+        if base.repo:
+            print(f"  (baseline: the model of {r['cka_lab']})")
     elif layout == "ddp2x1":
         if base.batch % 2:
             raise SystemExit(f"ddp2x1 needs an even batch, got {base.batch}")
@@ -232,15 +252,19 @@ def layouts_table(args) -> None:
         print(f"{args.arch} at {patch} px: {fwd / 1e9:.2f} GFLOP forward per patch; floor {floor:.2f} patches/s")
         for batch in args.batches:
             for layout in args.layouts:
-                for prec, kernels in [(p, k) for k in args.kernels for p in args.precision or ["fp32"]]:
+                runs = [(p, k) for k in args.kernels for p in args.precision or ["fp32"]]
+                if args.baseline_repo and layout == "1x2":
+                    runs.append(("fp32", "baseline"))
+                for prec, kernels in runs:
                     base = Spec(arch=args.arch, patch=patch, batch=batch, steps=args.steps, warmup=args.warmup,
-                                precision=prec, kernels=kernels)
+                                precision=prec, kernels="off" if kernels == "baseline" else kernels,
+                                repo=str(Path(args.baseline_repo).resolve()) if kernels == "baseline" else "")
                     r = measure_layout(layout, base)
                     r["precision"], r["kernels"] = prec, kernels
                     r["floor_patches_per_s"] = floor
                     r["of_floor"] = r["patches_per_s"] / floor
                     rows.append(r)
-                    print(f"  {layout:<7} kernels {kernels:<3} {prec} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
+                    print(f"  {layout:<7} kernels {kernels:<8} {prec} patch {patch:>3} batch {batch:>3}: {r['sec_per_step']:7.3f} s/step "
                           f"{r['patches_per_s']:6.2f} patches/s ({100 * r['of_floor']:4.1f} % of floor), "
                           f"peak {_fmt_mem(r['peak_bytes'])}", flush=True)
     df = pd.DataFrame(rows)
@@ -256,6 +280,9 @@ def layouts_table(args) -> None:
             ref = g[sel & (g["batch"] == best["batch"]) & (g["precision"] == "fp32")]
             if len(ref) and not ref.index.equals(g.loc[[best.name]].index):
                 ratios.append(f"x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} {what}")
+        ref = g[(g["kernels"] == "baseline") & (g["batch"] == best["batch"])]
+        if len(ref):
+            ratios.append(f"x{best['patches_per_s'] / ref['patches_per_s'].iloc[0]:.2f} the baseline checkout's 1x2")
         ratio = f" ({', '.join(dict.fromkeys(ratios))} at that batch)" if ratios else ""
         print(f"fastest at {patch} px: {best['layout']} kernels {best['kernels']} {best['precision']} batch {best['batch']}: "
               f"{best['patches_per_s']:.2f} patches/s, {100 * best['of_floor']:.1f} % of the floor{ratio}")
@@ -298,6 +325,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--kernels", nargs="+", default=["on", "off"], choices=["on", "off"],
                    help="cka_lab's compiled CPU kernels (attention, depthwise-conv backward; the default) on and/or off")
+    p.add_argument("--baseline-repo", default="",
+                   help="another checkout (e.g. a git worktree of an earlier commit) whose model is measured in the "
+                        "1x2 layout beside the others, as kernels = baseline")
     p.add_argument("--paths", action="store_true", help="explicit vs fused attention instead of the layouts")
     p.add_argument("--device", default="cpu", help="with --paths: cpu or cuda")
     p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
