@@ -312,9 +312,11 @@ def explicit_attention():
 def use_cpu_kernel(qkv: Tensor, mask: Tensor | None, N: int, d: int) -> bool:
     """True when :meth:`WindowAttention.attend_windows` attends by the compiled CPU kernel
     (:mod:`cka_lab.models.cpu_attention`): float32 or bfloat16 ``qkv`` on the CPU, a mask without gradient,
-    heads of at most 16 channels, and the kernel enabled and built (else torch's SDPA)."""
+    heads of at most 16 channels, not under ``torch.compile`` (which traces SDPA, not a ctypes call), and the
+    kernel enabled and built (else torch's SDPA)."""
     return (
         qkv.device.type == "cpu"
+        and not torch.compiler.is_compiling()
         and qkv.dtype in (torch.float32, torch.bfloat16)
         and (mask is None or not mask.requires_grad)
         and kernel_supports(N, d)
@@ -551,11 +553,12 @@ class Mlp(nn.Module):
 
         When gradients flow on the CPU, the depthwise convolution's backward is cka_lab's compiled kernel
         (:mod:`cka_lab.models.cpu_dwconv`; same forward, 3x faster backward), unless something hooks
-        ``dwconv`` (then the module is called, as in the official code).
+        ``dwconv`` (then the module is called, as in the official code) or ``torch.compile`` traces it.
         """
         x = self.act(self.fc1(x))
         if (torch.is_grad_enabled() and (x.requires_grad or self.dwconv.weight.requires_grad)
-                and not _has_hooks(self.dwconv) and not _global_hooks() and dwconv_kernel_supports(self.dwconv, x)):
+                and not torch.compiler.is_compiling() and not _has_hooks(self.dwconv) and not _global_hooks()
+                and dwconv_kernel_supports(self.dwconv, x)):
             x = depthwise_conv(x, self.dwconv.weight, self.dwconv.bias)
         else:
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -175,6 +175,16 @@ def test_the_model_uses_the_kernel_on_the_cpu_in_float32_and_sdpa_otherwise():
     assert not use_cpu_kernel(qkv, None, 144, 32)  # heads wider than 16
 
 
+def test_under_torch_compile_the_model_keeps_sdpa_and_the_conv_module(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while dynamo traces the model
+    assert not use_cpu_kernel(torch.zeros(2, 144 * 16, 90), None, 144, 5)
+    calls = []
+    monkeypatch.setattr(edt_mod, "depthwise_conv", lambda *a: calls.append(a))
+    mlp = edt_mod.Mlp(12, 24)
+    mlp(torch.randn(1, 6, 6, 12)).sum().backward()
+    assert not calls
+
+
 def test_disabled_by_the_environment_the_model_takes_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(edt_mod, "window_attention", lambda *a: calls.append(a))
