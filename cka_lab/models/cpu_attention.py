@@ -36,8 +36,13 @@ class _WindowAttention(torch.autograd.Function):
         out = qkv.new_empty(W, N, h, d)
         lse = qkv.new_empty(W, h, N)
         nwm = mask.shape[0] if mask is not None else 1
-        run_split(kernel_library().cka_wa_forward, W * h, (pointer(qkv), pointer(mask), pointer(out), pointer(lse)),
-                  (N, h, d, nwm, scale))
+        lib = kernel_library()
+        pieces = max(1, min(torch.get_num_threads(), W * h))
+        # work space per piece: the mask of one window transposed (the forward reads it query-major)
+        work = qkv.new_empty(pieces, lib.cka_wa_forward_work(N)) if mask is not None else None
+        ptrs = (pointer(qkv), pointer(mask), pointer(out), pointer(lse))
+        run_split(lib.cka_wa_forward, W * h, lambda p: (*ptrs, pointer(work[p]) if work is not None else None),
+                  (N, h, d, nwm, scale), pieces=pieces)
         ctx.save_for_backward(qkv, out, lse, mask)
         ctx.scale = scale
         return out

@@ -62,9 +62,11 @@ class _DepthwiseConv(torch.autograd.Function):
         dw = x.new_empty(pieces, C, k, k)
         db = x.new_empty(pieces, C)
         w = weight.detach().reshape(C, k * k).contiguous()
+        lib = kernel_library()
+        work = x.new_empty(pieces, lib.cka_dw_backward_work(H, W, k))  # two padded planes per piece
         ptrs = (pointer(x), pointer(grad), pointer(w), pointer(dx))
-        run_split(kernel_library().cka_dw_backward, B, lambda p: (*ptrs, pointer(dw[p]), pointer(db[p])), (H, W, C, k),
-                  pieces=pieces)
+        run_split(lib.cka_dw_backward, B, lambda p: (*ptrs, pointer(dw[p]), pointer(db[p]), pointer(work[p])),
+                  (H, W, C, k), pieces=pieces)
         dweight = dw.sum(0).view_as(weight) if ctx.needs_input_grad[1] else None
         dbias = db.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dweight, dbias

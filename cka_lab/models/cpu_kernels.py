@@ -122,11 +122,14 @@ def kernel_library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"cka_lab: the compiled CPU kernels are not available ({e}); using torch's operators", stacklevel=3)
         return None
-    lib.cka_wa_forward.argtypes = [_P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32, _F32]
+    lib.cka_wa_forward.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32, _F32]
     lib.cka_wa_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32, _F32]
-    lib.cka_dw_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32]
+    lib.cka_dw_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32]
+    lib.cka_wa_forward_work.argtypes = [_I32]
+    lib.cka_dw_backward_work.argtypes = [_I32, _I32, _I32]
     for fn in ("cka_wa_forward", "cka_wa_backward", "cka_wa_max_tokens", "cka_wa_max_head_dim", "cka_dw_backward"):
         getattr(lib, fn).restype = _I32
+    lib.cka_wa_forward_work.restype = lib.cka_dw_backward_work.restype = _I64
     return lib
 
 

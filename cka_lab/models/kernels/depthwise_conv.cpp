@@ -5,11 +5,11 @@
 //   w         (C, K, K)     the weights
 //   dw        (C, K, K)     the weight gradient of images [b0, b1), written (not accumulated)
 //   db        (C)           the bias gradient of images [b0, b1), written
+//   work      2 zero-padded planes of 16 channels, allocated by the caller
 // Callers split the images between threads and sum the threads' dw and db. Vectorised over 16 channels;
 // per image and channel group the input and the gradient are copied once into zero-padded planes, so the
 // K*K taps run without bounds checks.
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 typedef float vf __attribute__((vector_size(64)));
@@ -70,21 +70,21 @@ static void backward(const float *x, const float *g, const float *w, float *dx, 
 }
 
 extern "C" {
-// Returns 0, or 2 for an unsupported kernel size (1, 3, 5 and 7 are built), 3 when memory runs out.
-int cka_dw_backward(const float *x, const float *g, const float *w, float *dx, float *dw, float *db,
+// work: cka_dw_backward_work(H, W, K) floats, 64-byte aligned, for this call alone (the caller allocates).
+int64_t cka_dw_backward_work(int H, int W, int K) { return 2 * (int64_t)(H + K - 1) * (W + K - 1) * L; }
+
+// Returns 0, 2 for an unsupported kernel size (1, 3, 5 and 7 are built), 3 for missing or misaligned work space.
+int cka_dw_backward(const float *x, const float *g, const float *w, float *dx, float *dw, float *db, float *work,
                     int64_t b0, int64_t b1, int H, int W, int C, int K) {
     if (K != 1 && K != 3 && K != 5 && K != 7) return 2;
-    const size_t plane = (size_t)(H + K - 1) * (size_t)(W + K - 1) * sizeof(vf);
-    vf *PX = (vf *)std::aligned_alloc(64, plane), *PG = (vf *)std::aligned_alloc(64, plane);
-    if (!PX || !PG) { std::free(PX); std::free(PG); return 3; }
+    if (!work || (uintptr_t)work % 64) return 3;  // the planes are read as aligned vectors
+    vf *PX = (vf *)work, *PG = PX + (int64_t)(H + K - 1) * (W + K - 1);
     switch (K) {
         case 1: backward<1>(x, g, w, dx, dw, db, b0, b1, H, W, C, PX, PG); break;
         case 3: backward<3>(x, g, w, dx, dw, db, b0, b1, H, W, C, PX, PG); break;
         case 5: backward<5>(x, g, w, dx, dw, db, b0, b1, H, W, C, PX, PG); break;
         default: backward<7>(x, g, w, dx, dw, db, b0, b1, H, W, C, PX, PG); break;
     }
-    std::free(PX);
-    std::free(PG);
     return 0;
 }
 }

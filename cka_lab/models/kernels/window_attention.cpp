@@ -16,7 +16,6 @@
 // exactly 0 below -87 and for -inf: masked weights are exact zeros, never float32 denormals.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 typedef float vf __attribute__((vector_size(64)));
@@ -209,18 +208,16 @@ extern "C" {
 int cka_wa_max_tokens() { return MAXNV * L; }
 int cka_wa_max_head_dim() { return 16; }
 
-int cka_wa_forward(const float *qkv, const float *mask, float *out, float *lse, int64_t t0, int64_t t1,
+// work: cka_wa_forward_work(N) floats, 64-byte aligned, for this call alone (the caller allocates: no heap use here).
+int64_t cka_wa_forward_work(int N) { return (int64_t)N * (((N + L - 1) / L) * L); }
+
+int cka_wa_forward(const float *qkv, const float *mask, float *out, float *lse, float *work, int64_t t0, int64_t t1,
                    int N, int h, int d, int nWm, float scale) {
     if (N < 1 || N > MAXNV * L || d < 1 || d > 16) return 2;
-    float *MT = nullptr;
-    if (mask) {
-        MT = (float *)std::malloc(sizeof(float) * (size_t)N * (size_t)(((N + L - 1) / L) * L));
-        if (!MT) return 3;
-    }
-#define F(D) forward<D>(qkv, mask, out, lse, t0, t1, N, h, nWm, scale, MT); break;
+    if (mask && !work) return 3;
+#define F(D) forward<D>(qkv, mask, out, lse, t0, t1, N, h, nWm, scale, work); break;
     DISPATCH(F)
 #undef F
-    std::free(MT);
     return 0;
 }
 
