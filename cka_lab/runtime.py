@@ -22,13 +22,18 @@ from torch import nn
 
 from cka_lab.errors import CkaLabError
 
-__all__ = ["TORCHRUN_VARIABLES", "DistEnv", "RankWorld", "init_distributed", "module_main", "rank_world",
+__all__ = ["TORCHRUN_VARIABLES", "DistEnv", "RankWorld", "env_switch", "init_distributed", "module_main", "rank_world",
            "resolve_device", "under_launcher"]
 
 #: What a launcher (torchrun) sets in the environment of each process; a child that must be a job of its
 #: own is started without them.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                       "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+def env_switch(name: str) -> bool:
+    """A feature switch that is on unless the environment variable ``name`` is ``0``/``false``/``no``/``off``."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def resolve_device(name: str, local_rank: int | None = None, *, setting: str = "--device") -> torch.device:

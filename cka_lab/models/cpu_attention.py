@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cka_lab.models.cpu_kernels import kernel_library, pointer, run_split
+from cka_lab.models.cpu_kernels import kernel_library, pointer, run_split, split_count
 
 __all__ = ["kernel_supports", "window_attention"]
 
@@ -37,7 +37,7 @@ class _WindowAttention(torch.autograd.Function):
         lse = qkv.new_empty(W, h, N)
         nwm = mask.shape[0] if mask is not None else 1
         lib = kernel_library()
-        pieces = max(1, min(torch.get_num_threads(), W * h))
+        pieces = split_count(W * h)
         # work space per piece: the mask of one window transposed (the forward reads it query-major)
         work = qkv.new_empty(pieces, lib.cka_wa_forward_work(N)) if mask is not None else None
         ptrs = (pointer(qkv), pointer(mask), pointer(out), pointer(lse))

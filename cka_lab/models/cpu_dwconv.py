@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cka_lab.models.cpu_kernels import kernel_library, pointer, run_split
+from cka_lab.models.cpu_kernels import kernel_library, pointer, run_split, split_count
 
 __all__ = ["KERNEL_SIZES", "depthwise_conv", "dwconv_kernel_supports"]
 
@@ -58,7 +58,7 @@ class _DepthwiseConv(torch.autograd.Function):
         k = weight.shape[-1]
         grad = grad.contiguous()
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        pieces = max(1, min(torch.get_num_threads(), B))
+        pieces = split_count(B)
         dw = x.new_empty(pieces, C, k, k)
         db = x.new_empty(pieces, C)
         w = weight.detach().reshape(C, k * k).contiguous()

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cka_lab.runtime import env_switch
+
 __all__ = [
     "KERNEL_SOURCES",
     "build_kernel",
@@ -41,6 +43,7 @@ __all__ = [
     "pointer",
     "reset_kernel",
     "run_split",
+    "split_count",
 ]
 
 KERNEL_SOURCES = tuple(sorted((Path(__file__).with_name("kernels")).glob("*.cpp")))
@@ -50,7 +53,7 @@ _X86_FLAGS = ["-mprefer-vector-width=512"]  # gcc/clang otherwise keep 256-bit v
 
 def kernel_enabled() -> bool:
     """False when ``CKA_LAB_CPU_KERNEL`` is ``0``/``false``/``no``/``off`` (then torch's operators are used)."""
-    return os.environ.get("CKA_LAB_CPU_KERNEL", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_switch("CKA_LAB_CPU_KERNEL")
 
 
 def _cache_dir() -> Path:
@@ -154,13 +157,18 @@ _POOL_PID = 0  # a forked child (a data-loader worker) must not use its parent's
 _POOL_LOCK = threading.Lock()
 
 
+def split_count(items: int) -> int:
+    """Into how many pieces :func:`run_split` cuts ``items`` by default: torch's thread count, at most ``items``."""
+    return max(1, min(torch.get_num_threads(), items))
+
+
 def run_split(fn, items: int, before, after: tuple, pieces: int | None = None) -> int:
     """Call ``fn(*before, i0, i1, *after)`` over ``[0, items)`` cut into ``pieces`` (default: torch's thread
     count) contiguous ranges run in parallel (ctypes releases the GIL during the call); returns the number
     of pieces. ``before`` is a tuple, or a function of the piece's index giving one (for per-piece
     outputs). ``fn`` returns 0 on success; anything else raises ``RuntimeError``."""
     global _POOL, _POOL_SIZE, _POOL_PID
-    n = max(1, min(pieces or torch.get_num_threads(), items))
+    n = max(1, min(pieces, items)) if pieces else split_count(items)
     cuts = [items * k // n for k in range(n + 1)]
     bounds = list(zip(cuts[:-1], cuts[1:]))
     head = before if callable(before) else (lambda _piece: before)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -35,6 +34,7 @@ from cka_lab.models.cpu_attention import kernel_supports, window_attention
 from cka_lab.models.cpu_dwconv import depthwise_conv, dwconv_kernel_supports
 from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
+from cka_lab.runtime import env_switch
 
 __all__ = [
     "EDT",
@@ -289,7 +289,7 @@ def use_fused_attn() -> bool:
     """
     if _FUSED_DEFAULT is not None:
         return _FUSED_DEFAULT
-    return os.environ.get("CKA_LAB_FUSED_ATTN", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_switch("CKA_LAB_FUSED_ATTN")
 
 
 def set_fused_attn(enable: bool | None) -> None:

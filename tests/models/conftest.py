@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -57,3 +58,38 @@ def case_model(case: str) -> EDT:
 def task_of(tag: str) -> str:
     """Fixture head tags (``x2``, ``g15``, ``dr_L``) -> cka_lab task keys (``x2``, ``g15``, ``L``)."""
     return tag.removeprefix("dr_")
+
+
+@contextmanager
+def cpu_kernels_disabled():
+    """Inside the block the model uses torch's operators (``CKA_LAB_CPU_KERNEL=0``); after it, as before."""
+    import os
+
+    from cka_lab.models import cpu_kernels
+
+    before = os.environ.get("CKA_LAB_CPU_KERNEL")
+    os.environ["CKA_LAB_CPU_KERNEL"] = "0"
+    cpu_kernels.reset_kernel()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CKA_LAB_CPU_KERNEL"]
+        else:
+            os.environ["CKA_LAB_CPU_KERNEL"] = before
+        cpu_kernels.reset_kernel()
+
+
+def train_step(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One training forward of ``model`` on ``x`` (first head) and the backward of ``mean(out^2)``, which weighs
+    every output: the output and every parameter's gradient."""
+    model.zero_grad(set_to_none=True)
+    out = model([x])[0]
+    out.square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def worst_relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max over pairs of ``max|a - b| / max|b|`` (``b`` the reference)."""
+    assert len(a) == len(b)
+    return max((x - y).abs().max().item() / max(y.abs().max().item(), 1e-30) for x, y in zip(a, b))

@@ -19,6 +19,8 @@ from cka_lab.models import create_edt
 from cka_lab.models import edt as edt_mod
 from cka_lab.models.edt import use_cpu_kernel
 
+from .conftest import cpu_kernels_disabled, train_step, worst_relative_difference
+
 pytestmark = pytest.mark.skipif(not ck.kernel_available(), reason="no C++ compiler here: the kernel cannot be built")
 
 
@@ -188,45 +190,27 @@ def test_under_torch_compile_the_model_keeps_sdpa_and_the_conv_module(monkeypatc
 def test_disabled_by_the_environment_the_model_takes_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(edt_mod, "window_attention", lambda *a: calls.append(a))
-    monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    ck.reset_kernel()
-    try:
+    with cpu_kernels_disabled():
         assert not ck.kernel_enabled() and not ck.kernel_available()
         model = create_edt("SRx2_EDTT").eval()
         with torch.no_grad():
             out = model.forward_task(torch.rand(1, 3, 24, 24), "x2")
         assert out.shape == (1, 3, 48, 48) and not calls
-    finally:
-        monkeypatch.delenv("CKA_LAB_CPU_KERNEL")
-        ck.reset_kernel()
     assert ck.kernel_available()
 
 
-def test_the_model_gives_the_same_outputs_and_gradients_by_the_kernel_and_by_sdpa(monkeypatch):
+def test_the_model_gives_the_same_outputs_and_gradients_by_the_kernel_and_by_sdpa():
     torch.manual_seed(0)
     model = create_edt("SRx2_EDTT", drop_path_rate=0.0).train()
     with torch.no_grad():
         for p in model.parameters():  # far from uniform attention
             p.add_(torch.randn_like(p) * 0.05)
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        out = model([x])[0]
-        out.square().mean().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-    out_k, g_k = run()
-    monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    ck.reset_kernel()
-    try:
-        out_s, g_s = run()
-    finally:
-        monkeypatch.delenv("CKA_LAB_CPU_KERNEL")
-        ck.reset_kernel()
+    out_k, g_k = train_step(model, x)
+    with cpu_kernels_disabled():
+        out_s, g_s = train_step(model, x)
     assert (out_k - out_s).abs().max().item() <= 1e-5 * out_s.abs().max().item()
-    worst = max((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in zip(g_k, g_s))
-    assert worst <= 1e-4
+    assert worst_relative_difference(g_k, g_s) <= 1e-4
 
 
 def test_the_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch):

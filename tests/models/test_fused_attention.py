@@ -18,18 +18,19 @@ from cka_lab.models import cpu_kernels, create_edt
 from cka_lab.models import edt as edt_mod
 from cka_lab.models.edt import CSwinTransformerBlock, WindowAttention, explicit_attention, set_fused_attn, use_fused_attn
 
+from .conftest import cpu_kernels_disabled, train_step, worst_relative_difference
+
 
 @pytest.fixture(params=["kernel", "sdpa"])
-def backend(request, monkeypatch):
+def backend(request):
     """The fused path's backend on the CPU: the compiled kernel or torch's SDPA."""
-    if request.param == "kernel" and not cpu_kernels.kernel_available():
-        pytest.skip("no C++ compiler here: the kernel cannot be built")
-    if request.param == "sdpa":
-        monkeypatch.setenv("CKA_LAB_CPU_KERNEL", "0")
-    cpu_kernels.reset_kernel()
-    yield request.param
-    monkeypatch.delenv("CKA_LAB_CPU_KERNEL", raising=False)
-    cpu_kernels.reset_kernel()
+    if request.param == "kernel":
+        if not cpu_kernels.kernel_available():
+            pytest.skip("no C++ compiler here: the kernel cannot be built")
+        yield request.param
+    else:
+        with cpu_kernels_disabled():
+            yield request.param
 
 
 def _block(shift: bool, size: int = 48, seed: int = 0) -> CSwinTransformerBlock:
@@ -195,19 +196,11 @@ def test_the_whole_model_in_training_mode_gives_the_same_loss_and_gradients_fuse
     torch.manual_seed(0)
     model = create_edt("SRx2_EDTT", drop_path_rate=0.0).train()
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        out = model([x])[0]
-        out.square().mean().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-    out_f, g_f = run()
+    out_f, g_f = train_step(model, x)
     with explicit_attention():
-        out_e, g_e = run()
+        out_e, g_e = train_step(model, x)
     assert (out_f - out_e).abs().max().item() <= 1e-5
-    worst = max((a - b).abs().max().item() / max(b.abs().max().item(), 1e-30) for a, b in zip(g_f, g_e))
-    assert worst <= 1e-4
+    assert worst_relative_difference(g_f, g_e) <= 1e-4
     assert edt_mod.use_fused_attn()
 
 

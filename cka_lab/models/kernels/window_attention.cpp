@@ -1,7 +1,7 @@
 // Windowed multi-head attention with small heads (EDT: head_dim 5 to 15, 144-token windows), float32, CPU.
 //
-// Built and loaded by cka_lab/models/cpu_attention.py (ctypes; no torch headers). Layouts, for W windows of
-// N tokens and h heads of size D:
+// Built and loaded by cka_lab/models/cpu_kernels.py (ctypes; no torch headers), called by cpu_attention.py.
+// Layouts, for W windows of N tokens and h heads of size D:
 //   qkv  (W, N, 3, h, D)  the qkv projection of window-major tokens, contiguous
 //   mask (nWm, N, N)      additive (0 or -inf), window w uses mask[w % nWm]; NULL for none
 //   out  (W, N, h, D)     softmax(q k^T * scale + mask) v
