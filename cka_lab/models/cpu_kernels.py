@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 KERNEL_SOURCES = tuple(sorted((Path(__file__).with_name("kernels")).glob("*.cpp")))
+KERNEL_HEADERS = tuple(sorted((Path(__file__).with_name("kernels")).glob("*.h")))
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC"]
 _X86_FLAGS = ["-mprefer-vector-width=512"]  # gcc/clang otherwise keep 256-bit vectors on some AVX-512 CPUs
 
@@ -90,7 +91,7 @@ def build_kernel(out_dir: Path | None = None) -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"{cxx} --version failed: {e}") from e
-    parts = [p.read_bytes() for p in KERNEL_SOURCES] + [version.encode(), " ".join(flags).encode(), _cpu_flags().encode()]
+    parts = [p.read_bytes() for p in KERNEL_SOURCES + KERNEL_HEADERS] + [version.encode(), " ".join(flags).encode(), _cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     out_dir = out_dir or _cache_dir()
     lib = out_dir / f"cka_lab_kernels-{key}.so"
@@ -112,7 +113,7 @@ def build_kernel(out_dir: Path | None = None) -> Path:
     return lib
 
 
-_P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 @lru_cache(maxsize=1)
@@ -125,14 +126,17 @@ def kernel_library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"cka_lab: the compiled CPU kernels are not available ({e}); using torch's operators", stacklevel=3)
         return None
-    lib.cka_wa_forward.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32, _F32]
-    lib.cka_wa_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32, _F32]
-    lib.cka_dw_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _I32]
-    lib.cka_wa_forward_work.argtypes = [_I32]
-    lib.cka_dw_backward_work.argtypes = [_I32, _I32, _I32]
-    for fn in ("cka_wa_forward", "cka_wa_backward", "cka_wa_max_tokens", "cka_wa_max_head_dim", "cka_dw_backward"):
+    lib.cka_wa_forward.argtypes = [_P] * 11 + [_I64, _I64]  # shape, 10 arrays, the tasks' range
+    lib.cka_wa_backward.argtypes = [_P] * 12 + [_I64, _I64]
+    lib.cka_wa_work.argtypes = [_P]
+    lib.cka_gcg_forward.argtypes = [_P] * 6 + [_I64, _I64, _I32, _I32, _I32, _I32]
+    lib.cka_gcg_backward.argtypes = [_P] * 10 + [_I64, _I64, _I32, _I32, _I32, _I32]
+    lib.cka_gcg_work.argtypes = [_I32, _I32, _I32]
+    lib.cka_gcg_forward.restype = lib.cka_gcg_backward.restype = _I32
+    lib.cka_gcg_work.restype = _I64
+    for fn in ("cka_wa_forward", "cka_wa_backward", "cka_wa_max_tokens", "cka_wa_max_head_dim"):
         getattr(lib, fn).restype = _I32
-    lib.cka_wa_forward_work.restype = lib.cka_dw_backward_work.restype = _I64
+    lib.cka_wa_work.restype = _I64
     return lib
 
 

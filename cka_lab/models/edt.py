@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from cka_lab.errors import CkaLabError
 from cka_lab.models.bounds import available_memory, check_fits, stored_mask_bytes
-from cka_lab.models.cpu_attention import kernel_supports, window_attention
-from cka_lab.models.cpu_dwconv import depthwise_conv, dwconv_kernel_supports
+from cka_lab.models.cpu_attention import WindowGroup, attend_token_windows, kernel_supports, transposed_mask, window_attention
+from cka_lab.models.cpu_mlp import gelu_dwconv_gelu, mlp_kernel_supports
 from cka_lab.models.init import init_edt_weights, stable_generator
 from cka_lab.models.registry import EDTConfig, TaskHead, config_from_name
 from cka_lab.runtime import env_switch
@@ -237,6 +237,16 @@ def _batch_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int],
         m = _cached_mask(H, W, window, shift, device)  # (nW, N, N), -100 across regions
         m = torch.zeros_like(m).masked_fill_(m.ne(0), float("-inf"))
         return m.unsqueeze(0).expand(B, *m.shape).reshape(-1, 1, *m.shape[1:])
+
+
+@lru_cache(maxsize=16)
+def _kernel_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device: str) -> tuple[Tensor, Tensor]:
+    """The shifted-window mask as the CPU kernel takes it: ``(nW, N, N)`` additive float32, 0 or ``-inf``
+    (see :func:`_batch_mask`), and its :func:`~cka_lab.models.cpu_attention.transposed_mask` (read-only, shared)."""
+    with torch.inference_mode(False):  # cached: see _cached_mask
+        m = _cached_mask(H, W, window, shift, device)
+        m = torch.zeros_like(m).masked_fill_(m.ne(0), float("-inf"))
+        return m, transposed_mask(m)
 
 
 @lru_cache(maxsize=32)
@@ -551,18 +561,25 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, H, W, C) -> (B, H, W, C)``.
 
-        When gradients flow on the CPU, the depthwise convolution's backward is cka_lab's compiled kernel
-        (:mod:`cka_lab.models.cpu_dwconv`; same forward, 3x faster backward), unless something hooks
-        ``dwconv`` (then the module is called, as in the official code) or ``torch.compile`` traces it.
+        When gradients flow on the CPU in float32, everything between ``fc1``'s product and ``fc2`` (its
+        bias, GELU, the depthwise convolution, GELU) is one compiled kernel forward and backward
+        (:mod:`cka_lab.models.cpu_mlp`), unless something hooks ``fc1``, ``act`` or ``dwconv`` (then the
+        modules are called, as in the official code), autocast is on or ``torch.compile`` traces it.
+        Without gradients (evaluation, analysis) the modules are called.
         """
+        if self._fused_route(x):
+            return self.fc2(gelu_dwconv_gelu(F.linear(x, self.fc1.weight), self.fc1.bias, self.dwconv.weight,
+                                             self.dwconv.bias))
         x = self.act(self.fc1(x))
-        if (torch.is_grad_enabled() and (x.requires_grad or self.dwconv.weight.requires_grad)
-                and not torch.compiler.is_compiling() and not _has_hooks(self.dwconv) and not _global_hooks()
-                and dwconv_kernel_supports(self.dwconv, x)):
-            x = depthwise_conv(x, self.dwconv.weight, self.dwconv.bias)
-        else:
-            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.fc2(self.act(x))
+
+    def _fused_route(self, x: Tensor) -> bool:
+        """True when :func:`~cka_lab.models.cpu_mlp.gelu_dwconv_gelu` computes this forward (see :meth:`forward`)."""
+        return (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+                and not any(_has_hooks(m) for m in (self.fc1, self.act, self.dwconv)) and not _global_hooks()
+                and mlp_kernel_supports(self.fc1, self.act, self.dwconv, x))
 
 
 class CSwinTransformerBlock(nn.Module):
@@ -619,6 +636,38 @@ class CSwinTransformerBlock(nn.Module):
         """
         return not any(a.needs_map() or _has_hooks(a) for a in self.attns) and not _has_hooks(self.qkv)
 
+    def _kernel_route(self, xn: Tensor) -> bool:
+        """True when :meth:`_attend_by_kernel` serves this forward: :func:`use_cpu_kernel` holds for both
+        directions and nothing hooks the LePE convolutions (which the kernel computes itself)."""
+        return all(
+            use_cpu_kernel(xn, None, a.window[0] * a.window[1], a.head_dim) and not _has_hooks(a.lepe)
+            for a in self.attns
+        )
+
+    def _attend_by_kernel(self, xn: Tensor, H: int, W: int) -> Tensor:
+        """:meth:`_attend_window_major` by the compiled CPU kernel: ``(B, L, C) -> (B, L, C)`` float32.
+
+        One ``qkv`` product of the token-major ``xn`` without its bias; the kernel reads each direction's
+        q, k and v columns through the rows of its (shifted) windows, adds the bias, attends, adds LePE and
+        writes the direction's half of the output token-major
+        (:func:`~cka_lab.models.cpu_attention.attend_token_windows`): the same products as the official
+        route without the gathers, the LePE convolution module and the concatenation.
+        """
+        B, L, C = xn.shape
+        half, dev = C // 2, str(xn.device)
+        qkv = F.linear(xn, self.qkv.weight).reshape(B * L, 3 * C).float()  # columns: (q/k/v, direction, C/2)
+        groups, lepe = [], []
+        for j, attn in enumerate(self.attns):
+            shift = self.shifts[j] if self.shifts is not None else None
+            perm, inv = window_tokens(H, W, attn.window, shift, dev)
+            mask, mask_t = _kernel_mask(H, W, attn.window, shift, dev) if shift is not None else (None, None)
+            groups.append(WindowGroup(
+                _flat_tokens(perm, inv, B)[0], attn.window, attn.num_heads, attn.head_dim,
+                j * half, C + j * half, 2 * C + j * half, j * half, attn.scale, mask, mask_t,
+            ))
+            lepe.append((attn.lepe.weight.float(), attn.lepe.bias.float()))
+        return attend_token_windows(qkv, self.qkv.bias.float(), groups, lepe, C).view(B, L, C)
+
     def _attend_window_major(self, xn: Tensor, H: int, W: int) -> Tensor:
         """``xn: (B, L, C)`` normalised tokens -> ``(B, L, C)`` attention output (before ``proj``).
 
@@ -627,6 +676,8 @@ class CSwinTransformerBlock(nn.Module):
         the result back in image order: the same products as the official route with two token
         gathers in place of its rolls, partitions, layout copies and their backward.
         """
+        if self._kernel_route(xn):
+            return self._attend_by_kernel(xn, H, W)
         B, L, C = xn.shape
         w = self.qkv.weight.view(3, 2, C // 2, C)  # (q/k/v, direction, C/2, C)
         b = self.qkv.bias.view(3, 2, C // 2)

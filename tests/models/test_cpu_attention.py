@@ -168,6 +168,92 @@ def test_bad_inputs_get_one_clear_error():
         ca.window_attention(torch.zeros(1, 9, 3, 1, 17), None, 1.0)
 
 
+def _token_reference(qkv, bias, groups, lepe, out_width):
+    """float64 reference of ``attend_token_windows``: gather each group's windows, attend, add LePE by
+    ``F.conv2d`` per window, scatter back."""
+    M, ld = qkv.shape
+    x = qkv + bias if bias is not None else qkv
+    out = qkv.new_zeros(M, out_width)
+    for g, lp in zip(groups, lepe):
+        (wh, ww), h, d, N = g.window, g.heads, g.head_dim, g.tokens
+        rows = g.rows if g.rows is not None else torch.arange(M)
+        xw = x[rows].view(M // N, N, ld)
+        q, k, v = (xw[..., c : c + h * d].reshape(M // N, N, h, d) for c in (g.q_col, g.k_col, g.v_col))
+        o = _reference(torch.stack([q, k, v], 2), g.mask, g.scale).reshape(M // N, N, h * d)
+        if lp is not None:
+            img = v.reshape(M // N, N, h * d).transpose(1, 2).reshape(-1, h * d, wh, ww)
+            o = o + torch.nn.functional.conv2d(img, lp[0], lp[1], padding=1, groups=h * d).flatten(2).transpose(1, 2)
+        out = out.index_put((rows.view(-1, 1), torch.arange(g.out_col, g.out_col + h * d).view(1, -1)), o.reshape(M, h * d))
+    return out
+
+
+def _token_case(seed=0):
+    """Two groups over 6 images' worth of rows: (3, 8) and (8, 3) windows, heads of 5, rows permuted,
+    a mask on the second group, q/k/v columns interleaved as EDT's block lays them out, LePE on both."""
+    g = torch.Generator().manual_seed(seed)
+    N, W, h, d = 24, 6, 2, 5
+    M, half = N * W, h * d
+    ld = 6 * half
+    qkv = torch.randn(M, ld, generator=g) * 2
+    bias = torch.randn(ld, generator=g)
+    allowed = (torch.rand(3, N, N, generator=g) < 0.6) | torch.eye(N, dtype=torch.bool)
+    mask = torch.zeros(3, N, N).masked_fill_(~allowed, float("-inf"))
+    groups = [
+        ca.WindowGroup(torch.randperm(M, generator=g), window, h, d, j * half, 2 * half + j * half,
+                       4 * half + j * half, j * half, 0.45, mask if j else None)
+        for j, window in enumerate([(3, 8), (8, 3)])
+    ]
+    lepe = [(torch.randn(half, 1, 3, 3, generator=g), torch.randn(half, generator=g)) for _ in range(2)]
+    return qkv, bias, groups, lepe, torch.randn(M, 2 * half, generator=g)
+
+
+def test_token_windows_with_rows_bias_masks_and_lepe_match_float64():
+    qkv, bias, groups, lepe, grad = _token_case()
+    leaves64 = [t.double().requires_grad_() for t in (qkv, bias, *lepe[0], *lepe[1])]
+    groups64 = [ca.WindowGroup(g.rows, g.window, g.heads, g.head_dim, g.q_col, g.k_col, g.v_col, g.out_col, g.scale,
+                               g.mask.double() if g.mask is not None else None) for g in groups]
+    ref = _token_reference(leaves64[0], leaves64[1], groups64, [leaves64[2:4], leaves64[4:6]], grad.shape[1])
+    ref.backward(grad.double())
+    leaves = [t.clone().requires_grad_() for t in (qkv, bias, *lepe[0], *lepe[1])]
+    out = ca.attend_token_windows(leaves[0], leaves[1], groups, [tuple(leaves[2:4]), tuple(leaves[4:6])], grad.shape[1])
+    out.backward(grad)
+    assert (out.double() - ref).abs().max().item() <= 3e-6 * ref.abs().max().item()
+    for name, a, b in zip(("qkv", "bias", "lepe w0", "lepe b0", "lepe w1", "lepe b1"), leaves, leaves64):
+        assert (a.grad.double() - b.grad).abs().max().item() <= 2e-5 * b.grad.abs().max().item(), name
+
+
+def test_token_windows_results_do_not_depend_on_the_number_of_threads():
+    qkv, bias, groups, lepe, grad = _token_case(seed=1)
+    before, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            leaves = [t.clone().requires_grad_() for t in (qkv, bias, *lepe[0], *lepe[1])]
+            out = ca.attend_token_windows(leaves[0], leaves[1], groups, [tuple(leaves[2:4]), tuple(leaves[4:6])], 20)
+            out.backward(grad)
+            results.append([out.detach()] + [t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(before)
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+
+def test_token_windows_check_their_groups():
+    qkv, bias, groups, lepe, _ = _token_case()
+    with pytest.raises(ValueError, match="must tile"):
+        ca.attend_token_windows(qkv, bias, groups[:1], lepe[:1], 20)  # half the output columns
+    with pytest.raises(ValueError, match="2 groups but 1 LePE"):
+        ca.attend_token_windows(qkv, bias, groups, lepe[:1], 20)
+    with pytest.raises(ValueError, match="rows must be"):
+        bad = ca.WindowGroup(groups[0].rows[:-1], (3, 8), 2, 5, 0, 20, 40, 0, 0.4)
+        ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
+    with pytest.raises(ValueError, match="outside qkv"):
+        bad = ca.WindowGroup(groups[0].rows, (3, 8), 2, 5, 0, 20, 55, 0, 0.4)
+        ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
+    with pytest.raises(ValueError, match="LePE weight"):
+        ca.attend_token_windows(qkv, bias, groups, [lepe[0], (lepe[1][0][:5], lepe[1][1])], 20)
+
+
 def test_the_model_uses_the_kernel_on_the_cpu_in_float32_and_sdpa_otherwise():
     qkv = torch.zeros(2, 144 * 16, 90)
     assert use_cpu_kernel(qkv, None, 144, 5)
@@ -181,7 +267,7 @@ def test_under_torch_compile_the_model_keeps_sdpa_and_the_conv_module(monkeypatc
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while dynamo traces the model
     assert not use_cpu_kernel(torch.zeros(2, 144 * 16, 90), None, 144, 5)
     calls = []
-    monkeypatch.setattr(edt_mod, "depthwise_conv", lambda *a: calls.append(a))
+    monkeypatch.setattr(edt_mod, "gelu_dwconv_gelu", lambda *a: calls.append(a))
     mlp = edt_mod.Mlp(12, 24)
     mlp(torch.randn(1, 6, 6, 12)).sum().backward()
     assert not calls

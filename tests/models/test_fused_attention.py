@@ -58,8 +58,15 @@ def _count_paths(monkeypatch) -> dict:
         calls["fused"] += 1
         return fused(self, qkv, mask)
 
+    by_kernel = CSwinTransformerBlock._attend_by_kernel
+
+    def spy_kernel(self, xn, H, W):  # the block's kernel route attends both directions in one call
+        calls["fused"] += len(self.attns)
+        return by_kernel(self, xn, H, W)
+
     monkeypatch.setattr(WindowAttention, "_explicit", spy_explicit)
     monkeypatch.setattr(WindowAttention, "attend_windows", spy_fused)
+    monkeypatch.setattr(CSwinTransformerBlock, "_attend_by_kernel", spy_kernel)
     return calls
 
 

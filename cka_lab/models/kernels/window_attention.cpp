@@ -1,145 +1,188 @@
-// Windowed multi-head attention with small heads (EDT: head_dim 5 to 15, 144-token windows), float32, CPU.
+// Windowed multi-head attention with small heads (EDT: head_dim 5 to 15, 144-token windows), float32, CPU,
+// optionally with EDT's LePE (a depthwise 3x3 convolution of V inside each window, added to the output).
 //
 // Built and loaded by cka_lab/models/cpu_kernels.py (ctypes; no torch headers), called by cpu_attention.py.
-// Layouts, for W windows of N tokens and h heads of size D:
-//   qkv  (W, N, 3, h, D)  the qkv projection of window-major tokens, contiguous
-//   mask (nWm, N, N)      additive (0 or -inf), window w uses mask[w % nWm]; NULL for none
-//   out  (W, N, h, D)     softmax(q k^T * scale + mask) v
-//   lse  (W, h, N)        log-sum-exp of each row of scores (saved for the backward)
-//   dqkv (W, N, 3, h, D)  the gradient of qkv, every element written
-// A task is one (window, head) pair, t = w * h + head; a call handles tasks [t0, t1), so callers can split
+// One call attends one group of W windows of N = wh * ww tokens with h heads of D channels. Tokens live in
+// token-major matrices, read and written in place through a row table:
+//   rows  (W * N,)        int64: the row of token i of window w is rows[w * N + i] (NULL: w * N + i)
+//   qkv   (M, ld)         row r holds this group's q of head hh at columns qo + hh * D .. + D, k at ko + ..,
+//                         v at vo + ..
+//   bias  (ld,)           added to q, k and v as they are read (the projection's bias), or NULL
+//   maskT (nWm, N, NP)    forward: additive mask (0 or -inf), transposed (maskT[m][j][i] = mask[m][i][j]),
+//                         queries padded to NP = 16 * ceil(N / 16) with zeros; window w uses m = w % nWm
+//   mask  (nWm, N, N)     backward: the same mask, row-major; NULL for none
+//   lw, lb (h * D, 9), (h * D,)  LePE's weights (3x3, row-major) and bias of channel hh * D + c, or NULL
+//   out   (M, ldo)        softmax(q k^T * scale + mask) v (+ LePE) of head hh at columns oo + hh * D ..
+//   oa    (W * h, N, D)   the attention part alone, task-major (saved for the backward)
+//   lse   (W * h, N)      log-sum-exp of each row of scores (saved for the backward)
+//   grad  like out        the gradient of out
+//   dqkv  like qkv        the gradient of this group's q, k and v columns: every element of them written
+//   dlepe (W * h, D, 10)  per task, the partial sums of LePE's weight gradient (taps 0-8) and bias gradient (9)
+//                         over its window; the caller sums them in a fixed order (results independent of threads)
+// A task is one (window, head) pair, t = w * h + hh; a call handles tasks [t0, t1), so callers can split
 // the work between threads. Results do not depend on the split.
 //
 // The forward is vectorised over 16 queries at a time (scores of 16 queries against one key per step: no
 // horizontal sums); the backward over 16 keys at a time (dK and dV accumulate along the keys). exp is
 // evaluated as 2^n * 2^f with a degree-6 polynomial for 2^f, f in [-1/2, 1/2] (relative error ~1e-7), and is
 // exactly 0 below -87 and for -inf: masked weights are exact zeros, never float32 denormals.
-#include <cmath>
-#include <cstdint>
-#include <cstring>
+// LePE is vectorised over 16 tokens of a window: the window's V (and, backward, the gradient) are laid out
+// channel-major with zero margins of a row and a token, so a 3x3 neighbour is an unaligned load; the copies
+// with the last (first) column zeroed serve the left (right) neighbours, which gives zero padding at the
+// window's borders exactly as the official conv2d of each window.
+#include "vector_math.h"
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-static constexpr int L = 16;        // lanes of vf
-static constexpr int MAXNV = 64;    // windows of up to 1024 tokens
+static constexpr int MAXNV = 64;  // windows of up to 1024 tokens
 
-static inline vf splat(float x) { return vf{} + x; }
-static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+// The geometry of one call (mirrored by cpu_attention.KernelShape).
+struct Shape {
+    int64_t ld, qo, ko, vo;  // qkv: row stride; columns of head 0's q, k, v
+    int64_t ldo, oo;         // out and grad: row stride; column of head 0
+    int32_t N, h, d, wh, ww, nwm;
+    float scale;
+    int32_t unused;
+};
 
-#if defined(__clang__)
-#define SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
-#else
-#define SHUF(v, ...) __builtin_shuffle(v, vi{__VA_ARGS__})
-#endif
+// Sizes shared by the forward and the backward of one call.
+struct Geo {
+    int N, NV, NP;  // tokens, 16-token vectors, tokens padded to whole vectors
+    int pad;        // zero margin before and after a channel-major plane: a row and a token, whole vectors
+    int S;          // floats per channel-major plane: pad + NP + pad
+    explicit Geo(const Shape &s)
+        : N(s.N), NV((s.N + L - 1) / L), NP(NV * L), pad((int)round16(s.ww + 1)), S(NP + 2 * pad) {}
+};
 
-static inline float hsum(vf v) {
-    v += SHUF(v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v += SHUF(v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v += SHUF(v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    v += SHUF(v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    return v[0];
+static inline int64_t row_of(const int64_t *rows, int64_t w, int N, int i) {
+    return rows ? rows[w * N + i] : w * N + i;
 }
 
-// 2^f for f in [-1/2, 1/2]: Taylor coefficients (ln 2)^k / k!, k = 6 .. 0.
-#define EXP2_POLY(p, f, FMA, SET)              \
-    p = SET(1.5403530393381609e-4f);           \
-    p = FMA(p, f, SET(1.3333558146428443e-3f)); \
-    p = FMA(p, f, SET(9.6181291076284772e-3f)); \
-    p = FMA(p, f, SET(5.5504108664821580e-2f)); \
-    p = FMA(p, f, SET(2.4022650695910071e-1f)); \
-    p = FMA(p, f, SET(6.9314718055994531e-1f)); \
-    p = FMA(p, f, SET(1.0f));
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-static inline vf exp_neg(vf x) {  // exp(x), x <= 0 expected (scores minus their max or log-sum-exp)
-    __m512 xv = (__m512)x;
-    __m512 t = _mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, n), p;
-    EXP2_POLY(p, f, _mm512_fmadd_ps, _mm512_set1_ps)
-    __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
-    return (vf)_mm512_maskz_scalef_ps(keep, p, n);
+// Column masks of a window's tokens, per 16-token vector: first[iv] is 0 in the lanes of the first column
+// (and of padded tokens), 1 elsewhere; last[iv] the same for the last column.
+static inline void column_masks(vf *first, vf *last, const Geo &g, int ww) {
+    float *f = (float *)first, *l = (float *)last;
+    for (int i = 0; i < g.NP; ++i) {
+        f[i] = (i < g.N && i % ww != 0) ? 1.0f : 0.0f;
+        l[i] = (i < g.N && i % ww != ww - 1) ? 1.0f : 0.0f;
+    }
 }
-#else
-static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
-static inline vf exp_neg(vf x) {
-    const vf lo = splat(-87.0f);
-    vi keep = x >= lo;
-    vf t = (keep ? x : lo) * 1.44269504088896341f;
-    vf n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (|t| < 2^22)
-    vf f = t - n, p;
-    EXP2_POLY(p, f, vfma, splat)
-    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    vf y = p * (vf)e;
-    return keep ? y : splat(0.0f);
-}
-#endif
 
-// The task's keys and values, transposed and zero-padded to whole vectors: KT[c * NV + jv] holds
-// k[16 jv .. 16 jv + 15][c].
+// LePE of the 16 tokens from i0, one channel: sum over the 3x3 taps of w[tap] * P[i + dy * ww + dx], a
+// neighbour across the window's left (right) border weighing nothing. P points at token 0 of the channel's
+// plane (zero margins, padded tokens zero); first/last: column_masks of the vector.
+static inline vf lepe_taps(const float *P, const float *w, int i0, int ww, vf first, vf last) {
+    vf left = splat(0.0f), mid = splat(0.0f), right = splat(0.0f);
+    for (int dy = -1; dy <= 1; ++dy) {
+        const int b = i0 + dy * ww;
+        left += splat(w[(dy + 1) * 3 + 0]) * loadu(P + b - 1);
+        mid += splat(w[(dy + 1) * 3 + 1]) * loadu(P + b);
+        right += splat(w[(dy + 1) * 3 + 2]) * loadu(P + b + 1);
+    }
+    return mid + first * left + last * right;
+}
+
+// Part hh of h of the next window's rows into the cache while head hh of window w is attended: this group's
+// q, k and v, and in the backward the output's gradient and (for writing) the gradient of q, k and v.
+// Windows at or past W (the end of the call's tasks) are not touched.
 template <int D>
-static inline void load_kv(const float *base, int64_t row, int h, int N, int NV, vf *KT, vf *VT) {
-    for (int k = 0; k < D * NV; ++k) { KT[k] = splat(0.0f); VT[k] = splat(0.0f); }
-    float *kt = (float *)KT, *vt = (float *)VT;
-    for (int j = 0; j < N; ++j)
-        for (int c = 0; c < D; ++c) {
-            kt[c * NV * L + j] = base[j * row + h * D + c];
-            vt[c * NV * L + j] = base[j * row + 2 * h * D + c];
+static inline void prefetch_window(const Shape &s, const int64_t *rows, int64_t w, int64_t W, int hh,
+                                   const float *qkv, const float *grad, const float *dqkv) {
+    if (w + 1 >= W) return;
+    const int64_t width = (int64_t)s.h * D, cols[3] = {s.qo, s.ko, s.vo};
+    for (int i = hh * s.N / s.h; i < (hh + 1) * s.N / s.h; ++i) {
+        const int64_t r = row_of(rows, w + 1, s.N, i);
+        for (int64_t c0 : cols) {
+            for (int64_t c = 0; c < width; c += L) __builtin_prefetch(qkv + r * s.ld + c0 + c);
+            __builtin_prefetch(qkv + r * s.ld + c0 + width - 1);
+            if (dqkv) {
+                for (int64_t c = 0; c < width; c += L) __builtin_prefetch(dqkv + r * s.ld + c0 + c, 1);
+                __builtin_prefetch(dqkv + r * s.ld + c0 + width - 1, 1);
+            }
         }
+        if (grad) {
+            for (int64_t c = 0; c < width; c += L) __builtin_prefetch(grad + r * s.ldo + s.oo + c);
+            __builtin_prefetch(grad + r * s.ldo + s.oo + width - 1);
+        }
+    }
 }
 
 template <int D>
-static void forward(const float *qkv, const float *mask, float *out, float *lse, int64_t t0, int64_t t1,
-                    int N, int h, int nWm, float scale, float *MT) {
-    const int NV = (N + L - 1) / L;
-    alignas(64) vf QT[D * MAXNV], S[MAXNV * L];
-    const int64_t row = 3 * (int64_t)h * D, orow = (int64_t)h * D;
-    int64_t mask_w = -1;
+static void forward(const Shape &s, const float *qkv, const float *bias, const int64_t *rows, const float *maskT,
+                    const float *lw, const float *lb, float *out, float *oa, float *lse, float *work,
+                    int64_t t0, int64_t t1) {
+    const Geo g(s);
+    const int N = g.N, NV = g.NV, NP = g.NP, h = s.h;
+    const int64_t KD = round16((int64_t)N * D);
+    float *__restrict__ Kc = work;       // token-major K and V of the task (with bias)
+    float *__restrict__ Vc = work + KD;
+    float *__restrict__ VP = Vc + KD;    // LePE: V's channel-major planes, D of them
+    alignas(64) vf QT[D * MAXNV], Sc[MAXNV * L], first[MAXNV], last[MAXNV];
+    if (lw) {
+        std::memset(VP, 0, sizeof(float) * D * g.S);  // margins and padded tokens stay zero
+        column_masks(first, last, g, s.ww);
+    }
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t w = t / h;
         const int hh = (int)(t % h);
-        const float *base = qkv + w * N * row + hh * D;
-        const float *kb = base + h * D, *vb = base + 2 * h * D;
-        if (mask && w % nWm != mask_w) {  // MT[j * NP + i] = mask[i][j], queries padded to NP with zeros
-            mask_w = w % nWm;
-            const float *m = mask + mask_w * (int64_t)N * N;
-            const int NP = NV * L;
-            for (int j = 0; j < N; ++j) {
-                for (int i = 0; i < N; ++i) MT[(int64_t)j * NP + i] = m[(int64_t)i * N + j];
-                for (int i = N; i < NP; ++i) MT[(int64_t)j * NP + i] = 0.0f;
-            }
+        float bq[D], bk[D], bv[D];
+        for (int c = 0; c < D; ++c) {
+            bq[c] = bias ? bias[s.qo + hh * D + c] : 0.0f;
+            bk[c] = bias ? bias[s.ko + hh * D + c] : 0.0f;
+            bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
         }
+        prefetch_window<D>(s, rows, w, (t1 + h - 1) / h, hh, qkv, nullptr, nullptr);
         float *qt = (float *)QT;
         for (int k = 0; k < D * NV; ++k) QT[k] = splat(0.0f);
-        for (int i = 0; i < N; ++i)
-            for (int c = 0; c < D; ++c) qt[c * NV * L + i] = base[i * row + c] * scale;
+        for (int i = 0; i < N; ++i) {
+            const float *src = qkv + row_of(rows, w, N, i) * s.ld + hh * D;
+            for (int c = 0; c < D; ++c) {
+                qt[c * NP + i] = (src[s.qo + c] + bq[c]) * s.scale;
+                Kc[i * D + c] = src[s.ko + c] + bk[c];
+                Vc[i * D + c] = src[s.vo + c] + bv[c];
+            }
+        }
+        if (lw)
+            for (int c = 0; c < D; ++c)
+                for (int i = 0; i < N; ++i) VP[c * g.S + g.pad + i] = Vc[i * D + c];
+        const float *mt = maskT ? maskT + (w % s.nwm) * (int64_t)N * NP : nullptr;
         for (int iv = 0; iv < NV; ++iv) {
             const int i0 = iv * L, ni = N - i0 < L ? N - i0 : L;
             vf q[D];
             for (int c = 0; c < D; ++c) q[c] = QT[c * NV + iv];
             vf mx = splat(-INFINITY);
             for (int j = 0; j < N; ++j) {
-                vf s;
-                if (mask) std::memcpy(&s, MT + (int64_t)j * NV * L + i0, sizeof(vf));
-                else s = splat(0.0f);
-                const float *kj = kb + j * row;
-                for (int c = 0; c < D; ++c) s += q[c] * kj[c];
-                S[j] = s;
-                mx = vmax(mx, s);
+                vf sc = mt ? loadu(mt + (int64_t)j * NP + i0) : splat(0.0f);
+                const float *kj = Kc + j * D;
+                for (int c = 0; c < D; ++c) sc += q[c] * kj[c];
+                Sc[j] = sc;
+                mx = vmax(mx, sc);
             }
             vf l = splat(0.0f), acc[D];
             for (int c = 0; c < D; ++c) acc[c] = splat(0.0f);
             for (int j = 0; j < N; ++j) {
-                vf p = exp_neg(S[j] - mx);
+                vf p = exp_neg(Sc[j] - mx);
                 l += p;
-                const float *vj = vb + j * row;
+                const float *vj = Vc + j * D;
                 for (int c = 0; c < D; ++c) acc[c] += p * vj[c];
             }
             const vf inv = 1.0f / l;
+            vf o[D];
+            for (int c = 0; c < D; ++c) {
+                acc[c] *= inv;
+                o[c] = acc[c];
+            }
+            if (lw) {
+                for (int c = 0; c < D; ++c) {
+                    const int ch = hh * D + c;
+                    o[c] += lepe_taps(VP + c * g.S + g.pad, lw + ch * 9, i0, s.ww, first[iv], last[iv]) + lb[ch];
+                }
+            }
             for (int k = 0; k < ni; ++k) {
-                float *o = out + (w * N + i0 + k) * orow + hh * D;
-                for (int c = 0; c < D; ++c) o[c] = acc[c][k] * inv[k];
+                float *dst = out + row_of(rows, w, N, i0 + k) * s.ldo + s.oo + hh * D;
+                float *a = oa + (t * N + i0 + k) * D;
+                for (int c = 0; c < D; ++c) {
+                    dst[c] = o[c][k];
+                    a[c] = acc[c][k];
+                }
                 lse[t * N + i0 + k] = mx[k] + std::log(l[k]);
             }
         }
@@ -147,36 +190,69 @@ static void forward(const float *qkv, const float *mask, float *out, float *lse,
 }
 
 template <int D>
-static void backward(const float *qkv, const float *mask, const float *out, const float *lse, const float *grad,
-                     float *dqkv, int64_t t0, int64_t t1, int N, int h, int nWm, float scale) {
-    const int NV = (N + L - 1) / L;
-    alignas(64) vf KT[D * MAXNV], VT[D * MAXNV], dKT[D * MAXNV], dVT[D * MAXNV], M[MAXNV];
-    const int64_t row = 3 * (int64_t)h * D, orow = (int64_t)h * D;
+static void backward(const Shape &s, const float *qkv, const float *bias, const int64_t *rows, const float *mask,
+                     const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv,
+                     float *dlepe, float *work, int64_t t0, int64_t t1) {
+    const Geo g(s);
+    const int N = g.N, NV = g.NV, h = s.h, S = g.S;
+    // Distinct parts of the work space: __restrict__ lets the compiler keep loads across the stores.
+    vf *__restrict__ KT = (vf *)work;
+    vf *__restrict__ dKT = KT + D * NV;
+    vf *__restrict__ dVT = dKT + D * NV;
+    vf *__restrict__ M = dVT + D * NV;
+    vf *__restrict__ first = M + NV;             // LePE: column_masks
+    vf *__restrict__ last = first + NV;
+    float *__restrict__ VP = (float *)(last + NV);  // V's channel-major planes, D of them
+    float *__restrict__ GP = VP + D * S;            // LePE: the output gradient's planes, D of them
+    std::memset(VP, 0, sizeof(float) * (lw ? 2 : 1) * D * S);  // margins and padded tokens stay zero
+    if (lw) column_masks(first, last, g, s.ww);
+    float *m = (float *)M;
+    for (int j = N; j < NV * L; ++j) m[j] = -INFINITY;  // padded keys get no weight
+    if (!mask) std::memset(m, 0, sizeof(float) * N);
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t w = t / h;
         const int hh = (int)(t % h);
-        const float *base = qkv + w * N * row + hh * D;
-        float *dbase = dqkv + w * N * row + hh * D;
-        load_kv<D>(base, row, h, N, NV, KT, VT);
-        for (int k = 0; k < D * NV; ++k) { dKT[k] = splat(0.0f); dVT[k] = splat(0.0f); }
-        const float *mk = mask ? mask + (w % nWm) * (int64_t)N * N : nullptr;
-        float *m = (float *)M;
-        for (int j = N; j < NV * L; ++j) m[j] = -INFINITY;  // padded keys get no weight
-        if (!mk) std::memset(m, 0, sizeof(float) * N);
-        for (int i = 0; i < N; ++i) {
-            const float *q = base + i * row;
-            const float *o = out + (w * N + i) * orow + hh * D, *g = grad + (w * N + i) * orow + hh * D;
-            vf qs[D], gv[D], dq[D];
-            float Di = 0.0f;  // dO_i . O_i
+        float bk[D], bv[D], bq[D];
+        for (int c = 0; c < D; ++c) {
+            bq[c] = bias ? bias[s.qo + hh * D + c] : 0.0f;
+            bk[c] = bias ? bias[s.ko + hh * D + c] : 0.0f;
+            bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
+        }
+        prefetch_window<D>(s, rows, w, (t1 + h - 1) / h, hh, qkv, grad, dqkv);
+        float *kt = (float *)KT;
+        for (int k = 0; k < D * NV; ++k) { KT[k] = splat(0.0f); dKT[k] = splat(0.0f); dVT[k] = splat(0.0f); }
+        for (int j = 0; j < N; ++j) {
+            const float *src = qkv + row_of(rows, w, N, j) * s.ld + hh * D;
             for (int c = 0; c < D; ++c) {
-                qs[c] = splat(q[c] * scale); gv[c] = splat(g[c]); dq[c] = splat(0.0f); Di += g[c] * o[c];
+                kt[c * NV * L + j] = src[s.ko + c] + bk[c];
+                VP[c * S + g.pad + j] = src[s.vo + c] + bv[c];
+            }
+        }
+        const vf *__restrict__ VT = (const vf *)(VP + g.pad);  // channel c's plane: VT + c * SV
+        const int SV = S / L;
+        if (lw) {
+            for (int j = 0; j < N; ++j) {
+                const float *gr = grad + row_of(rows, w, N, j) * s.ldo + s.oo + hh * D;
+                for (int c = 0; c < D; ++c) GP[c * S + g.pad + j] = gr[c];
+            }
+        }
+        const float *mk = mask ? mask + (w % s.nwm) * (int64_t)N * N : nullptr;
+        for (int i = 0; i < N; ++i) {
+            const int64_t r = row_of(rows, w, N, i);
+            const float *q = qkv + r * s.ld + s.qo + hh * D;
+            const float *o = oa + (t * N + i) * D, *gr = grad + r * s.ldo + s.oo + hh * D;
+            vf qs[D], gv[D], dq[D];
+            float Di = 0.0f;  // dO_i . O_i (the attention part of the output)
+            for (int c = 0; c < D; ++c) {
+                qs[c] = splat((q[c] + bq[c]) * s.scale); gv[c] = splat(gr[c]); dq[c] = splat(0.0f);
+                Di += gr[c] * o[c];
             }
             if (mk) std::memcpy(m, mk + (int64_t)i * N, sizeof(float) * N);
             const vf li = splat(lse[t * N + i]), Dv = splat(Di);
             for (int jv = 0; jv < NV; ++jv) {
-                vf s = M[jv], dp = splat(0.0f);
-                for (int c = 0; c < D; ++c) { s += qs[c] * KT[c * NV + jv]; dp += gv[c] * VT[c * NV + jv]; }
-                vf p = exp_neg(s - li);
+                vf sc = M[jv], dp = splat(0.0f);
+                for (int c = 0; c < D; ++c) { sc += qs[c] * KT[c * NV + jv]; dp += gv[c] * VT[c * SV + jv]; }
+                vf p = exp_neg(sc - li);
                 vf ds = p * (dp - Dv);
                 for (int c = 0; c < D; ++c) {
                     dVT[c * NV + jv] += p * gv[c];
@@ -184,47 +260,103 @@ static void backward(const float *qkv, const float *mask, const float *out, cons
                     dKT[c * NV + jv] += ds * qs[c];
                 }
             }
-            float *dqo = dbase + i * row;
-            for (int c = 0; c < D; ++c) dqo[c] = hsum(dq[c]) * scale;
+            float *dqo = dqkv + r * s.ld + s.qo + hh * D;
+            for (int c = 0; c < D; ++c) dqo[c] = hsum(dq[c]) * s.scale;
+        }
+        if (lw) {
+            // dV += LePE's transposed convolution of the gradient: token j is the neighbour (dy, dx) of
+            // token j - dy * ww - dx, unless that pair crosses the window's left or right border, which
+            // (dx = -1) j in the last column or (dx = +1) j in the first column gives away.
+            float *dl = dlepe + t * D * 10;
+            for (int c = 0; c < D; ++c) {
+                const int ch = hh * D + c;
+                const float *G = GP + c * S + g.pad, *P = VP + c * S + g.pad, *wt = lw + ch * 9;
+                for (int jv = 0; jv < NV; ++jv) {
+                    vf left = splat(0.0f), mid = splat(0.0f), right = splat(0.0f);
+                    for (int dy = -1; dy <= 1; ++dy) {
+                        const int b = jv * L - dy * s.ww;
+                        left += splat(wt[(dy + 1) * 3 + 0]) * loadu(G + b + 1);
+                        mid += splat(wt[(dy + 1) * 3 + 1]) * loadu(G + b);
+                        right += splat(wt[(dy + 1) * 3 + 2]) * loadu(G + b - 1);
+                    }
+                    dVT[c * NV + jv] += mid + last[jv] * left + first[jv] * right;
+                }
+                // LePE's weight gradient: sum over tokens i of grad_i * the neighbour's value (masked as in
+                // the forward); the bias's: of grad_i
+                for (int dy = -1; dy <= 1; ++dy) {
+                    vf a0 = splat(0.0f), a1 = splat(0.0f), a2 = splat(0.0f);
+                    for (int iv = 0; iv < NV; ++iv) {
+                        const vf gi = loadu(G + iv * L);
+                        const int b = iv * L + dy * s.ww;
+                        a0 += gi * first[iv] * loadu(P + b - 1);
+                        a1 += gi * loadu(P + b);
+                        a2 += gi * last[iv] * loadu(P + b + 1);
+                    }
+                    dl[c * 10 + (dy + 1) * 3 + 0] = hsum(a0);
+                    dl[c * 10 + (dy + 1) * 3 + 1] = hsum(a1);
+                    dl[c * 10 + (dy + 1) * 3 + 2] = hsum(a2);
+                }
+                vf gb = splat(0.0f);
+                for (int iv = 0; iv < NV; ++iv) gb += loadu(G + iv * L);
+                dl[c * 10 + 9] = hsum(gb);
+            }
         }
         const float *dkt = (const float *)dKT, *dvt = (const float *)dVT;
-        for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j) {
+            float *dst = dqkv + row_of(rows, w, N, j) * s.ld + hh * D;
             for (int c = 0; c < D; ++c) {
-                dbase[j * row + h * D + c] = dkt[c * NV * L + j];
-                dbase[j * row + 2 * h * D + c] = dvt[c * NV * L + j];
+                dst[s.ko + c] = dkt[c * NV * L + j];
+                dst[s.vo + c] = dvt[c * NV * L + j];
             }
+        }
     }
 }
 
 #define DISPATCH(X)                                                                                   \
-    switch (d) {                                                                                      \
+    switch (s->d) {                                                                                   \
         case 1: X(1) case 2: X(2) case 3: X(3) case 4: X(4) case 5: X(5) case 6: X(6) case 7: X(7)  \
         case 8: X(8) case 9: X(9) case 10: X(10) case 11: X(11) case 12: X(12) case 13: X(13)       \
         case 14: X(14) case 15: X(15) case 16: X(16) default: return 2;                            \
     }
+
+static int bad_shape(const Shape *s) {
+    return !s || s->N < 1 || s->N > MAXNV * L || s->d < 1 || s->d > 16 || s->h < 1 || s->nwm < 1 || s->wh < 1 ||
+           s->ww < 1 || (int64_t)s->wh * s->ww != s->N;
+}
 
 extern "C" {
 // The largest window (tokens) and head size the kernels take; other shapes return 2 (caller falls back).
 int cka_wa_max_tokens() { return MAXNV * L; }
 int cka_wa_max_head_dim() { return 16; }
 
-// work: cka_wa_forward_work(N) floats, 64-byte aligned, for this call alone (the caller allocates: no heap use here).
-int64_t cka_wa_forward_work(int N) { return (int64_t)N * (((N + L - 1) / L) * L); }
+// Work space of one piece (a run of tasks on one thread), floats: the caller allocates it 64-byte aligned
+// for each concurrent call (no heap use here); the same size serves the forward and the backward.
+int64_t cka_wa_work(const Shape *s) {
+    if (bad_shape(s)) return -1;
+    const Geo g(*s);
+    const int64_t D = s->d;
+    const int64_t fwd = 2 * round16(g.N * D) + D * g.S;
+    const int64_t bwd = (3 * D + 3) * g.NP + 2 * D * g.S;
+    return fwd > bwd ? fwd : bwd;
+}
 
-int cka_wa_forward(const float *qkv, const float *mask, float *out, float *lse, float *work, int64_t t0, int64_t t1,
-                   int N, int h, int d, int nWm, float scale) {
-    if (N < 1 || N > MAXNV * L || d < 1 || d > 16) return 2;
-    if (mask && !work) return 3;
-#define F(D) forward<D>(qkv, mask, out, lse, t0, t1, N, h, nWm, scale, work); break;
+int cka_wa_forward(const Shape *s, const float *qkv, const float *bias, const int64_t *rows, const float *maskT,
+                   const float *lw, const float *lb, float *out, float *oa, float *lse, float *work, int64_t t0,
+                   int64_t t1) {
+    if (bad_shape(s)) return 2;
+    if (!work || (lw && !lb)) return 3;
+#define F(D) forward<D>(*s, qkv, bias, rows, maskT, lw, lb, out, oa, lse, work, t0, t1); break;
     DISPATCH(F)
 #undef F
     return 0;
 }
 
-int cka_wa_backward(const float *qkv, const float *mask, const float *out, const float *lse, const float *grad,
-                    float *dqkv, int64_t t0, int64_t t1, int N, int h, int d, int nWm, float scale) {
-    if (N < 1 || N > MAXNV * L || d < 1 || d > 16) return 2;
-#define B(D) backward<D>(qkv, mask, out, lse, grad, dqkv, t0, t1, N, h, nWm, scale); break;
+int cka_wa_backward(const Shape *s, const float *qkv, const float *bias, const int64_t *rows, const float *mask,
+                    const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv, float *dlepe,
+                    float *work, int64_t t0, int64_t t1) {
+    if (bad_shape(s)) return 2;
+    if (!work || (lw && !dlepe)) return 3;
+#define B(D) backward<D>(*s, qkv, bias, rows, mask, lw, oa, lse, grad, dqkv, dlepe, work, t0, t1); break;
     DISPATCH(B)
 #undef B
     return 0;
