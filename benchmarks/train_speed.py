@@ -21,7 +21,7 @@ Layouts (``--layouts``), each for every patch size x batch size:
 
 Each layout is measured with cka_lab's compiled CPU kernels on and off (``--kernels``; on is what
 ``cka-lab train`` uses: :mod:`cka_lab.models.cpu_attention` for window attention,
-:mod:`cka_lab.models.cpu_dwconv` for the depthwise convolution's backward; off, ``CKA_LAB_CPU_KERNEL=0``,
+:mod:`cka_lab.models.cpu_mlp` for the MLP's GELU - depthwise convolution - GELU; off, ``CKA_LAB_CPU_KERNEL=0``,
 is torch's SDPA and oneDNN, the baseline), in the same run.
 
 ``--baseline-repo DIR`` adds, for the ``1x2`` layout, the same step with the model code of another

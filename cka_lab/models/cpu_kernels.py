@@ -1,12 +1,13 @@
 """cka_lab's compiled CPU kernels: how they are built, loaded and run on torch's threads.
 
-Two hot spots of EDT training on the CPU have kernels in ``kernels/*.cpp`` (plain C++ with vector
-extensions; no torch headers): window attention with small heads (:mod:`cka_lab.models.cpu_attention`)
-and the backward of the MLP's depthwise convolution (:mod:`cka_lab.models.cpu_dwconv`). They are compiled
+The two halves of an EDT block's training step on the CPU have kernels in ``kernels/*.cpp`` (plain C++
+with vector extensions, shared helpers in ``kernels/vector_math.h``; no torch headers): window attention
+with small heads and LePE, read and written token-major (:mod:`cka_lab.models.cpu_attention`), and the
+MLP's middle, GELU - depthwise convolution - GELU (:mod:`cka_lab.models.cpu_mlp`). They are compiled
 into one library on first use with the system C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``;
 ``-O3 -march=native``, so the library is specific to the machine, about 5 s) in a cache folder
 (``$CKA_LAB_CACHE/kernels``, else ``$XDG_CACHE_HOME/cka_lab/kernels`` or ``~/.cache/cka_lab/kernels``)
-under a name that hashes the sources, the compiler's version, the flags and the CPU's feature flags, and
+under a name that hashes the sources and headers, the compiler's version, the flags and the CPU's feature flags, and
 loaded with :mod:`ctypes`. The build writes beside its final name and renames, so concurrent processes
 (DDP ranks) never load half a file.
 

@@ -537,12 +537,21 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
+    def _mask(self, x: Tensor) -> Tensor:
+        keep = 1.0 - self.drop_prob
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)  # one pass over x (x * mask / keep takes two)
+        return x * self._mask(x)  # one pass over x (x * mask / keep takes two)
+
+    def add_to(self, shortcut: Tensor, x: Tensor) -> Tensor:
+        """``shortcut + self(x)``, in one pass over the maps when samples are dropped (``addcmul``), unless
+        something hooks this module (then it is called); the same random draws as calling it."""
+        if self.drop_prob == 0.0 or not self.training or _has_hooks(self) or _global_hooks():
+            return shortcut + self(x)
+        return torch.addcmul(shortcut, x, self._mask(x))
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
@@ -710,8 +719,14 @@ class CSwinTransformerBlock(nn.Module):
                     out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
             y = torch.cat(out, dim=-1).view(B, L, C)
         x = self.proj_drop(self.proj(y))
-        x = self.attn_residual(shortcut + self.drop_path(x))
-        return x + self.drop_path(self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
+        x = self.attn_residual(self._add_dropped(shortcut, x))
+        return self._add_dropped(x, self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
+
+    def _add_dropped(self, shortcut: Tensor, x: Tensor) -> Tensor:
+        """``shortcut + drop_path(x)`` (one pass when samples are dropped: :meth:`DropPath.add_to`)."""
+        if isinstance(self.drop_path, DropPath):
+            return self.drop_path.add_to(shortcut, x)
+        return shortcut + self.drop_path(x)
 
 
 class BasicLayer(nn.Module):

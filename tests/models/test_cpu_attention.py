@@ -250,6 +250,9 @@ def test_token_windows_check_their_groups():
     with pytest.raises(ValueError, match="outside qkv"):
         bad = ca.WindowGroup(groups[0].rows, (3, 8), 2, 5, 0, 20, 55, 0, 0.4)
         ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
+    with pytest.raises(ValueError, match="overlap"):
+        bad = ca.WindowGroup(groups[0].rows, (3, 8), 2, 5, 10, 20, 40, 0, 0.4)  # q over the other group's q
+        ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
     with pytest.raises(ValueError, match="LePE weight"):
         ca.attend_token_windows(qkv, bias, groups, [lepe[0], (lepe[1][0][:5], lepe[1][1])], 20)
 

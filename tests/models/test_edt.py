@@ -204,3 +204,29 @@ def test_body_input_that_is_not_a_window_multiple_is_refused(models):
     model = models("edtt_srx2x3x4")
     with pytest.raises(CkaLabError, match="not a multiple of 24"):
         model.forward_task(torch.rand(1, 3, 30, 48), "x2")
+
+
+def test_drop_path_added_in_one_pass_is_the_module_added():
+    from cka_lab.models.edt import DropPath
+
+    dp = DropPath(0.5).train()
+    shortcut, x = torch.randn(8, 5, 6), torch.randn(8, 5, 6, requires_grad=True)
+    torch.manual_seed(3)
+    fused = dp.add_to(shortcut, x)
+    fused.sum().backward()
+    g_fused = x.grad.clone()
+    x.grad = None
+    torch.manual_seed(3)
+    plain = shortcut + dp(x)
+    plain.sum().backward()
+    assert torch.allclose(fused, plain, rtol=1e-6, atol=1e-6) and torch.equal(g_fused, x.grad)  # same draws
+    kept = (g_fused[:, 0, 0] != 0)
+    assert 0 < kept.sum() < 8  # some samples dropped, some kept (seed 3)
+    seen = []
+    handle = dp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        dp.add_to(shortcut, x)
+    finally:
+        handle.remove()
+    assert seen == [(8, 5, 6)]  # hooked: the module is called
+    assert torch.equal(dp.eval().add_to(shortcut, x), shortcut + x)

@@ -17,15 +17,16 @@
 //   lse   (W * h, N)      log-sum-exp of each row of scores (saved for the backward)
 //   grad  like out        the gradient of out
 //   dqkv  like qkv        the gradient of this group's q, k and v columns: every element of them written
-//   dlepe (W * h, D, 10)  per task, the partial sums of LePE's weight gradient (taps 0-8) and bias gradient (9)
-//                         over its window; the caller sums them in a fixed order (results independent of threads)
+//   dsums (W * h, D, 13)  per task, sums over its window: of LePE's weight gradient (taps 0-8) and bias gradient
+//                         (9) when lw is given, and of the gradients of q, k and v (10-12: the bias's gradient)
+//                         when bias is given; the caller adds them in a fixed order (results independent of threads)
 // A task is one (window, head) pair, t = w * h + hh; a call handles tasks [t0, t1), so callers can split
 // the work between threads. Results do not depend on the split.
 //
 // The forward is vectorised over 16 queries at a time (scores of 16 queries against one key per step: no
-// horizontal sums); the backward over 16 keys at a time (dK and dV accumulate along the keys). exp is
-// evaluated as 2^n * 2^f with a degree-6 polynomial for 2^f, f in [-1/2, 1/2] (relative error ~1e-7), and is
-// exactly 0 below -87 and for -inf: masked weights are exact zeros, never float32 denormals.
+// horizontal sums); the backward over 16 keys at a time (dK and dV accumulate along the keys). The
+// softmax's exp is exp_neg of vector_math.h (relative error 2.3e-7, exactly 0 below e^-87 and for -inf:
+// masked weights are exact zeros, never float32 denormals).
 // LePE is vectorised over 16 tokens of a window: the window's V (and, backward, the gradient) are laid out
 // channel-major with zero margins of a row and a token, so a 3x3 neighbour is an unaligned load; the copies
 // with the last (first) column zeroed serve the left (right) neighbours, which gives zero padding at the
@@ -192,7 +193,7 @@ static void forward(const Shape &s, const float *qkv, const float *bias, const i
 template <int D>
 static void backward(const Shape &s, const float *qkv, const float *bias, const int64_t *rows, const float *mask,
                      const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv,
-                     float *dlepe, float *work, int64_t t0, int64_t t1) {
+                     float *dsums, float *work, int64_t t0, int64_t t1) {
     const Geo g(s);
     const int N = g.N, NV = g.NV, h = s.h, S = g.S;
     // Distinct parts of the work space: __restrict__ lets the compiler keep loads across the stores.
@@ -219,6 +220,7 @@ static void backward(const Shape &s, const float *qkv, const float *bias, const 
             bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
         }
         prefetch_window<D>(s, rows, w, (t1 + h - 1) / h, hh, qkv, grad, dqkv);
+        float bsum[D] = {0};  // the gradient of q summed over the window's tokens
         float *kt = (float *)KT;
         for (int k = 0; k < D * NV; ++k) { KT[k] = splat(0.0f); dKT[k] = splat(0.0f); dVT[k] = splat(0.0f); }
         for (int j = 0; j < N; ++j) {
@@ -261,13 +263,16 @@ static void backward(const Shape &s, const float *qkv, const float *bias, const 
                 }
             }
             float *dqo = dqkv + r * s.ld + s.qo + hh * D;
-            for (int c = 0; c < D; ++c) dqo[c] = hsum(dq[c]) * s.scale;
+            for (int c = 0; c < D; ++c) {
+                dqo[c] = hsum(dq[c]) * s.scale;
+                bsum[c] += dqo[c];
+            }
         }
         if (lw) {
             // dV += LePE's transposed convolution of the gradient: token j is the neighbour (dy, dx) of
             // token j - dy * ww - dx, unless that pair crosses the window's left or right border, which
             // (dx = -1) j in the last column or (dx = +1) j in the first column gives away.
-            float *dl = dlepe + t * D * 10;
+            float *dl = dsums + t * D * 13;
             for (int c = 0; c < D; ++c) {
                 const int ch = hh * D + c;
                 const float *G = GP + c * S + g.pad, *P = VP + c * S + g.pad, *wt = lw + ch * 9;
@@ -292,21 +297,32 @@ static void backward(const Shape &s, const float *qkv, const float *bias, const 
                         a1 += gi * loadu(P + b);
                         a2 += gi * last[iv] * loadu(P + b + 1);
                     }
-                    dl[c * 10 + (dy + 1) * 3 + 0] = hsum(a0);
-                    dl[c * 10 + (dy + 1) * 3 + 1] = hsum(a1);
-                    dl[c * 10 + (dy + 1) * 3 + 2] = hsum(a2);
+                    dl[c * 13 + (dy + 1) * 3 + 0] = hsum(a0);
+                    dl[c * 13 + (dy + 1) * 3 + 1] = hsum(a1);
+                    dl[c * 13 + (dy + 1) * 3 + 2] = hsum(a2);
                 }
                 vf gb = splat(0.0f);
                 for (int iv = 0; iv < NV; ++iv) gb += loadu(G + iv * L);
-                dl[c * 10 + 9] = hsum(gb);
+                dl[c * 13 + 9] = hsum(gb);
             }
         }
         const float *dkt = (const float *)dKT, *dvt = (const float *)dVT;
+        float ksum[D] = {0}, vsum[D] = {0};  // the gradients of k and v summed over the window's tokens
         for (int j = 0; j < N; ++j) {
             float *dst = dqkv + row_of(rows, w, N, j) * s.ld + hh * D;
             for (int c = 0; c < D; ++c) {
                 dst[s.ko + c] = dkt[c * NV * L + j];
                 dst[s.vo + c] = dvt[c * NV * L + j];
+                ksum[c] += dkt[c * NV * L + j];
+                vsum[c] += dvt[c * NV * L + j];
+            }
+        }
+        if (bias) {  // the bias's gradient: sums over the window of the gradients of q, k and v
+            float *ds = dsums + t * D * 13;
+            for (int c = 0; c < D; ++c) {
+                ds[c * 13 + 10] = bsum[c];
+                ds[c * 13 + 11] = ksum[c];
+                ds[c * 13 + 12] = vsum[c];
             }
         }
     }
@@ -352,11 +368,11 @@ int cka_wa_forward(const Shape *s, const float *qkv, const float *bias, const in
 }
 
 int cka_wa_backward(const Shape *s, const float *qkv, const float *bias, const int64_t *rows, const float *mask,
-                    const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv, float *dlepe,
+                    const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv, float *dsums,
                     float *work, int64_t t0, int64_t t1) {
     if (bad_shape(s)) return 2;
-    if (!work || (lw && !dlepe)) return 3;
-#define B(D) backward<D>(*s, qkv, bias, rows, mask, lw, oa, lse, grad, dqkv, dlepe, work, t0, t1); break;
+    if (!work || ((lw || bias) && !dsums)) return 3;
+#define B(D) backward<D>(*s, qkv, bias, rows, mask, lw, oa, lse, grad, dqkv, dsums, work, t0, t1); break;
     DISPATCH(B)
 #undef B
     return 0;
