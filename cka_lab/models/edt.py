@@ -656,15 +656,20 @@ class CSwinTransformerBlock(nn.Module):
     def _attend_by_kernel(self, xn: Tensor, H: int, W: int) -> Tensor:
         """:meth:`_attend_window_major` by the compiled CPU kernel: ``(B, L, C) -> (B, L, C)`` float32.
 
-        One ``qkv`` product of the token-major ``xn`` without its bias; the kernel reads each direction's
-        q, k and v columns through the rows of its (shifted) windows, adds the bias, attends, adds LePE and
+        One ``qkv`` product of the token-major ``xn`` without its bias (output columns regrouped by
+        direction); the kernel reads each direction's q, k and v through the rows of its (shifted) windows,
+        adds the bias, attends, adds LePE and
         writes the direction's half of the output token-major
         (:func:`~cka_lab.models.cpu_attention.attend_token_windows`): the same products as the official
         route without the gathers, the LePE convolution module and the concatenation.
         """
         B, L, C = xn.shape
         half, dev = C // 2, str(xn.device)
-        qkv = F.linear(xn, self.qkv.weight).reshape(B * L, 3 * C).float()  # columns: (q/k/v, direction, C/2)
+        # the projection's output columns regrouped (direction, q/k/v, C/2), so that each direction reads one
+        # contiguous span of every row (the weight's rows are (q/k/v, direction, C/2))
+        w = self.qkv.weight.view(3, 2, half, C).transpose(0, 1).reshape(3 * C, C)
+        b = self.qkv.bias.view(3, 2, half).transpose(0, 1).reshape(3 * C)
+        qkv = F.linear(xn, w).reshape(B * L, 3 * C).float()
         groups, lepe = [], []
         for j, attn in enumerate(self.attns):
             shift = self.shifts[j] if self.shifts is not None else None
@@ -672,10 +677,10 @@ class CSwinTransformerBlock(nn.Module):
             mask, mask_t = _kernel_mask(H, W, attn.window, shift, dev) if shift is not None else (None, None)
             groups.append(WindowGroup(
                 _flat_tokens(perm, inv, B)[0], attn.window, attn.num_heads, attn.head_dim,
-                j * half, C + j * half, 2 * C + j * half, j * half, attn.scale, mask, mask_t,
+                3 * j * half, (3 * j + 1) * half, (3 * j + 2) * half, j * half, attn.scale, mask, mask_t,
             ))
             lepe.append((attn.lepe.weight.float(), attn.lepe.bias.float()))
-        return attend_token_windows(qkv, self.qkv.bias.float(), groups, lepe, C).view(B, L, C)
+        return attend_token_windows(qkv, b.float(), groups, lepe, C).view(B, L, C)
 
     def _attend_window_major(self, xn: Tensor, H: int, W: int) -> Tensor:
         """``xn: (B, L, C)`` normalised tokens -> ``(B, L, C)`` attention output (before ``proj``).
