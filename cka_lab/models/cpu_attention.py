@@ -23,6 +23,7 @@ gradient is summed over per-pair partial sums in a fixed order.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -159,6 +160,24 @@ class _TokenWindowAttention(torch.autograd.Function):
         return (None, None, None, dqkv, dbias, *dlepe)
 
 
+_ROWS_CHECKED: dict[tuple[int, int, int], weakref.ref] = {}  # row tables found to be permutations
+
+
+def _check_rows(rows: Tensor, M: int) -> None:
+    """``rows`` must hold each of ``0 .. M-1`` once (the kernel reads and writes through it unchecked). A table
+    is checked once while it lives unmodified (EDT's are cached and reused every step)."""
+    key = (id(rows), rows.data_ptr(), rows._version)
+    ref = _ROWS_CHECKED.get(key)
+    if ref is not None and ref() is rows:
+        return
+    if int(rows.min()) < 0 or int(rows.max()) >= M or not bool(torch.bincount(rows, minlength=M).eq(1).all()):
+        raise ValueError(f"rows must hold each of the {M} rows of qkv exactly once")
+    if len(_ROWS_CHECKED) > 256:
+        for k in [k for k, r in _ROWS_CHECKED.items() if r() is None]:
+            del _ROWS_CHECKED[k]
+    _ROWS_CHECKED[key] = weakref.ref(rows)
+
+
 def _check_tensor(name: str, t: Tensor | None, shape: tuple, dtype=torch.float32) -> None:
     if t is None:
         return
@@ -200,6 +219,7 @@ def attend_token_windows(
             _check_tensor("rows", g.rows, (M,), torch.int64)
             if not g.rows.is_contiguous():
                 raise ValueError("rows must be contiguous")
+            _check_rows(g.rows, M)
         for name, col in (("q", g.q_col), ("k", g.k_col), ("v", g.v_col)):
             if col < 0 or col + h * d > ld:
                 raise ValueError(f"{name} columns {col}..{col + h * d} outside qkv's {ld}")

@@ -654,14 +654,13 @@ class CSwinTransformerBlock(nn.Module):
         )
 
     def _attend_by_kernel(self, xn: Tensor, H: int, W: int) -> Tensor:
-        """:meth:`_attend_window_major` by the compiled CPU kernel: ``(B, L, C) -> (B, L, C)`` float32.
+        """:meth:`_attend_window_major` by the compiled CPU kernel: ``(B, L, C) -> (B, L, C)``.
 
         One ``qkv`` product of the token-major ``xn`` without its bias (output columns regrouped by
         direction); the kernel reads each direction's q, k and v through the rows of its (shifted) windows,
-        adds the bias, attends, adds LePE and
-        writes the direction's half of the output token-major
-        (:func:`~cka_lab.models.cpu_attention.attend_token_windows`): the same products as the official
-        route without the gathers, the LePE convolution module and the concatenation.
+        adds the bias, attends (in float32), adds LePE and writes the direction's half of the output
+        token-major (:func:`~cka_lab.models.cpu_attention.attend_token_windows`): the same products as the
+        official route without the gathers, the LePE convolution module and the concatenation.
         """
         B, L, C = xn.shape
         half, dev = C // 2, str(xn.device)
@@ -680,7 +679,7 @@ class CSwinTransformerBlock(nn.Module):
                 3 * j * half, (3 * j + 1) * half, (3 * j + 2) * half, j * half, attn.scale, mask, mask_t,
             ))
             lepe.append((attn.lepe.weight.float(), attn.lepe.bias.float()))
-        return attend_token_windows(qkv, b.float(), groups, lepe, C).view(B, L, C)
+        return attend_token_windows(qkv, b.float(), groups, lepe, C).view(B, L, C).to(xn.dtype)
 
     def _attend_window_major(self, xn: Tensor, H: int, W: int) -> Tensor:
         """``xn: (B, L, C)`` normalised tokens -> ``(B, L, C)`` attention output (before ``proj``).

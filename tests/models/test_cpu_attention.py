@@ -247,6 +247,15 @@ def test_token_windows_check_their_groups():
     with pytest.raises(ValueError, match="rows must be"):
         bad = ca.WindowGroup(groups[0].rows[:-1], (3, 8), 2, 5, 0, 20, 40, 0, 0.4)
         ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
+    for rows in (groups[0].rows.clone().fill_(0), groups[0].rows + 1, -groups[0].rows):  # repeated, past M, negative
+        with pytest.raises(ValueError, match="each of the 144 rows of qkv exactly once"):
+            bad = ca.WindowGroup(rows, (3, 8), 2, 5, 0, 20, 40, 0, 0.4)
+            ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)
+    rows = groups[0].rows.clone()
+    ca.attend_token_windows(qkv, bias, [ca.WindowGroup(rows, (3, 8), 2, 5, 0, 20, 40, 0, 0.4), groups[1]], lepe, 20)
+    rows[0] = rows[1]  # changed in place after it was checked: checked again
+    with pytest.raises(ValueError, match="exactly once"):
+        ca.attend_token_windows(qkv, bias, [ca.WindowGroup(rows, (3, 8), 2, 5, 0, 20, 40, 0, 0.4), groups[1]], lepe, 20)
     with pytest.raises(ValueError, match="outside qkv"):
         bad = ca.WindowGroup(groups[0].rows, (3, 8), 2, 5, 0, 20, 55, 0, 0.4)
         ca.attend_token_windows(qkv, bias, [bad, groups[1]], lepe, 20)

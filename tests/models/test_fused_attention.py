@@ -256,6 +256,18 @@ def test_fused_attention_under_cpu_bf16_autocast_agrees_with_the_explicit_path_t
     assert ((g_f - g_e).norm() / g_e.norm()).item() < 0.05
 
 
+def test_a_bfloat16_block_keeps_its_dtype_and_agrees_with_float32_to_bf16_precision(backend):
+    blk = _block(True, seed=4).train()
+    x = _tokens(B=1)
+    ref = blk(x, (48, 48)).detach()
+    blk16 = _block(True, seed=4).train().bfloat16()
+    x16 = x.bfloat16().requires_grad_()
+    out = blk16(x16, (48, 48))
+    out.float().square().mean().backward()
+    assert out.dtype == torch.bfloat16 and x16.grad.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()  # bf16 keeps 8 bits
+
+
 @pytest.mark.parametrize("shift", [None, (3, 12)])
 def test_window_tokens_are_the_rolled_window_partition_and_the_gather_backward_is_the_inverse(shift):
     from cka_lab.models.edt import gather_tokens, window_partition, window_tokens

@@ -371,7 +371,7 @@ int cka_wa_backward(const Shape *s, const float *qkv, const float *bias, const i
                     const float *lw, const float *oa, const float *lse, const float *grad, float *dqkv, float *dsums,
                     float *work, int64_t t0, int64_t t1) {
     if (bad_shape(s)) return 2;
-    if (!work || ((lw || bias) && !dsums)) return 3;
+    if (!work || (uintptr_t)work % 64 || ((lw || bias) && !dsums)) return 3;  // work is read as aligned vectors
 #define B(D) backward<D>(*s, qkv, bias, rows, mask, lw, oa, lse, grad, dqkv, dsums, work, t0, t1); break;
     DISPATCH(B)
 #undef B
