@@ -20,6 +20,7 @@
 //   dsums (W * h, D, 13)  per task, sums over its window: of LePE's weight gradient (taps 0-8) and bias gradient
 //                         (9) when lw is given, and of the gradients of q, k and v (10-12: the bias's gradient)
 //                         when bias is given; the caller adds them in a fixed order (results independent of threads)
+//   work                  cka_wa_work(shape) floats, 64-byte aligned, for each concurrent call (no heap use here)
 // A task is one (window, head) pair, t = w * h + hh; a call handles tasks [t0, t1), so callers can split
 // the work between threads. Results do not depend on the split.
 //
@@ -28,9 +29,9 @@
 // softmax's exp is exp_neg of vector_math.h (relative error 2.3e-7, exactly 0 below e^-87 and for -inf:
 // masked weights are exact zeros, never float32 denormals).
 // LePE is vectorised over 16 tokens of a window: the window's V (and, backward, the gradient) are laid out
-// channel-major with zero margins of a row and a token, so a 3x3 neighbour is an unaligned load; the copies
-// with the last (first) column zeroed serve the left (right) neighbours, which gives zero padding at the
-// window's borders exactly as the official conv2d of each window.
+// channel-major with zero margins of a row and a token, so a 3x3 neighbour is an unaligned load; per-lane
+// masks of the first and last columns drop the neighbours across the window's left and right borders, which
+// gives zero padding at the window's borders exactly as the official conv2d of each window.
 #include "vector_math.h"
 
 static constexpr int MAXNV = 64;  // windows of up to 1024 tokens
@@ -106,6 +107,16 @@ static inline void prefetch_window(const Shape &s, const int64_t *rows, int64_t 
     }
 }
 
+// Head hh's part of the projection's bias for q, k and v (zeros without a bias).
+template <int D>
+static inline void head_bias(const Shape &s, const float *bias, int hh, float *bq, float *bk, float *bv) {
+    for (int c = 0; c < D; ++c) {
+        bq[c] = bias ? bias[s.qo + hh * D + c] : 0.0f;
+        bk[c] = bias ? bias[s.ko + hh * D + c] : 0.0f;
+        bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
+    }
+}
+
 template <int D>
 static void forward(const Shape &s, const float *qkv, const float *bias, const int64_t *rows, const float *maskT,
                     const float *lw, const float *lb, float *out, float *oa, float *lse, float *work,
@@ -125,11 +136,7 @@ static void forward(const Shape &s, const float *qkv, const float *bias, const i
         const int64_t w = t / h;
         const int hh = (int)(t % h);
         float bq[D], bk[D], bv[D];
-        for (int c = 0; c < D; ++c) {
-            bq[c] = bias ? bias[s.qo + hh * D + c] : 0.0f;
-            bk[c] = bias ? bias[s.ko + hh * D + c] : 0.0f;
-            bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
-        }
+        head_bias<D>(s, bias, hh, bq, bk, bv);
         prefetch_window<D>(s, rows, w, (t1 + h - 1) / h, hh, qkv, nullptr, nullptr);
         float *qt = (float *)QT;
         for (int k = 0; k < D * NV; ++k) QT[k] = splat(0.0f);
@@ -213,12 +220,8 @@ static void backward(const Shape &s, const float *qkv, const float *bias, const 
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t w = t / h;
         const int hh = (int)(t % h);
-        float bk[D], bv[D], bq[D];
-        for (int c = 0; c < D; ++c) {
-            bq[c] = bias ? bias[s.qo + hh * D + c] : 0.0f;
-            bk[c] = bias ? bias[s.ko + hh * D + c] : 0.0f;
-            bv[c] = bias ? bias[s.vo + hh * D + c] : 0.0f;
-        }
+        float bq[D], bk[D], bv[D];
+        head_bias<D>(s, bias, hh, bq, bk, bv);
         prefetch_window<D>(s, rows, w, (t1 + h - 1) / h, hh, qkv, grad, dqkv);
         float bsum[D] = {0};  // the gradient of q summed over the window's tokens
         float *kt = (float *)KT;
