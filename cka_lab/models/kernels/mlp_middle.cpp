@@ -248,40 +248,36 @@ static void gcg_backward(const float *h, const float *b1, const float *w, const 
     }
 }
 
+// Calls X(K) for the built kernel sizes after checking K and the work space: returns 2 for an unsupported
+// kernel size (1, 3, 5 and 7 are built), 3 for missing or misaligned work space, else 0.
+#define DISPATCH_K(X)                                     \
+    if (K != 1 && K != 3 && K != 5 && K != 7) return 2;   \
+    if (!work || (uintptr_t)work % 64) return 3;          \
+    switch (K) {                                          \
+        case 1: X(1); break;                              \
+        case 3: X(3); break;                              \
+        case 5: X(5); break;                              \
+        default: X(7); break;                             \
+    }                                                     \
+    return 0;
+
 extern "C" {
 // work: cka_gcg_work(W, C, K) floats, 64-byte aligned, for this call alone (the caller allocates).
 int64_t cka_gcg_work(int W, int C, int K) { return Work::vectors(K, W, C, 3) * L; }
 
-// Images [i0, i1). Return 0, 2 for an unsupported kernel size (1, 3, 5 and 7 are built), 3 for missing or
-// misaligned work space.
+// Images [i0, i1); the return codes of DISPATCH_K.
 int cka_gcg_forward(const float *h, const float *b1, const float *w, const float *b2, float *out, float *work,
                     int64_t i0, int64_t i1, int H, int W, int C, int K) {
-    if (K != 1 && K != 3 && K != 5 && K != 7) return 2;
-    if (!work || (uintptr_t)work % 64) return 3;
 #define GF(KK) gcg_forward<KK>(h, b1, w, b2, out, i0, i1, H, W, C, (vf *)work)
-    switch (K) {
-        case 1: GF(1); break;
-        case 3: GF(3); break;
-        case 5: GF(5); break;
-        default: GF(7); break;
-    }
+    DISPATCH_K(GF)
 #undef GF
-    return 0;
 }
 
 int cka_gcg_backward(const float *h, const float *b1, const float *w, const float *b2, const float *g, float *dh,
                      float *dw, float *db1, float *db2, float *work, int64_t i0, int64_t i1, int H, int W, int C,
                      int K) {
-    if (K != 1 && K != 3 && K != 5 && K != 7) return 2;
-    if (!work || (uintptr_t)work % 64) return 3;
 #define GB(KK) gcg_backward<KK>(h, b1, w, b2, g, dh, dw, db1, db2, i0, i1, H, W, C, (vf *)work)
-    switch (K) {
-        case 1: GB(1); break;
-        case 3: GB(3); break;
-        case 5: GB(5); break;
-        default: GB(7); break;
-    }
+    DISPATCH_K(GB)
 #undef GB
-    return 0;
 }
 }
