@@ -10,6 +10,7 @@ import torch
 
 from cka_lab.cli import main
 from cka_lab.models import create_edt, save_checkpoint
+from tests.threads import one_thread
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,8 @@ def test_a_two_process_torchrun_contrast_equals_one_process(ckpts, tmp_path):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "cka_lab", "contrast", *args, "--out", str(tmp_path / "two")], check=True, env=env,
                    capture_output=True)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank: float32 GEMMs round differently with another thread count
-    try:
+    with one_thread():  # as each rank
         assert main(["contrast", *args, "--out", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
     for name in ("cka_a.csv", "cka_cross.csv", "cka_difference_long.csv"):
         one = pd.read_csv(tmp_path / "one" / name).select_dtypes("number")
         two = pd.read_csv(tmp_path / "two" / name).select_dtypes("number")

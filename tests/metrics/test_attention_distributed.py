@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from cka_lab.errors import CkaLabError
 from cka_lab.metrics.attention import AttentionDistance
 from cka_lab.models import create_edt
+from tests.threads import one_thread
 
 WORLD = 2
 BATCHES = 4  # of 2 crops each; rank r takes batches r and r + 2
@@ -81,8 +82,8 @@ def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single() -> AttentionDistance:
-    torch.set_num_threads(1)
-    return measure(model(), batches())
+    with one_thread():  # as each rank
+        return measure(model(), batches())
 
 
 def assert_frames_close(got: dict, want: pd.DataFrame) -> None:
