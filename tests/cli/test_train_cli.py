@@ -10,16 +10,15 @@ import torch
 
 from cka_lab.cli import main
 from cka_lab.models import create_edt, read_checkpoint
+from tests.threads import one_thread
 from tests.train.helpers import make_train_folders, tiny_config
 
 
 @pytest.fixture(autouse=True)
 def _quiet_single_thread(monkeypatch):
     monkeypatch.setenv("CKA_LAB_NO_PROGRESS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.threads import one_thread
 from tests.train.helpers import make_train_folders
 
 
@@ -23,7 +23,5 @@ def train_folders(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One CPU thread: on a shared 2-core machine OpenMP's spinning threads make steps 20-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
