@@ -85,7 +85,7 @@ def attention(args) -> None:
         def step(blk=blk):
             blk.zero_grad(set_to_none=True)
             x = xn.clone().requires_grad_()
-            y = blk._attend_window_major(x, side, side)
+            y = blk.attend(x, side, side)
             y.backward(grad)
             return [y.detach(), x.grad] + [p.grad for p in (blk.qkv.weight, blk.qkv.bias, *blk.attns.parameters())]
 

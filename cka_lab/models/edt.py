@@ -704,25 +704,30 @@ class CSwinTransformerBlock(nn.Module):
             out.append(gather_tokens(attn.attend_windows(qkv, mask), inv, perm))
         return torch.cat(out, dim=-1)
 
+    def attend(self, xn: Tensor, H: int, W: int) -> Tensor:
+        """``xn: (B, L, C)`` normalised tokens of ``H x W`` maps -> ``(B, L, C)`` the two directions' attention
+        output with LePE, before ``proj``: by :meth:`_attend_window_major` when :meth:`window_major` holds,
+        else each attention module on its half of ``qkv`` in image layout, as in the official code."""
+        if self.window_major():
+            return self._attend_window_major(xn, H, W)
+        B, L, C = xn.shape
+        qkv = self.qkv(xn).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
+        halves = (qkv[..., : C // 2], qkv[..., C // 2 :])
+        if self.shifts is None:
+            out = [attn(h) for attn, h in zip(self.attns, halves)]
+        else:
+            masks = self._masks(H, W, xn.device)
+            out = []
+            for attn, h, (sh, sw), mask in zip(self.attns, halves, self.shifts, masks):
+                y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
+                out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
+        return torch.cat(out, dim=-1).view(B, L, C)
+
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         H, W = x_size
         B, L, C = x.shape
         shortcut = x
-        if self.window_major():
-            y = self._attend_window_major(self.norm1(x), H, W)
-        else:
-            qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
-            halves = (qkv[..., : C // 2], qkv[..., C // 2 :])
-            if self.shifts is None:
-                out = [attn(h) for attn, h in zip(self.attns, halves)]
-            else:
-                masks = self._masks(H, W, x.device)
-                out = []
-                for attn, h, (sh, sw), mask in zip(self.attns, halves, self.shifts, masks):
-                    y = attn(torch.roll(h, shifts=(-sh, -sw), dims=(2, 3)), mask)
-                    out.append(torch.roll(y, shifts=(sh, sw), dims=(1, 2)))
-            y = torch.cat(out, dim=-1).view(B, L, C)
-        x = self.proj_drop(self.proj(y))
+        x = self.proj_drop(self.proj(self.attend(self.norm1(x), H, W)))
         x = self.attn_residual(self._add_dropped(shortcut, x))
         return self._add_dropped(x, self.mlp(self.norm2(x).view(B, H, W, C)).view(B, L, C))
 

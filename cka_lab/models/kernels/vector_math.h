@@ -1,4 +1,4 @@
-// Vector arithmetic shared by cka_lab's CPU kernels (window_attention.cpp, depthwise_conv.cpp): 16-lane
+// Vector arithmetic shared by cka_lab's CPU kernels (window_attention.cpp, mlp_middle.cpp): 16-lane
 // float32 vectors (GCC/Clang vector extensions, AVX-512 where the CPU has it), exp of non-positive
 // arguments and the exact (erf) GELU with its derivative, computed as torch's CPU kernels compute them.
 #pragma once
