@@ -6,8 +6,8 @@ channels of the block. In torch these are five passes over the map forward (the 
 backward alone took about 5x its forward. ``kernels/mlp_middle.cpp`` does the whole middle in one pass
 over each image forward and one backward, a row at a time over all channels (vectorised over 16), the
 rows in flight kept in small rings; the convolution's output is recomputed in the backward rather than
-stored. The images are split between torch's threads; their weight and bias gradients are summed after
-(so those depend on the thread count to float32 rounding). GELU is the exact (erf) one, with torch's own
+stored. The images are split between threads; each image's share of the weight and bias gradients is
+kept apart and the shares are added in float64 in image order, so no result depends on the thread count. GELU is the exact (erf) one, with torch's own
 erf formula (Abramowitz & Stegun 7.1.26), so results equal torch's modules to float32 rounding.
 How it is built: :mod:`cka_lab.models.cpu_kernels`.
 """
@@ -74,14 +74,18 @@ class _GeluDwconvGelu(torch.autograd.Function):
         grad = grad.contiguous()
         dh = torch.empty_like(h)
         pieces = split_count(B)
-        dw, db1, db2 = h.new_empty(pieces, C, k, k), h.new_empty(pieces, C), h.new_empty(pieces, C)
+        # per image: its share of the weight and bias gradients, added below in float64 and image order
+        dw, db1, db2 = h.new_empty(B, C, k, k), h.new_empty(B, C), h.new_empty(B, C)
         lib = kernel_library()
         work = h.new_empty(pieces, lib.cka_gcg_work(W, C, k))
-        ptrs = (pointer(h), pointer(b1), pointer(w), pointer(b2), pointer(grad), pointer(dh))
-        run_split(lib.cka_gcg_backward, B,
-                  lambda p: (*ptrs, pointer(dw[p]), pointer(db1[p]), pointer(db2[p]), pointer(work[p])),
-                  (H, W, C, k), pieces=pieces)
-        return dh, db1.sum(0), dw.sum(0).view(ctx.weight_shape), db2.sum(0)
+        ptrs = (pointer(h), pointer(b1), pointer(w), pointer(b2), pointer(grad), pointer(dh), pointer(dw),
+                pointer(db1), pointer(db2))
+        run_split(lib.cka_gcg_backward, B, lambda p: (*ptrs, pointer(work[p])), (H, W, C, k), pieces=pieces)
+
+        def total(t: Tensor) -> Tensor:
+            return t.sum(0, dtype=torch.float64).to(h.dtype)
+
+        return dh, total(db1), total(dw).view(ctx.weight_shape), total(db2)
 
 
 def gelu_dwconv_gelu(h: Tensor, b1: Tensor, weight: Tensor, b2: Tensor) -> Tensor:

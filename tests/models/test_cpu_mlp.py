@@ -80,7 +80,7 @@ def test_gelu_tails_are_as_accurate_as_torchs_own():
         assert _rel(a, b) <= max(2 * _rel(t, b), 1e-5)
 
 
-def test_threads_only_reorder_the_weight_and_bias_sums():
+def test_results_do_not_depend_on_the_thread_count():
     inputs, grad = _case(B=5, H=12, W=12, C=40, k=5)
     before = torch.get_num_threads()
     results = []
@@ -93,7 +93,8 @@ def test_threads_only_reorder_the_weight_and_bias_sums():
     out0, g0 = results[0]
     for out, g in results[1:]:
         assert torch.equal(out, out0) and torch.equal(g[0], g0[0])  # each image is computed whole by one thread
-        assert all(_rel(a, b) <= 1e-6 for a, b in zip(g[1:], g0[1:]))
+        # the images' shares of the weight and bias gradients are added in image order, whatever the split
+        assert all(torch.equal(a, b) for a, b in zip(g[1:], g0[1:]))
 
 
 def test_bad_inputs_get_one_clear_error():

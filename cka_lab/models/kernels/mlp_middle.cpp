@@ -5,10 +5,11 @@
 // cpu_mlp.py. Layouts:
 //   h, out, g, dh  (B, H, W, C)  fc1's output without its bias, the result, the result's gradient, h's gradient
 //   b1, b2 (C), w (C, K, K)      fc1's bias, the depthwise KxK convolution's bias and weights (zero padding K/2)
-//   dw (C, K, K), db1, db2 (C)   the gradients of w, b1 and b2 over images [i0, i1), written (not accumulated)
+//   dw (B, C, K, K), db1, db2 (B, C)  per image, its share of the gradients of w, b1 and b2, written for
+//                                the images [i0, i1) of the call (not accumulated)
 //   work                         cka_gcg_work(W, C, K) floats, allocated by the caller
-// Callers split the images between threads and sum the threads' dw, db1 and db2. Vectorised over 16
-// channels. Each image is processed a row at a time in one pass over all its channels: rows of GELU(h + b1)
+// Callers split the images between threads and add the images' dw, db1 and db2 in a fixed order, so no
+// result depends on the split. Vectorised over 16 channels. Each image is processed a row at a time in one pass over all its channels: rows of GELU(h + b1)
 // (in the backward also its derivative, and the convolution output's gradient) go into rings of K padded
 // rows, so h, g and dh are read and written once, in order, and the rings stay in the cache. The
 // convolution's output is recomputed in the backward rather than stored. GELU is the exact (erf) one,
@@ -105,19 +106,16 @@ struct Work {
 static inline Channels group(int cv, int C) { return Channels{cv * L, C - cv * L < L ? C - cv * L : L}; }
 
 // Weights of every channel group (flipped too), biases b1, b2 into work.vec[0 / 1][cv]; zero rings and row.
+// (The backward's sums, work.acc and work.vec[2 / 3], start from zero with each image.)
 template <int K>
 static void prepare(Work &wk, const float *w, const float *b1, const float *b2, int C, int nrings) {
     std::memset((void *)wk.rings, 0, sizeof(vf) * ((nrings * K + 1) * wk.RS));
     for (int cv = 0; cv < wk.NC; ++cv) {
         const Channels ch = group(cv, C);
-        for (int k = 0; k < K * K; ++k) {
-            wk.wv[cv * K * K + k] = ch.gather(w, K * K, k);
-            wk.acc[cv * K * K + k] = splat(0.0f);
-        }
+        for (int k = 0; k < K * K; ++k) wk.wv[cv * K * K + k] = ch.gather(w, K * K, k);
         for (int k = 0; k < K * K; ++k) wk.wf[cv * K * K + k] = wk.wv[cv * K * K + K * K - 1 - k];
         wk.vec[cv] = ch.load(b1 + ch.c0);
         wk.vec[wk.NC + cv] = ch.load(b2 + ch.c0);
-        wk.vec[2 * wk.NC + cv] = wk.vec[3 * wk.NC + cv] = splat(0.0f);
     }
 }
 
@@ -174,6 +172,10 @@ static void gcg_backward(const float *h, const float *b1, const float *w, const 
     prepare<K>(wk, w, b1, b2, C, 3);
     vf *db1v = wk.vec + 2 * NC, *db2v = wk.vec + 3 * NC;
     for (int64_t b = i0; b < i1; ++b) {
+        for (int cv = 0; cv < NC; ++cv) {  // this image's sums start from zero
+            for (int k = 0; k < K * K; ++k) wk.acc[cv * K * K + k] = splat(0.0f);
+            db1v[cv] = db2v[cv] = splat(0.0f);
+        }
         const float *hb = h + b * H * W * C, *gb = g + b * H * W * C;
         float *dhb = dh + b * H * W * C;
         // Row t of the pipeline: a1 = GELU(h + b1) of image row t; the convolution output's gradient
@@ -237,13 +239,14 @@ static void gcg_backward(const float *h, const float *b1, const float *w, const 
                 }
             }
         }
-    }
-    for (int cv = 0; cv < NC; ++cv) {
-        const Channels ch = group(cv, C);
-        for (int c = 0; c < ch.nc; ++c) {
-            for (int k = 0; k < K * K; ++k) dw[(ch.c0 + c) * K * K + k] = wk.acc[cv * K * K + k][c];
-            db1[ch.c0 + c] = db1v[cv][c];
-            db2[ch.c0 + c] = db2v[cv][c];
+        float *dwb = dw + b * C * K * K, *db1b = db1 + b * C, *db2b = db2 + b * C;
+        for (int cv = 0; cv < NC; ++cv) {
+            const Channels ch = group(cv, C);
+            for (int c = 0; c < ch.nc; ++c) {
+                for (int k = 0; k < K * K; ++k) dwb[(ch.c0 + c) * K * K + k] = wk.acc[cv * K * K + k][c];
+                db1b[ch.c0 + c] = db1v[cv][c];
+                db2b[ch.c0 + c] = db2v[cv][c];
+            }
         }
     }
 }
